@@ -1,0 +1,136 @@
+//! The authz-server's configuration: one TOML file, overridable by `AUTHZ_*` environment
+//! variables (`AUTHZ_LISTEN`, `AUTHZ_NATS__URLS`, …), validated before anything binds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use revocation::nats::NatsConfig;
+use serde::Deserialize;
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the single HTTP listener (OAuth endpoints, JWKS, admin, health, metrics).
+    pub listen: SocketAddr,
+    /// The `iss` of every token, an `https` URL (or `http` on loopback for development).
+    pub issuer: String,
+    /// SQLite database file; created on first start. The source of truth for revocations.
+    pub database: PathBuf,
+    /// PEM file of the signing key (PKCS#8); generated on first start when absent.
+    pub signing_key_file: PathBuf,
+    /// Signing algorithm: `RS256` (default), `ES256` or `EdDSA`.
+    #[serde(default = "default_alg")]
+    pub signing_alg: String,
+    /// Lifetime of issued access tokens, in seconds.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: u64,
+    /// Longest lifetime any token may have, in seconds; the gateways enforce the same bound.
+    /// The revocation stream keeps events for `max_ttl + leeway`.
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: u64,
+    /// Clock skew the gateways allow, in seconds; revocations are kept that much longer.
+    #[serde(default = "default_leeway")]
+    pub leeway: u64,
+    /// Replicas of the revocation stream: 1 for a single NATS server, 3 for a cluster.
+    #[serde(default = "default_replicas")]
+    pub stream_replicas: usize,
+    /// The mutual-TLS NATS connection the outbox relay publishes on.
+    pub nats: NatsConfig,
+    /// Clients allowed to obtain tokens (development and static clients).
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+/// A client registered in the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The `client_id`.
+    pub id: String,
+    /// PHC string of the secret's Argon2id hash (`authz-server hash-secret` prints one).
+    pub secret_hash: String,
+    /// Scopes the client may request; a request without `scope` gets all of them.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The `aud` of the client's tokens.
+    pub audience: String,
+    /// Whether the client may use the `/admin` API.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+fn default_alg() -> String {
+    "RS256".into()
+}
+fn default_token_ttl() -> u64 {
+    300
+}
+fn default_max_ttl() -> u64 {
+    3600
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_replicas() -> usize {
+    1
+}
+
+impl Config {
+    /// Reads the file, applies `AUTHZ_*` overrides and validates the result.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let config: Config = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("AUTHZ_").split("__"))
+            .extract()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (tests) and validates it.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let issuer = url::Url::parse(&self.issuer).map_err(|e| format!("issuer: {e}"))?;
+        let loopback = matches!(issuer.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        if issuer.scheme() != "https" && !(issuer.scheme() == "http" && loopback) {
+            return Err("issuer: must be an https URL (http only on loopback)".into());
+        }
+        if !matches!(self.signing_alg.as_str(), "RS256" | "ES256" | "EdDSA") {
+            return Err("signing_alg: must be RS256, ES256 or EdDSA".into());
+        }
+        if self.token_ttl == 0 || self.token_ttl > self.max_ttl {
+            return Err("token_ttl: must be between 1 and max_ttl".into());
+        }
+        if self.stream_replicas == 0 || self.stream_replicas > 5 {
+            return Err("stream_replicas: must be between 1 and 5".into());
+        }
+        self.nats.validate("nats")?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, client) in self.clients.iter().enumerate() {
+            if client.id.is_empty() || !seen.insert(client.id.as_str()) {
+                return Err(format!("clients[{i}].id: empty or duplicate"));
+            }
+            if argon2::PasswordHash::new(&client.secret_hash).is_err() {
+                return Err(format!(
+                    "clients[{i}].secret_hash: not a PHC hash string (use `authz-server hash-secret`)"
+                ));
+            }
+            if client.audience.is_empty() {
+                return Err(format!("clients[{i}].audience: must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}

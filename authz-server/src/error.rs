@@ -1,0 +1,113 @@
+//! Errors, and the one place they become HTTP responses (RFC 6749 §5.2, RFC 7009 §2.2.1).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// A request the server refuses, named after the OAuth error code it answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// The request is missing a parameter or is otherwise malformed (the client's fault).
+    #[error("invalid_request: {0}")]
+    InvalidRequest(&'static str),
+    /// Client authentication failed. `basic` says whether the client tried HTTP Basic, in
+    /// which case RFC 6749 §5.2 asks for a `WWW-Authenticate` challenge.
+    #[error("invalid_client")]
+    InvalidClient { basic: bool },
+    /// RFC 7009 §2.1: the token was not issued to the client asking to revoke it.
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(&'static str),
+    /// The client authenticated but may not use this endpoint (a non-admin on `/admin`).
+    #[error("access_denied")]
+    AccessDenied,
+    /// Only `client_credentials` is supported.
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    /// A requested scope is not allowed for the client.
+    #[error("invalid_scope")]
+    InvalidScope,
+    /// RFC 7009 §2.2.1: the server cannot revoke this type of token.
+    #[error("unsupported_token_type")]
+    UnsupportedTokenType,
+    /// Our fault: logged with its cause, answered with no detail.
+    #[error("server_error: {0}")]
+    Internal(String),
+}
+
+impl OAuthError {
+    /// Wraps an internal failure; the cause is logged, never sent.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        OAuthError::Internal(cause.to_string())
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>) {
+        match self {
+            OAuthError::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", Some(d)),
+            OAuthError::InvalidClient { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                Some("client authentication failed"),
+            ),
+            OAuthError::UnauthorizedClient(d) => {
+                (StatusCode::BAD_REQUEST, "unauthorized_client", Some(d))
+            }
+            OAuthError::AccessDenied => (
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                Some("this client may not use the admin API"),
+            ),
+            OAuthError::UnsupportedGrantType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                Some("only client_credentials is supported"),
+            ),
+            OAuthError::InvalidScope => (
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                Some("a requested scope is not allowed for this client"),
+            ),
+            OAuthError::UnsupportedTokenType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_token_type",
+                Some("only access tokens can be revoked"),
+            ),
+            OAuthError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        if let OAuthError::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error");
+        }
+        let (status, code, description) = self.parts();
+        let body = match description {
+            Some(d) => serde_json::json!({ "error": code, "error_description": d }),
+            None => serde_json::json!({ "error": code }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let OAuthError::InvalidClient { basic: true } = self {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"authz-server\""),
+            );
+        }
+        response
+    }
+}
+
+/// Why the server could not start; `main` prints it and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,143 @@
+//! The outbox relay: publishes every committed revocation, in commit order, to the JetStream
+//! stream and marks it published once JetStream has acknowledged it.
+//!
+//! It is woken at once after each commit, so the normal path costs one publish round trip.
+//! While NATS is unreachable it retries with backoff; after a restart it starts with whatever
+//! was committed but never acknowledged. Each event carries its id as `Nats-Msg-Id`, so a retry
+//! after a lost ack is dropped by the stream's duplicate window instead of stored twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use prometheus_client::metrics::counter::Counter;
+use revocation::stream;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Settings of the stream the relay creates if it does not exist.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    pub max_age: Duration,
+    pub replicas: usize,
+}
+
+/// Counters the relay keeps for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RelayMetrics {
+    pub published: Counter,
+    pub publish_failures: Counter,
+}
+
+/// Starts the relay; it runs until `shutdown` is cancelled.
+pub fn spawn(
+    client: async_nats::Client,
+    store: Store,
+    wake: Arc<Notify>,
+    settings: StreamSettings,
+    metrics: Arc<RelayMetrics>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let mut js = jetstream::new(client);
+    // An ack normally takes a millisecond; past this the publish is retried (deduplicated).
+    js.set_timeout(Duration::from_secs(2));
+    tokio::spawn(async move {
+        let relay = Relay {
+            js,
+            store,
+            metrics,
+        };
+        let mut stream_ready = false;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let result = if stream_ready {
+                relay.drain().await
+            } else {
+                relay.ensure_stream(settings).await.map(|()| {
+                    stream_ready = true;
+                    true
+                })
+            };
+            let pause = match result {
+                // More may be waiting: go round again at once.
+                Ok(true) => {
+                    backoff = Duration::from_millis(50);
+                    continue;
+                }
+                // Drained: sleep until the next commit (or a periodic check, which also picks
+                // up rows committed by another process sharing the database).
+                Ok(false) => {
+                    backoff = Duration::from_millis(50);
+                    Duration::from_secs(1)
+                }
+                Err(err) => {
+                    relay.metrics.publish_failures.inc();
+                    tracing::warn!(error = %err, retry_in = ?backoff, "revocation relay cannot publish yet");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    })
+}
+
+struct Relay {
+    js: jetstream::Context,
+    store: Store,
+    metrics: Arc<RelayMetrics>,
+}
+
+impl Relay {
+    async fn ensure_stream(&self, settings: StreamSettings) -> Result<(), async_nats::Error> {
+        let stream = self
+            .js
+            .get_or_create_stream(stream::config(settings.max_age, settings.replicas))
+            .await?;
+        tracing::info!(
+            stream = stream::STREAM_NAME,
+            last_sequence = stream.cached_info().state.last_sequence,
+            "revocation stream ready"
+        );
+        Ok(())
+    }
+
+    /// Publishes one batch; returns whether a full batch was sent (more may wait).
+    async fn drain(&self) -> Result<bool, async_nats::Error> {
+        const BATCH: i64 = 256;
+        let pending = self.store.unpublished(BATCH).await?;
+        for row in &pending {
+            let subject = stream::subject_for(row.event.rule.kind());
+            let ack = self
+                .js
+                .send_publish(
+                    subject,
+                    PublishMessage::build()
+                        .message_id(&row.event.id)
+                        .payload(row.event.to_json().into()),
+                )
+                .await?
+                .await?;
+            self.store
+                .mark_published(row.seq, revocation::unix_now())
+                .await?;
+            self.metrics.published.inc();
+            tracing::info!(
+                id = %row.event.id,
+                kind = row.event.rule.kind(),
+                stream_sequence = ack.sequence,
+                duplicate = ack.duplicate,
+                "revocation published"
+            );
+        }
+        Ok(pending.len() as i64 == BATCH)
+    }
+}

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# render-config.sh --certs DIR --store DIR --port P [--http-port P]
+#                  [--server-name NAME] [GATEWAY_IDENTITY ...]
+#
+# Prints a nats-server (2.9.x) config to stdout for the revgate dev/test setup:
+#   * listens on 127.0.0.1 only; mutual TLS required, users mapped from the client
+#     certificate's email SAN (verify_and_map), no anonymous/password users;
+#   * JetStream enabled (store_dir = --store);
+#   * users authz@revgate.local and <gateway>@revgate.local for every gateway
+#     identity (default: gateway-1 gateway-2) with least-privilege permissions
+#     for the AUTHZ_REVOCATIONS stream and the authz.heartbeat.v1 subject.
+#
+# Options:
+#   --certs DIR        directory produced by certs/make-dev-certs.sh (required)
+#   --store DIR        JetStream store_dir (required)
+#   --port P           client port (required); -1 = random port (see the
+#                      "Listening for client connections on 127.0.0.1:<port>" log line)
+#   --http-port P      monitoring port on 127.0.0.1, default 0 = no monitoring;
+#                      -1 = random port (see "Starting http monitor on 127.0.0.1:<port>")
+#   --server-name NAME server_name, default nats-dev
+set -euo pipefail
+
+die() { echo "render-config: error: $*" >&2; exit 1; }
+usage() { sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+CERTS='' STORE='' PORT='' HTTP_PORT=0 SERVER_NAME=nats-dev
+GATEWAYS=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --certs) [ $# -ge 2 ] || die "--certs needs a value"; CERTS=$2; shift 2 ;;
+        --store) [ $# -ge 2 ] || die "--store needs a value"; STORE=$2; shift 2 ;;
+        --port) [ $# -ge 2 ] || die "--port needs a value"; PORT=$2; shift 2 ;;
+        --http-port) [ $# -ge 2 ] || die "--http-port needs a value"; HTTP_PORT=$2; shift 2 ;;
+        --server-name) [ $# -ge 2 ] || die "--server-name needs a value"; SERVER_NAME=$2; shift 2 ;;
+        --certs=*) CERTS=${1#*=}; shift ;;
+        --store=*) STORE=${1#*=}; shift ;;
+        --port=*) PORT=${1#*=}; shift ;;
+        --http-port=*) HTTP_PORT=${1#*=}; shift ;;
+        --server-name=*) SERVER_NAME=${1#*=}; shift ;;
+        -h | --help) usage ;;
+        --) shift; GATEWAYS+=("$@"); break ;;
+        -*) die "unknown option $1" ;;
+        *) GATEWAYS+=("$1"); shift ;;
+    esac
+done
+[ ${#GATEWAYS[@]} -gt 0 ] || GATEWAYS=(gateway-1 gateway-2)
+
+[ -n "$CERTS" ] || die "--certs DIR is required"
+[ -n "$STORE" ] || die "--store DIR is required"
+[ -n "$PORT" ] || die "--port P is required (-1 = random)"
+is_port() { [[ $1 =~ ^(-1|[0-9]+)$ ]] && [ "$1" -le 65535 ]; }
+{ is_port "$PORT" && [ "$PORT" != 0 ]; } || die "--port must be 1-65535 or -1 (random), got '$PORT'"
+is_port "$HTTP_PORT" || die "--http-port must be 0 (off), 1-65535 or -1 (random), got '$HTTP_PORT'"
+[[ $SERVER_NAME =~ ^[A-Za-z0-9_-]+$ ]] || die "invalid --server-name '$SERVER_NAME'"
+for gw in "${GATEWAYS[@]}"; do
+    [[ $gw =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "invalid gateway identity '$gw'"
+    [ "$gw" != authz ] || die "'authz' is not a gateway identity"
+done
+
+[ -d "$CERTS" ] || die "certs dir '$CERTS' does not exist (run certs/make-dev-certs.sh first)"
+CERTS=$(cd -- "$CERTS" && pwd -P)
+for f in ca.pem nats-server.pem nats-server-key.pem; do
+    [ -s "$CERTS/$f" ] || die "missing $CERTS/$f (run certs/make-dev-certs.sh first)"
+done
+case $STORE in /*) ;; *) STORE=$PWD/$STORE ;; esac
+for p in "$CERTS" "$STORE"; do
+    case $p in *[\"\\$'\n']*) die "path '$p' must not contain quotes, backslashes or newlines" ;; esac
+done
+
+STREAM=AUTHZ_REVOCATIONS
+DOMAIN=revgate.local
+
+cat <<EOF
+# GENERATED FILE - DO NOT EDIT.
+# Rendered by deploy/nats/render-config.sh (revgate dev/test NATS server)
+# for gateway identities: ${GATEWAYS[*]}
+
+server_name: "$SERVER_NAME"
+host: "127.0.0.1"
+port: $PORT
+EOF
+if [ "$HTTP_PORT" != 0 ]; then
+    echo "# monitoring, loopback only"
+    echo "http: \"127.0.0.1:$HTTP_PORT\""
+fi
+cat <<EOF
+
+# Mutual TLS; the user is the client certificate's email SAN.
+tls {
+  cert_file: "$CERTS/nats-server.pem"
+  key_file: "$CERTS/nats-server-key.pem"
+  ca_file: "$CERTS/ca.pem"
+  verify_and_map: true
+  timeout: 2
+}
+
+jetstream {
+  store_dir: "$STORE"
+  max_mem: 256MB
+  max_file: 1GB
+}
+
+# Permissions shared by all gateways (each gateway's inbox is added per user).
+GATEWAY_PUB_ALLOW: [
+  "\$JS.API.INFO"
+  "\$JS.API.STREAM.INFO.$STREAM"
+  "\$JS.API.CONSUMER.CREATE.$STREAM"
+  "\$JS.API.CONSUMER.CREATE.$STREAM.>"
+  "\$JS.API.CONSUMER.DELETE.$STREAM.>"
+  "\$JS.API.CONSUMER.INFO.$STREAM.>"
+  "\$JS.API.CONSUMER.MSG.NEXT.$STREAM.>"
+  "\$JS.FC.$STREAM.>"
+]
+GATEWAY_PUB_DENY: [ "authz.>" ]
+
+# Only certificate-mapped users; no anonymous access, no passwords, no no_auth_user.
+authorization {
+  users = [
+    {
+      user: "authz@$DOMAIN"
+      permissions: {
+        publish: {
+          allow: [
+            "authz.revocations.v1.>"
+            "authz.heartbeat.v1"
+            "\$JS.API.INFO"
+            "\$JS.API.STREAM.INFO.$STREAM"
+            "\$JS.API.STREAM.CREATE.$STREAM"
+            "\$JS.API.STREAM.UPDATE.$STREAM"
+          ]
+        }
+        subscribe: { allow: [ "_INBOX_authz.>" ] }
+      }
+    }
+EOF
+for gw in "${GATEWAYS[@]}"; do
+    cat <<EOF
+    {
+      user: "$gw@$DOMAIN"
+      permissions: {
+        publish: { allow: \$GATEWAY_PUB_ALLOW, deny: \$GATEWAY_PUB_DENY }
+        subscribe: { allow: [ "_INBOX_$gw.>", "authz.heartbeat.v1" ] }
+      }
+    }
+EOF
+done
+cat <<EOF
+  ]
+}
+EOF

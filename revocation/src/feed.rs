@@ -1,0 +1,166 @@
+//! The gateway's revocation feed: replays the stream into the [`RevocationSet`] on start, then
+//! follows it.
+//!
+//! An ordered pull consumer delivers every message in stream order with no acks; when it detects
+//! a gap (a reconnect, a lost consumer) the client recreates it from the last sequence it
+//! delivered. If the consumer stream ends altogether, the feed starts a new one from the last
+//! sequence it applied. Every payload is decoded defensively: anything that is not a valid event
+//! is counted by reason and skipped, never trusted and never fatal.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{RevocationEvent, SkipReason};
+use crate::set::{Applied, RevocationSet};
+use crate::stream::STREAM_NAME;
+use crate::unix_now;
+
+/// Label set of the skipped-events counter.
+pub type ReasonLabel = Vec<(&'static str, &'static str)>;
+
+/// How far the feed has got, shared with the gateway's readiness check and metrics.
+#[derive(Debug, Default)]
+pub struct FeedStatus {
+    caught_up: AtomicBool,
+    last_sequence: AtomicU64,
+    /// Events that added or tightened a rule.
+    pub applied: Counter,
+    /// Events the set already enforced (replays, re-publishes).
+    pub duplicates: Counter,
+    /// Events whose rule had already expired.
+    pub expired: Counter,
+    /// Messages skipped, by [`SkipReason`].
+    pub skipped: Family<ReasonLabel, Counter>,
+}
+
+impl FeedStatus {
+    /// Whether the feed has applied everything the stream held when the feed started.
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// The stream sequence of the last message handled (applied or skipped).
+    pub fn last_sequence(&self) -> u64 {
+        self.last_sequence.load(Ordering::Acquire)
+    }
+
+    /// Number of messages skipped for one reason.
+    pub fn skipped_for(&self, reason: SkipReason) -> u64 {
+        self.skipped.get_or_create(&label(reason)).get()
+    }
+}
+
+fn label(reason: SkipReason) -> ReasonLabel {
+    vec![("reason", reason.as_str())]
+}
+
+/// Starts the feed. It runs until `shutdown` is cancelled.
+pub fn spawn(
+    client: async_nats::Client,
+    set: Arc<RevocationSet>,
+    status: Arc<FeedStatus>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let mut js = jetstream::new(client);
+    js.set_timeout(Duration::from_secs(2));
+    let feed = Feed { js, set, status };
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = feed.follow() => match result {
+                    Ok(()) => tracing::warn!("revocation consumer ended; resuming"),
+                    Err(err) => tracing::warn!(error = %err, "revocation feed interrupted; retrying"),
+                },
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    })
+}
+
+struct Feed {
+    js: jetstream::Context,
+    set: Arc<RevocationSet>,
+    status: Arc<FeedStatus>,
+}
+
+impl Feed {
+    /// Follows the stream from the sequence after the last one handled until the consumer ends.
+    async fn follow(&self) -> Result<(), async_nats::Error> {
+        let stream = self.js.get_stream(STREAM_NAME).await?;
+        // Everything up to here must be applied before the gateway may call itself ready.
+        let target = stream.cached_info().state.last_sequence;
+        let next = self.status.last_sequence() + 1;
+        if target < next {
+            self.status.caught_up.store(true, Ordering::Release);
+        }
+        let deliver_policy = if next == 1 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            }
+        };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        tracing::info!(from_sequence = next, stream_last = target, "following revocation stream");
+        while let Some(item) = messages.next().await {
+            match item {
+                Ok(message) => self.handle(&message, target),
+                Err(err) => tracing::warn!(error = %err, "revocation consumer error"),
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&self, message: &jetstream::Message, target: u64) {
+        let (sequence, pending) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.pending),
+            Err(_) => {
+                self.status.skipped.get_or_create(&label(SkipReason::Malformed)).inc();
+                return;
+            }
+        };
+        if sequence <= self.status.last_sequence() {
+            // Already handled (a redelivery after a consumer was recreated).
+            return;
+        }
+        match RevocationEvent::decode(&message.payload) {
+            Ok(event) => {
+                let counter = match self.set.insert(&event, unix_now()) {
+                    Applied::New => &self.status.applied,
+                    Applied::Duplicate => &self.status.duplicates,
+                    Applied::Expired => &self.status.expired,
+                };
+                counter.inc();
+                tracing::debug!(sequence, id = %event.id, kind = event.rule.kind(), "revocation applied");
+            }
+            Err(reason) => {
+                self.status.skipped.get_or_create(&label(reason)).inc();
+                tracing::warn!(sequence, reason = reason.as_str(), "revocation message skipped");
+            }
+        }
+        self.status.last_sequence.store(sequence, Ordering::Release);
+        if sequence >= target || pending == 0 {
+            self.status.caught_up.store(true, Ordering::Release);
+        }
+    }
+}

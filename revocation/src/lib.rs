@@ -1,0 +1,33 @@
+//! What the authz-server and every gateway must agree on.
+//!
+//! ```text
+//! authz-server --publish--> [stream AUTHZ_REVOCATIONS] --ordered consumer--> feed --> set
+//!                                                                                     |
+//!                                      gateway request path:  set.is_revoked(token) <-+
+//! ```
+//!
+//! # Layout
+//!
+//! - [`event`]: the wire format of one revocation (JSON, versioned) and how bad input is
+//!   classified so that it is skipped and counted, never trusted.
+//! - [`stream`]: the stream name, subjects and stream settings both sides use.
+//! - [`nats`]: a mutual-TLS NATS connection with the options both services need.
+//! - [`set`]: the in-memory revocation set the gateway consults on every request.
+//! - [`feed`]: the gateway task that replays the stream into the set and keeps following it.
+
+pub mod event;
+pub mod feed;
+pub mod nats;
+pub mod set;
+pub mod stream;
+
+pub use event::{RevocationEvent, Rule, SkipReason};
+pub use set::{RevocationSet, TokenRef};
+
+/// Seconds since the Unix epoch, the unit of every JWT time claim and of every event field.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,44 @@
+//! The JetStream stream both services use: its name, its subjects and its settings.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+
+/// The stream that carries every revocation.
+pub const STREAM_NAME: &str = "AUTHZ_REVOCATIONS";
+
+/// Every subject of the stream starts with this prefix; the last token is the rule kind.
+pub const SUBJECT_PREFIX: &str = "authz.revocations.v1";
+
+/// The subjects the stream captures.
+pub const STREAM_SUBJECTS: &str = "authz.revocations.v1.>";
+
+/// Core-NATS subject of the authz-server's heartbeat.
+pub const HEARTBEAT_SUBJECT: &str = "authz.heartbeat.v1";
+
+/// Window in which JetStream drops a message whose `Nats-Msg-Id` it has already stored,
+/// so that a relay retrying after a lost ack never stores an event twice.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// The subject an event of the given kind is published on.
+pub fn subject_for(kind: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{kind}")
+}
+
+/// The stream settings.
+///
+/// `max_age` must be at least the longest token lifetime plus the leeway: replaying the stream
+/// must give every revocation that can still matter, and nothing older is needed.
+pub fn config(max_age: Duration, replicas: usize) -> Config {
+    Config {
+        name: STREAM_NAME.to_string(),
+        subjects: vec![STREAM_SUBJECTS.to_string()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
