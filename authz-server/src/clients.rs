@@ -93,7 +93,9 @@ pub fn credentials(
     let basic = match (auth.next(), auth.next()) {
         (None, _) => None,
         (Some(_), Some(_)) => {
-            return Err(OAuthError::InvalidRequest("more than one Authorization header"))
+            return Err(OAuthError::InvalidRequest(
+                "more than one Authorization header",
+            ))
         }
         (Some(value), None) => Some(parse_basic(value.as_bytes())?),
     };
@@ -183,7 +185,10 @@ mod tests {
     #[test]
     fn credential_sources() {
         let c = credentials(&basic("a%3Ab", "s%20t"), None, None).unwrap();
-        assert_eq!((c.id.as_str(), c.secret.as_str(), c.basic), ("a:b", "s t", true));
+        assert_eq!(
+            (c.id.as_str(), c.secret.as_str(), c.basic),
+            ("a:b", "s t", true)
+        );
         let c = credentials(&HeaderMap::new(), Some("app"), Some("pw")).unwrap();
         assert_eq!((c.id.as_str(), c.basic), ("app", false));
         assert!(matches!(

@@ -52,7 +52,10 @@ impl FormParams {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
         if !is_form {
             return Err(OAuthError::InvalidRequest(
                 "content type must be application/x-www-form-urlencoded",
@@ -61,14 +64,19 @@ impl FormParams {
         let mut params = HashMap::new();
         for (k, v) in url::form_urlencoded::parse(body) {
             if params.insert(k.into_owned(), v.into_owned()).is_some() {
-                return Err(OAuthError::InvalidRequest("a parameter appears more than once"));
+                return Err(OAuthError::InvalidRequest(
+                    "a parameter appears more than once",
+                ));
             }
         }
         Ok(FormParams(params))
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -194,12 +202,19 @@ async fn admin_revocations_post(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !is_json {
-        return Err(OAuthError::InvalidRequest("content type must be application/json"));
+        return Err(OAuthError::InvalidRequest(
+            "content type must be application/json",
+        ));
     }
-    let request: AdminRevocation = serde_json::from_slice(&body)
-        .map_err(|_| OAuthError::InvalidRequest("body must be {\"jti\",\"exp\"} or {\"token\"}, with an optional \"reason\""))?;
+    let request: AdminRevocation = serde_json::from_slice(&body).map_err(|_| {
+        OAuthError::InvalidRequest(
+            "body must be {\"jti\",\"exp\"} or {\"token\"}, with an optional \"reason\"",
+        )
+    })?;
     if request.reason.as_ref().is_some_and(|r| r.len() > 512) {
-        return Err(OAuthError::InvalidRequest("reason is longer than 512 bytes"));
+        return Err(OAuthError::InvalidRequest(
+            "reason is longer than 512 bytes",
+        ));
     }
     let (jti, exp) = match (request.jti, request.exp, request.token) {
         (Some(jti), Some(exp), None) => {
@@ -278,7 +293,11 @@ async fn readyz_get(State(state): State<Arc<AppState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(serde_json::json!({ "database": database, "nats": nats }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "database": database, "nats": nats })),
+    )
+        .into_response()
 }
 
 async fn metrics_get(State(state): State<Arc<AppState>>) -> Response {
@@ -290,7 +309,10 @@ async fn metrics_get(State(state): State<Arc<AppState>>) -> Response {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         text,
     )
         .into_response()

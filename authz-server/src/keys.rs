@@ -29,8 +29,8 @@ impl KeyObject {
             write_private(path, pem.as_bytes())?;
             tracing::info!(path = %path.display(), ?alg, "generated a new signing key");
         }
-        let pem = std::fs::read(path)
-            .map_err(|e| StartError::Key(format!("{}: {e}", path.display())))?;
+        let pem =
+            std::fs::read(path).map_err(|e| StartError::Key(format!("{}: {e}", path.display())))?;
         Self::from_pem(&pem, alg)
     }
 
@@ -72,7 +72,10 @@ impl KeyObject {
     }
 
     /// Signs claims as an RFC 9068 access token (`typ: at+jwt`, `kid` set).
-    pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn sign<T: serde::Serialize>(
+        &self,
+        claims: &T,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(self.alg);
         header.typ = Some("at+jwt".into());
         header.kid = Some(self.kid.clone());
@@ -168,7 +171,10 @@ mod tests {
             jsonwebtoken::decode::<serde_json::Value>(&token, again.decoding_key(), &validation)
                 .unwrap();
             let mode = std::fs::metadata(&path).unwrap().permissions();
-            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o600
+            );
         }
     }
 }

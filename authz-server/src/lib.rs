@@ -84,12 +84,36 @@ pub async fn run(
     let metrics = Metrics::default();
     let relay_metrics = Arc::new(relay::RelayMetrics::default());
     let mut registry = Registry::with_prefix("authz");
-    registry.register("tokens_issued", "Access tokens issued", metrics.tokens_issued.clone());
-    registry.register("revocations", "Revocations committed", metrics.revocations.clone());
-    registry.register("outbox_backlog", "Revocations committed but not yet acknowledged by JetStream", metrics.outbox_backlog.clone());
-    registry.register("revocations_published", "Revocations acknowledged by JetStream", relay_metrics.published.clone());
-    registry.register("publish_failures", "Failed attempts to publish revocations", relay_metrics.publish_failures.clone());
-    registry.register("nats_server_errors", "Errors reported by the NATS server", nats.server_errors.clone());
+    registry.register(
+        "tokens_issued",
+        "Access tokens issued",
+        metrics.tokens_issued.clone(),
+    );
+    registry.register(
+        "revocations",
+        "Revocations committed",
+        metrics.revocations.clone(),
+    );
+    registry.register(
+        "outbox_backlog",
+        "Revocations committed but not yet acknowledged by JetStream",
+        metrics.outbox_backlog.clone(),
+    );
+    registry.register(
+        "revocations_published",
+        "Revocations acknowledged by JetStream",
+        relay_metrics.published.clone(),
+    );
+    registry.register(
+        "publish_failures",
+        "Failed attempts to publish revocations",
+        relay_metrics.publish_failures.clone(),
+    );
+    registry.register(
+        "nats_server_errors",
+        "Errors reported by the NATS server",
+        nats.server_errors.clone(),
+    );
 
     let wake_relay = Arc::new(Notify::new());
     let relay_shutdown = CancellationToken::new();
@@ -123,7 +147,7 @@ pub async fn run(
     // stays in the outbox for the next start.
     relay_shutdown.cancel();
     let _ = relay.await;
-    let _ = client.flush().await;
+    drop(client);
     store.close().await;
     tracing::info!("authz-server stopped");
     Ok(())

@@ -45,11 +45,7 @@ pub fn spawn(
     // An ack normally takes a millisecond; past this the publish is retried (deduplicated).
     js.set_timeout(Duration::from_secs(2));
     tokio::spawn(async move {
-        let relay = Relay {
-            js,
-            store,
-            metrics,
-        };
+        let relay = Relay { js, store, metrics };
         let mut stream_ready = false;
         let mut backoff = Duration::from_millis(50);
         loop {

@@ -99,14 +99,13 @@ impl Store {
         if inserted == 1 {
             return Ok(event.clone());
         }
-        let row = sqlx::query(
-            "SELECT * FROM revocations WHERE kind = ? AND iss = ? AND rule_key = ?",
-        )
-        .bind(event.rule.kind())
-        .bind(&event.iss)
-        .bind(key)
-        .fetch_one(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT * FROM revocations WHERE kind = ? AND iss = ? AND rule_key = ?")
+                .bind(event.rule.kind())
+                .bind(&event.iss)
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(from_row(&row)?.event)
     }
 

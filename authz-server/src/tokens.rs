@@ -22,7 +22,14 @@ pub struct AccessClaims {
 
 impl AccessClaims {
     /// Claims for a client_credentials grant: the client is its own subject.
-    pub fn new(issuer: &str, client_id: &str, audience: &str, scope: String, now: u64, ttl: u64) -> Self {
+    pub fn new(
+        issuer: &str,
+        client_id: &str,
+        audience: &str,
+        scope: String,
+        now: u64,
+        ttl: u64,
+    ) -> Self {
         AccessClaims {
             iss: issuer.to_string(),
             sub: client_id.to_string(),
@@ -52,6 +59,7 @@ pub fn verify_own(keys: &KeyObject, issuer: &str, token: &str) -> Option<AccessC
     validation.required_spec_claims.clear();
     validation.set_issuer(&[issuer]);
     validation.required_spec_claims.insert("iss".into());
-    let data = jsonwebtoken::decode::<AccessClaims>(token, keys.decoding_key(), &validation).ok()?;
+    let data =
+        jsonwebtoken::decode::<AccessClaims>(token, keys.decoding_key(), &validation).ok()?;
     (data.header.alg != Algorithm::HS256).then_some(data.claims)
 }

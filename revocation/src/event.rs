@@ -173,10 +173,16 @@ mod tests {
         assert_eq!(value["jti"], "j1");
         assert_eq!(RevocationEvent::decode(&json).unwrap(), event);
         let subject = RevocationEvent {
-            rule: Rule::Subject { sub: "alice".into(), not_before: 150 },
+            rule: Rule::Subject {
+                sub: "alice".into(),
+                not_before: 150,
+            },
             ..token_event()
         };
-        assert_eq!(RevocationEvent::decode(&subject.to_json()).unwrap(), subject);
+        assert_eq!(
+            RevocationEvent::decode(&subject.to_json()).unwrap(),
+            subject
+        );
     }
 
     /// Every kind of bad payload maps to its own reason.

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{RevocationEvent, SkipReason};
+use crate::nats::ConnectionState;
 use crate::set::{Applied, RevocationSet};
 use crate::stream::STREAM_NAME;
 use crate::unix_now;
@@ -65,20 +66,26 @@ fn label(reason: SkipReason) -> ReasonLabel {
 /// Starts the feed. It runs until `shutdown` is cancelled.
 pub fn spawn(
     client: async_nats::Client,
+    connection: Arc<ConnectionState>,
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let mut js = jetstream::new(client);
     js.set_timeout(Duration::from_secs(2));
-    let feed = Feed { js, set, status };
+    let feed = Feed {
+        js,
+        connection,
+        set,
+        status,
+    };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 result = feed.follow() => match result {
-                    Ok(()) => tracing::warn!("revocation consumer ended; resuming"),
+                    Ok(()) => backoff = Duration::from_millis(10),
                     Err(err) => tracing::warn!(error = %err, "revocation feed interrupted; retrying"),
                 },
             }
@@ -93,12 +100,14 @@ pub fn spawn(
 
 struct Feed {
     js: jetstream::Context,
+    connection: Arc<ConnectionState>,
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
 }
 
 impl Feed {
-    /// Follows the stream from the sequence after the last one handled until the consumer ends.
+    /// Follows the stream from the sequence after the last one handled until the consumer ends
+    /// or fails.
     async fn follow(&self) -> Result<(), async_nats::Error> {
         let stream = self.js.get_stream(STREAM_NAME).await?;
         // Everything up to here must be applied before the gateway may call itself ready.
@@ -121,21 +130,43 @@ impl Feed {
             })
             .await?;
         let mut messages = consumer.messages().await?;
-        tracing::info!(from_sequence = next, stream_last = target, "following revocation stream");
-        while let Some(item) = messages.next().await {
+        tracing::info!(
+            from_sequence = next,
+            stream_last = target,
+            "following revocation stream"
+        );
+        loop {
+            let item = tokio::select! {
+                item = messages.next() => item,
+                // A reconnection may be to a restarted server that lost the ephemeral
+                // consumer: start a new one from the last sequence at once.
+                _ = self.connection.connected_notify.notified() => {
+                    tracing::info!("NATS reconnected; resuming the revocation stream");
+                    return Ok(());
+                }
+            };
             match item {
-                Ok(message) => self.handle(&message, target),
-                Err(err) => tracing::warn!(error = %err, "revocation consumer error"),
+                Some(Ok(message)) => self.handle(&message, target),
+                // The client recreates the consumer itself on gaps and lost heartbeats; what
+                // reaches here (a pull that failed because the consumer is gone, say) it does
+                // not, so start a new consumer from the last sequence handled.
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "revocation consumer failed; resuming");
+                    return Ok(());
+                }
+                None => return Ok(()),
             }
         }
-        Ok(())
     }
 
     fn handle(&self, message: &jetstream::Message, target: u64) {
         let (sequence, pending) = match message.info() {
             Ok(info) => (info.stream_sequence, info.pending),
             Err(_) => {
-                self.status.skipped.get_or_create(&label(SkipReason::Malformed)).inc();
+                self.status
+                    .skipped
+                    .get_or_create(&label(SkipReason::Malformed))
+                    .inc();
                 return;
             }
         };
@@ -155,7 +186,11 @@ impl Feed {
             }
             Err(reason) => {
                 self.status.skipped.get_or_create(&label(reason)).inc();
-                tracing::warn!(sequence, reason = reason.as_str(), "revocation message skipped");
+                tracing::warn!(
+                    sequence,
+                    reason = reason.as_str(),
+                    "revocation message skipped"
+                );
             }
         }
         self.status.last_sequence.store(sequence, Ordering::Release);

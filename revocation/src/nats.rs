@@ -74,6 +74,9 @@ impl NatsConfig {
 #[derive(Debug, Default)]
 pub struct ConnectionState {
     connected: AtomicBool,
+    /// Woken on every (re)connection, so that consumers can resume at once instead of
+    /// waiting for their heartbeats to time out.
+    pub connected_notify: tokio::sync::Notify,
     /// Errors the server reported (permission violations and the like).
     pub server_errors: Counter,
     /// Times the connection was lost.
@@ -119,6 +122,7 @@ pub async fn connect(
                 match event {
                     Event::Connected => {
                         state.connected.store(true, Ordering::Release);
+                        state.connected_notify.notify_waiters();
                         tracing::info!("connected to NATS");
                     }
                     Event::Disconnected => {

@@ -92,9 +92,12 @@ impl RevocationSet {
                     });
                 applied
             }
-            Rule::Subject { sub, not_before } => {
-                Self::tighten(&self.subjects, key(&event.iss, sub), *not_before, event.expires_at)
-            }
+            Rule::Subject { sub, not_before } => Self::tighten(
+                &self.subjects,
+                key(&event.iss, sub),
+                *not_before,
+                event.expires_at,
+            ),
             Rule::Client {
                 client_id,
                 not_before,
@@ -150,7 +153,8 @@ impl RevocationSet {
     pub fn purge_expired(&self, now: u64) -> usize {
         let before = self.len();
         let leeway = self.leeway;
-        self.tokens.retain(|_, exp| exp.saturating_add(leeway) >= now);
+        self.tokens
+            .retain(|_, exp| exp.saturating_add(leeway) >= now);
         self.subjects
             .retain(|_, c| c.expires_at.saturating_add(leeway) >= now);
         self.clients

@@ -1,0 +1,84 @@
+//! Bearer token extraction, RFC 6750 §2.1 only (no query or body tokens).
+
+use http::{header, HeaderMap};
+
+use crate::error::GatewayError;
+
+/// The token from the single `Authorization: Bearer <token>` header.
+///
+/// No header, or another scheme, is "no credentials" (401 without an error code, RFC 6750
+/// §3.1); two headers or a malformed value is a malformed request (400).
+pub fn extract(headers: &HeaderMap, max_bytes: usize) -> Result<&str, GatewayError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Err(GatewayError::NoCredentials),
+        (Some(_), Some(_)) => {
+            return Err(GatewayError::InvalidRequest(
+                "more than one Authorization header",
+            ))
+        }
+        (Some(value), None) => value,
+    };
+    if value.len() > max_bytes {
+        return Err(GatewayError::InvalidRequest(
+            "Authorization header too large",
+        ));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| GatewayError::InvalidRequest("malformed Authorization header"))?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(GatewayError::NoCredentials);
+    }
+    // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+    let body = token.trim_end_matches('=');
+    let valid = !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
+    if !valid {
+        return Err(GatewayError::InvalidRequest("malformed bearer token"));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    /// Each header shape gets its RFC 6750 answer.
+    #[test]
+    fn shapes() {
+        assert_eq!(
+            extract(&headers(&["Bearer abc.def.ghi"]), 100).unwrap(),
+            "abc.def.ghi"
+        );
+        assert_eq!(extract(&headers(&["bearer a=="]), 100).unwrap(), "a==");
+        let no_creds =
+            |v: &[&str]| matches!(extract(&headers(v), 100), Err(GatewayError::NoCredentials));
+        assert!(no_creds(&[]));
+        assert!(no_creds(&["Basic dXNlcjpwdw=="]));
+        let bad = |v: &[&str]| {
+            matches!(
+                extract(&headers(v), 100),
+                Err(GatewayError::InvalidRequest(_))
+            )
+        };
+        assert!(bad(&["Bearer a", "Bearer b"]));
+        assert!(bad(&["Bearer "]));
+        assert!(bad(&["Bearer"]));
+        assert!(bad(&["Bearer a b"]));
+        assert!(bad(&["Bearer ==="]));
+        assert!(bad(&[&format!("Bearer {}", "a".repeat(200))]));
+    }
+}

@@ -1,0 +1,295 @@
+//! Signature and claims of an RFC 9068 access token.
+//!
+//! jsonwebtoken checks the signature with the key chosen by `kid` and the algorithm pinned to
+//! that key. Everything else is checked here, against `now`, because jsonwebtoken does not
+//! check `typ`, `crit`, `iat` or `jti`, and its `exp` check accepts values near `u64::MAX`.
+
+use jsonwebtoken::Validation;
+use serde::Deserialize;
+
+use super::keys::KeySet;
+
+/// Why a token was refused. Logged and counted; the client only ever sees `invalid_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("not a JWS compact serialization")]
+    Malformed,
+    #[error("typ is not at+jwt")]
+    Type,
+    #[error("header field not accepted (crit, jku, jwk, x5u, x5c)")]
+    Header,
+    #[error("no key with this kid")]
+    UnknownKey,
+    #[error("algorithm does not match the key")]
+    Algorithm,
+    #[error("bad signature")]
+    Signature,
+    #[error("claims missing or of the wrong type")]
+    Claims,
+    #[error("wrong issuer")]
+    Issuer,
+    #[error("wrong audience")]
+    Audience,
+    #[error("expired")]
+    Expired,
+    #[error("not yet valid")]
+    NotYetValid,
+    #[error("lifetime above the bound")]
+    Lifetime,
+    #[error("revoked")]
+    Revoked,
+}
+
+impl TokenError {
+    /// Every reason, for pre-registering metric labels.
+    pub const ALL: [TokenError; 13] = [
+        TokenError::Malformed,
+        TokenError::Type,
+        TokenError::Header,
+        TokenError::UnknownKey,
+        TokenError::Algorithm,
+        TokenError::Signature,
+        TokenError::Claims,
+        TokenError::Issuer,
+        TokenError::Audience,
+        TokenError::Expired,
+        TokenError::NotYetValid,
+        TokenError::Lifetime,
+        TokenError::Revoked,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::Type => "type",
+            TokenError::Header => "header",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::Algorithm => "algorithm",
+            TokenError::Signature => "signature",
+            TokenError::Claims => "claims",
+            TokenError::Issuer => "issuer",
+            TokenError::Audience => "audience",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::Lifetime => "lifetime",
+            TokenError::Revoked => "revoked",
+        }
+    }
+}
+
+/// A string or an array of strings (`aud`, RFC 7519 §4.1.3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The claims as they must appear in the token; a missing or mistyped claim fails here.
+#[derive(Debug, Deserialize)]
+struct RawClaims {
+    iss: String,
+    sub: String,
+    aud: OneOrMany,
+    exp: u64,
+    iat: u64,
+    nbf: u64,
+    jti: String,
+    client_id: String,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// Claims of a token that passed every check. Only [`Verifier::verify`] makes one.
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims {
+    pub iss: String,
+    pub sub: String,
+    pub client_id: String,
+    pub jti: String,
+    pub iat: u64,
+    pub exp: u64,
+    pub scopes: Vec<String>,
+}
+
+impl VerifiedClaims {
+    /// Whether the token carries every one of `required`.
+    pub fn has_scopes(&self, required: &[String]) -> bool {
+        required.iter().all(|r| self.scopes.iter().any(|s| s == r))
+    }
+}
+
+/// The claim policy of this gateway.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub leeway: u64,
+    pub max_ttl: u64,
+}
+
+impl Verifier {
+    /// Checks the token completely against the keys and `now` (Unix seconds).
+    pub fn verify(
+        &self,
+        token: &str,
+        keys: &KeySet,
+        now: u64,
+    ) -> Result<VerifiedClaims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        // RFC 9068 §4: typ must be at+jwt (or its full media type); compare case-insensitively.
+        let typ_ok = header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok {
+            return Err(TokenError::Type);
+        }
+        // We understand no extension (RFC 7515 §4.1.11), and the key comes from our JWKS by
+        // `kid` only, never from the token itself.
+        if header.crit.is_some()
+            || header.jku.is_some()
+            || header.jwk.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+        {
+            return Err(TokenError::Header);
+        }
+        let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+        let key = keys.get(kid).ok_or(TokenError::UnknownKey)?;
+        if header.alg != key.alg {
+            return Err(TokenError::Algorithm);
+        }
+        let mut validation = Validation::new(key.alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let claims = match jsonwebtoken::decode::<RawClaims>(token, &key.key, &validation) {
+            Ok(data) => data.claims,
+            Err(e) => {
+                use jsonwebtoken::errors::ErrorKind;
+                return Err(match e.kind() {
+                    ErrorKind::InvalidSignature => TokenError::Signature,
+                    ErrorKind::Json(_) => TokenError::Claims,
+                    _ => TokenError::Malformed,
+                });
+            }
+        };
+        self.check_claims(claims, now)
+    }
+
+    fn check_claims(&self, c: RawClaims, now: u64) -> Result<VerifiedClaims, TokenError> {
+        if c.iss != self.issuer {
+            return Err(TokenError::Issuer);
+        }
+        let audience_ok = match &c.aud {
+            OneOrMany::One(a) => self.audiences.contains(a),
+            OneOrMany::Many(list) => list.iter().any(|a| self.audiences.contains(a)),
+        };
+        if !audience_ok {
+            return Err(TokenError::Audience);
+        }
+        if c.jti.is_empty() || c.sub.is_empty() || c.client_id.is_empty() {
+            return Err(TokenError::Claims);
+        }
+        // RFC 7519 §4.1.4: reject on or after exp, with the leeway for clock skew.
+        if now >= c.exp.saturating_add(self.leeway) {
+            return Err(TokenError::Expired);
+        }
+        if c.nbf > now.saturating_add(self.leeway) || c.iat > now.saturating_add(self.leeway) {
+            return Err(TokenError::NotYetValid);
+        }
+        // The lifetime bound is what makes revocation entries forgettable after exp: a token
+        // cannot outlive it, whatever its exp says.
+        match c.exp.checked_sub(c.iat) {
+            Some(lifetime) if lifetime <= self.max_ttl => {}
+            _ => return Err(TokenError::Lifetime),
+        }
+        Ok(VerifiedClaims {
+            scopes: c
+                .scope
+                .as_deref()
+                .unwrap_or("")
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            iss: c.iss,
+            sub: c.sub,
+            client_id: c.client_id,
+            jti: c.jti,
+            iat: c.iat,
+            exp: c.exp,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier() -> Verifier {
+        Verifier {
+            issuer: "https://issuer".into(),
+            audiences: vec!["api".into()],
+            leeway: 10,
+            max_ttl: 600,
+        }
+    }
+
+    fn claims(exp: u64, iat: u64, nbf: u64) -> RawClaims {
+        RawClaims {
+            iss: "https://issuer".into(),
+            sub: "s".into(),
+            aud: OneOrMany::Many(vec!["other".into(), "api".into()]),
+            exp,
+            iat,
+            nbf,
+            jti: "j".into(),
+            client_id: "c".into(),
+            scope: Some("a  b".into()),
+        }
+    }
+
+    /// Time checks honour the leeway exactly at their boundaries.
+    #[test]
+    fn time_boundaries() {
+        let v = verifier();
+        let ok = v.check_claims(claims(1000, 500, 500), 1009).unwrap();
+        assert_eq!(ok.scopes, vec!["a", "b"]);
+        assert_eq!(
+            v.check_claims(claims(1000, 500, 500), 1010).unwrap_err(),
+            TokenError::Expired
+        );
+        assert!(v.check_claims(claims(1000, 500, 510), 500).is_ok());
+        assert_eq!(
+            v.check_claims(claims(1000, 500, 511), 500).unwrap_err(),
+            TokenError::NotYetValid
+        );
+        assert_eq!(
+            v.check_claims(claims(1101, 500, 500), 600).unwrap_err(),
+            TokenError::Lifetime
+        );
+        assert_eq!(
+            v.check_claims(claims(u64::MAX, 500, 500), 600).unwrap_err(),
+            TokenError::Lifetime
+        );
+        assert_eq!(
+            v.check_claims(claims(400, 500, 500), 390).unwrap_err(),
+            TokenError::Lifetime
+        );
+    }
+
+    /// Issuer and audience must match the policy.
+    #[test]
+    fn issuer_and_audience() {
+        let v = verifier();
+        let mut c = claims(1000, 500, 500);
+        c.iss = "https://evil".into();
+        assert_eq!(v.check_claims(c, 600).unwrap_err(), TokenError::Issuer);
+        let mut c = claims(1000, 500, 500);
+        c.aud = OneOrMany::One("other".into());
+        assert_eq!(v.check_claims(c, 600).unwrap_err(), TokenError::Audience);
+    }
+}

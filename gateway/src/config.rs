@@ -1,0 +1,177 @@
+//! The gateway's configuration: one TOML file, overridable by `GATEWAY_*` environment
+//! variables (`GATEWAY_LISTEN`, `GATEWAY_NATS__URLS`, …), validated before anything binds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use revocation::nats::NatsConfig;
+use serde::Deserialize;
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the proxy listener clients call.
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`); keep it private.
+    pub admin_listen: SocketAddr,
+    /// The only accepted `iss`.
+    pub issuer: String,
+    /// Accepted audiences: a token's `aud` must contain at least one.
+    pub audiences: Vec<String>,
+    /// URL of the issuer's JWK Set. Exactly one of `jwks_url` and `jwks_file` is required.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Local JWK Set file, for deployments that ship keys with the config.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Seconds between JWKS refreshes; the last good set is kept when a refresh fails.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: u64,
+    /// Signature algorithms accepted; each key is pinned to one of them.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway: u64,
+    /// Longest accepted token lifetime (`exp - iat`), in seconds.
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: u64,
+    /// Longest accepted `Authorization` header, in bytes.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// `realm` of the `WWW-Authenticate` challenges.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Seconds to wait for an upstream's response headers before answering 504.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: u64,
+    /// Routes by path prefix; the longest matching prefix wins.
+    pub routes: Vec<RouteConfig>,
+    /// The mutual-TLS NATS connection the revocation feed reads from.
+    pub nats: NatsConfig,
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix, starting with `/`.
+    pub prefix: String,
+    /// Base URL of the upstream (`http://host:port`); the request path is appended unchanged.
+    pub upstream: String,
+    /// A public route needs no token; protected is the default.
+    #[serde(default)]
+    pub public: bool,
+    /// Scopes a token must all carry on this route.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+fn default_jwks_refresh() -> u64 {
+    300
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_max_ttl() -> u64 {
+    3600
+}
+fn default_max_token_bytes() -> usize {
+    8 * 1024
+}
+fn default_realm() -> String {
+    "gateway".into()
+}
+fn default_upstream_timeout() -> u64 {
+    30
+}
+fn default_grace() -> u64 {
+    10
+}
+
+impl Config {
+    /// Reads the file, applies `GATEWAY_*` overrides and validates the result.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let config: Config = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("GATEWAY_").split("__"))
+            .extract()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (tests) and validates it.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.issuer.is_empty() {
+            return Err("issuer: must not be empty".into());
+        }
+        if self.audiences.is_empty() {
+            return Err("audiences: at least one audience is required".into());
+        }
+        match (&self.jwks_url, &self.jwks_file) {
+            (Some(url), None) => {
+                let parsed = url::Url::parse(url).map_err(|e| format!("jwks_url: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err("jwks_url: must be an http(s) URL".into());
+                }
+            }
+            (None, Some(_)) => {}
+            _ => return Err("jwks_url / jwks_file: give exactly one".into()),
+        }
+        if self.jwks_refresh == 0 {
+            return Err("jwks_refresh: must be at least 1 second".into());
+        }
+        if self.algorithms.is_empty() {
+            return Err("algorithms: at least one is required".into());
+        }
+        for alg in &self.algorithms {
+            if !matches!(alg.as_str(), "RS256" | "ES256" | "EdDSA") {
+                return Err(format!(
+                    "algorithms: {alg:?} is not supported (RS256, ES256, EdDSA)"
+                ));
+            }
+        }
+        if self.max_ttl == 0 {
+            return Err("max_ttl: must be positive".into());
+        }
+        if self.routes.is_empty() {
+            return Err("routes: at least one route is required".into());
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.prefix.starts_with('/') {
+                return Err(format!("routes[{i}].prefix: must start with '/'"));
+            }
+            let upstream = url::Url::parse(&route.upstream)
+                .map_err(|e| format!("routes[{i}].upstream: {e}"))?;
+            if upstream.scheme() != "http" || upstream.host_str().is_none() {
+                return Err(format!(
+                    "routes[{i}].upstream: must be an http://host:port URL"
+                ));
+            }
+            if route.public && !route.scopes.is_empty() {
+                return Err(format!("routes[{i}]: a public route cannot require scopes"));
+            }
+        }
+        self.nats.validate("nats")
+    }
+}

@@ -1,0 +1,123 @@
+//! Errors of the request path, each saying whose fault it was, and the one place they become
+//! HTTP responses (RFC 6750 §3 for authentication failures).
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+
+use crate::auth::jwt::TokenError;
+
+/// Why a request was not proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The client sent no credentials (or another scheme than Bearer).
+    #[error("no bearer credentials")]
+    NoCredentials,
+    /// The client's request is malformed.
+    #[error("invalid_request: {0}")]
+    InvalidRequest(&'static str),
+    /// The client's token failed a check; the reason is logged, never sent (no oracle).
+    #[error("invalid_token: {0}")]
+    InvalidToken(TokenError),
+    /// The client's token lacks a scope the route requires.
+    #[error("insufficient_scope")]
+    InsufficientScope(String),
+    /// No route matches the path.
+    #[error("no route")]
+    NoRoute,
+    /// The gateway cannot vouch for its revocation set or keys yet (our side, temporary).
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
+    /// The upstream refused or broke the connection.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    /// Label for metrics and access logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::NoCredentials => "no_credentials",
+            GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::InvalidToken(_) => "invalid_token",
+            GatewayError::InsufficientScope(_) => "insufficient_scope",
+            GatewayError::NoRoute => "no_route",
+            GatewayError::NotReady(_) => "not_ready",
+            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The response, with `realm` in the challenge.
+    pub fn into_response_with_realm(self, realm: &str) -> Response {
+        let challenge = |extra: &str| {
+            let value = format!("Bearer realm=\"{realm}\"{extra}");
+            HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("Bearer"))
+        };
+        let (status, code, description, www) = match &self {
+            GatewayError::NoCredentials => (
+                StatusCode::UNAUTHORIZED,
+                None,
+                "authentication required",
+                Some(challenge("")),
+            ),
+            GatewayError::InvalidRequest(d) => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                *d,
+                Some(challenge(", error=\"invalid_request\"")),
+            ),
+            GatewayError::InvalidToken(_) => (
+                StatusCode::UNAUTHORIZED,
+                Some("invalid_token"),
+                "the access token is invalid",
+                Some(challenge(
+                    ", error=\"invalid_token\", error_description=\"the access token is invalid\"",
+                )),
+            ),
+            GatewayError::InsufficientScope(scope) => (
+                StatusCode::FORBIDDEN,
+                Some("insufficient_scope"),
+                "the access token lacks a required scope",
+                Some(challenge(&format!(
+                    ", error=\"insufficient_scope\", scope=\"{scope}\""
+                ))),
+            ),
+            GatewayError::NoRoute => (StatusCode::NOT_FOUND, Some("not_found"), "no route", None),
+            GatewayError::NotReady(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("temporarily_unavailable"),
+                "the gateway cannot check tokens yet",
+                None,
+            ),
+            GatewayError::UpstreamUnavailable(_) => (
+                StatusCode::BAD_GATEWAY,
+                Some("bad_gateway"),
+                "the upstream service is unavailable",
+                None,
+            ),
+            GatewayError::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                Some("gateway_timeout"),
+                "the upstream service did not answer in time",
+                None,
+            ),
+        };
+        let body = match code {
+            Some(code) => serde_json::json!({ "error": code, "error_description": description }),
+            None => serde_json::json!({ "error_description": description }),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(www) = www {
+            headers.insert(header::WWW_AUTHENTICATE, www);
+        }
+        if matches!(self, GatewayError::NotReady(_)) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,296 @@
+//! The API gateway.
+//!
+//! ```text
+//! request -> route -> bearer -> jwt (keys) -> revocation set -> scope -> proxy -> upstream
+//!                                                  ^
+//!                        NATS (mTLS) --> feed -----+
+//! ```
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`routes`]: the route table (path prefix -> upstream and policy).
+//! - [`auth`]: bearer extraction, key set, signature and claim checks.
+//! - [`proxy`]: forwarding to upstreams.
+//! - [`error`]: request-path errors and the one place they become responses.
+//! - [`admin`]: health, readiness and metrics on the admin listener.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`serve`]: the HTTP server loop with header-read timeout and graceful drain.
+//!
+//! The revocation set and the feed that fills it live in the shared `revocation` crate.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod serve;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use axum::Router;
+use http::Request;
+use jsonwebtoken::Algorithm;
+use prometheus_client::registry::Registry;
+use revocation::feed::{self, FeedStatus};
+use revocation::nats::ConnectionState;
+use revocation::{RevocationSet, TokenRef};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use auth::jwt::{VerifiedClaims, Verifier};
+use auth::keys::{JwksSource, KeyStore};
+pub use config::Config;
+use error::GatewayError;
+use routes::{Route, RouteTable};
+
+/// One gateway instance: its policy and the state its tasks share.
+pub struct Gateway {
+    pub routes: RouteTable,
+    pub verifier: Verifier,
+    pub keys: Arc<KeyStore>,
+    pub revocations: Arc<RevocationSet>,
+    pub feed: Arc<FeedStatus>,
+    pub nats: Arc<ConnectionState>,
+    pub proxy: proxy::Proxy,
+    pub metrics: Arc<metrics::Metrics>,
+    pub registry: Registry,
+    realm: String,
+    max_token_bytes: usize,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Installs the process-wide crypto providers (aws-lc-rs for jsonwebtoken and rustls).
+/// jsonwebtoken panics at first use without one; calling this twice is harmless.
+pub fn install_crypto() {
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+impl Gateway {
+    /// What keeps the gateway from vouching for tokens; empty when ready.
+    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if self.keys.snapshot().is_none() {
+            reasons.push("jwks_not_loaded");
+        }
+        if !self.feed.is_caught_up() {
+            reasons.push("revocations_not_replayed");
+        }
+        reasons
+    }
+
+    /// Bearer, signature, claims, revocation and scope: the identity to forward, or why not.
+    pub fn authenticate(
+        &self,
+        request: &Request<Body>,
+        route: &Route,
+    ) -> Result<VerifiedClaims, GatewayError> {
+        let token = auth::bearer::extract(request.headers(), self.max_token_bytes)?;
+        // Fail closed: until the key set is loaded and the stream replayed, a token that was
+        // revoked could look valid here.
+        let Some(keys) = self.keys.snapshot() else {
+            return Err(GatewayError::NotReady("jwks_not_loaded"));
+        };
+        if !self.feed.is_caught_up() {
+            return Err(GatewayError::NotReady("revocations_not_replayed"));
+        }
+        let claims = self
+            .verifier
+            .verify(token, &keys, revocation::unix_now())
+            .map_err(GatewayError::InvalidToken)?;
+        let token_ref = TokenRef {
+            iss: &claims.iss,
+            jti: &claims.jti,
+            sub: &claims.sub,
+            client_id: &claims.client_id,
+            iat: claims.iat,
+        };
+        if self.revocations.is_revoked(&token_ref) {
+            return Err(GatewayError::InvalidToken(auth::jwt::TokenError::Revoked));
+        }
+        if !claims.has_scopes(&route.scopes) {
+            return Err(GatewayError::InsufficientScope(route.scopes.join(" ")));
+        }
+        Ok(claims)
+    }
+
+    async fn handle(
+        &self,
+        request: Request<Body>,
+        peer: SocketAddr,
+    ) -> Result<Response, GatewayError> {
+        let route = self
+            .routes
+            .find(request.uri().path())
+            .ok_or(GatewayError::NoRoute)?;
+        let identity = if route.public {
+            None
+        } else {
+            Some(self.authenticate(&request, route)?)
+        };
+        self.proxy
+            .forward(route, request, identity.as_ref(), peer)
+            .await
+    }
+}
+
+/// Every proxied request enters here.
+async fn gateway_handler(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request<Body>,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = match gw.handle(request, peer).await {
+        Ok(response) => response,
+        Err(err) => {
+            match &err {
+                GatewayError::InvalidToken(reason) => {
+                    gw.metrics.auth_failure(*reason);
+                    tracing::info!(%method, %path, reason = reason.as_str(), "token refused");
+                }
+                GatewayError::UpstreamUnavailable(cause) => {
+                    tracing::warn!(%method, %path, %cause, "upstream unavailable");
+                }
+                other => tracing::debug!(%method, %path, error = other.kind(), "request refused"),
+            }
+            err.into_response_with_realm(&gw.realm)
+        }
+    };
+    gw.metrics.response(response.status().as_u16());
+    response
+}
+
+/// Runs the gateway on the two listeners until `shutdown` is cancelled, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    install_crypto();
+    let routes = RouteTable::new(&config.routes).map_err(StartError::Config)?;
+    let algorithms = config
+        .algorithms
+        .iter()
+        .map(|a| a.parse::<Algorithm>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError::Config(format!("algorithms: {e}")))?;
+    let source = match (&config.jwks_url, &config.jwks_file) {
+        (Some(url), _) => JwksSource::Url(url.clone()),
+        (None, Some(file)) => JwksSource::File(file.clone()),
+        (None, None) => {
+            return Err(StartError::Config(
+                "jwks_url or jwks_file is required".into(),
+            ))
+        }
+    };
+
+    let tasks = shutdown.child_token();
+    let keys = Arc::new(KeyStore::default());
+    let keys_task = auth::keys::spawn_refresher(
+        keys.clone(),
+        source,
+        algorithms,
+        Duration::from_secs(config.jwks_refresh),
+        tasks.clone(),
+    );
+
+    let revocations = Arc::new(RevocationSet::new(config.leeway));
+    let feed_status = Arc::new(FeedStatus::default());
+    let nats = Arc::new(ConnectionState::default());
+    let client = revocation::nats::connect(&config.nats, "gateway", nats.clone())
+        .await
+        .map_err(|e| StartError::Nats(e.to_string()))?;
+    let feed_task = feed::spawn(
+        client.clone(),
+        nats.clone(),
+        revocations.clone(),
+        feed_status.clone(),
+        tasks.clone(),
+    );
+    let sweeper_task = spawn_sweeper(revocations.clone(), tasks.clone());
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let registry = metrics.registry(&feed_status, &nats);
+    let gateway = Arc::new(Gateway {
+        routes,
+        verifier: Verifier {
+            issuer: config.issuer.clone(),
+            audiences: config.audiences.clone(),
+            leeway: config.leeway,
+            max_ttl: config.max_ttl,
+        },
+        keys,
+        revocations,
+        feed: feed_status,
+        nats,
+        proxy: proxy::Proxy::new(Duration::from_secs(config.upstream_timeout)),
+        metrics,
+        registry,
+        realm: config.realm.clone(),
+        max_token_bytes: config.max_token_bytes,
+    });
+
+    let proxy_app = Router::new()
+        .fallback(gateway_handler)
+        .with_state(gateway.clone());
+    let admin_app = admin::app(gateway.clone());
+    tracing::info!(addr = %listener.local_addr()?, "gateway proxy listening");
+    tracing::info!(addr = %admin_listener.local_addr()?, "gateway admin listening");
+    let grace = Duration::from_secs(config.shutdown_grace);
+    let admin = tokio::spawn(serve::serve(
+        admin_listener,
+        admin_app,
+        shutdown.clone(),
+        grace,
+    ));
+    serve::serve(listener, proxy_app, shutdown.clone(), grace).await;
+    let _ = admin.await;
+    tasks.cancel();
+    let _ = tokio::join!(keys_task, feed_task, sweeper_task);
+    drop(client);
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Forgets revocation rules once the tokens they cover can no longer be accepted.
+fn spawn_sweeper(
+    set: Arc<RevocationSet>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    let purged = set.purge_expired(revocation::unix_now());
+                    if purged > 0 {
+                        tracing::debug!(purged, "expired revocation rules purged");
+                    }
+                }
+            }
+        }
+    })
+}

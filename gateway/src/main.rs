@@ -1,0 +1,84 @@
+//! `gateway --config FILE`: reads the configuration, starts tracing, binds both listeners and
+//! runs the gateway until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// API gateway that checks JWT access tokens locally and enforces revocations received over
+/// mutual-TLS NATS.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file; `GATEWAY_*` environment variables override its keys
+    /// (nested keys with `__`, e.g. `GATEWAY_NATS__URLS`).
+    #[arg(long, short, value_name = "FILE", env = "GATEWAY_CONFIG")]
+    config: PathBuf,
+}
+
+/// Exit status for a configuration error, before any port is bound.
+const EXIT_BAD_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match gateway::Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let bind = |addr| async move {
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                tracing::error!(%addr, error = %e, "cannot bind");
+            })
+        };
+        let (Ok(listener), Ok(admin)) =
+            (bind(config.listen).await, bind(config.admin_listen).await)
+        else {
+            return ExitCode::FAILURE;
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal_shutdown(shutdown.clone()));
+        match gateway::run(config, listener, admin, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "gateway failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

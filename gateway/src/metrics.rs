@@ -1,0 +1,111 @@
+//! The gateway's Prometheus metrics, one registry per gateway instance.
+
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use revocation::feed::FeedStatus;
+use revocation::nats::ConnectionState;
+use revocation::SkipReason;
+
+use crate::auth::jwt::TokenError;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Counters the request path updates.
+#[derive(Default)]
+pub struct Metrics {
+    /// Responses by status code.
+    pub responses: Family<Labels, Counter>,
+    /// Token refusals by reason.
+    pub auth_failures: Family<Labels, Counter>,
+    /// Revocation rules held (set on scrape).
+    pub revocation_rules: Gauge,
+    /// Last stream sequence applied (set on scrape).
+    pub last_sequence: Gauge,
+    /// 1 when the feed has caught up with the stream (set on scrape).
+    pub feed_caught_up: Gauge,
+}
+
+impl Metrics {
+    pub fn response(&self, status: u16) {
+        self.responses
+            .get_or_create(&vec![("status", status.to_string())])
+            .inc();
+    }
+
+    pub fn auth_failure(&self, reason: TokenError) {
+        self.auth_failures
+            .get_or_create(&vec![("reason", reason.as_str().to_string())])
+            .inc();
+    }
+
+    /// A registry with these metrics and the feed's and connection's counters.
+    pub fn registry(self: &Arc<Self>, feed: &FeedStatus, nats: &ConnectionState) -> Registry {
+        for reason in TokenError::ALL {
+            let _ = self
+                .auth_failures
+                .get_or_create(&vec![("reason", reason.as_str().to_string())]);
+        }
+        for reason in SkipReason::ALL {
+            let _ = feed
+                .skipped
+                .get_or_create(&vec![("reason", reason.as_str())]);
+        }
+        let mut r = Registry::with_prefix("gateway");
+        r.register("responses", "Responses by status", self.responses.clone());
+        r.register(
+            "auth_failures",
+            "Tokens refused, by reason",
+            self.auth_failures.clone(),
+        );
+        r.register(
+            "revocation_rules",
+            "Revocation rules held",
+            self.revocation_rules.clone(),
+        );
+        r.register(
+            "revocation_last_sequence",
+            "Last revocation stream sequence applied",
+            self.last_sequence.clone(),
+        );
+        r.register(
+            "revocation_caught_up",
+            "1 when the revocation feed has replayed the stream",
+            self.feed_caught_up.clone(),
+        );
+        r.register(
+            "revocation_events_applied",
+            "Revocation events that added a rule",
+            feed.applied.clone(),
+        );
+        r.register(
+            "revocation_events_duplicate",
+            "Revocation events already enforced",
+            feed.duplicates.clone(),
+        );
+        r.register(
+            "revocation_events_expired",
+            "Revocation events whose rule had expired",
+            feed.expired.clone(),
+        );
+        r.register(
+            "revocation_events_skipped",
+            "Revocation messages skipped, by reason",
+            feed.skipped.clone(),
+        );
+        r.register(
+            "nats_server_errors",
+            "Errors reported by the NATS server",
+            nats.server_errors.clone(),
+        );
+        r.register(
+            "nats_disconnects",
+            "NATS connection losses",
+            nats.disconnects.clone(),
+        );
+        r
+    }
+}
