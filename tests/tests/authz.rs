@@ -1,0 +1,281 @@
+//! The authz-server's OAuth endpoints: token issuance (RFC 6749 §4.4, RFC 9068), revocation
+//! (RFC 7009), the admin revocation API and their error answers.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+use system_tests::{Authz, Nats};
+
+fn decode_part(token: &str, index: usize) -> Value {
+    let part = token.split('.').nth(index).unwrap_or_default();
+    serde_json::from_slice(&B64.decode(part).unwrap_or_default()).unwrap_or_default()
+}
+
+async fn start() -> anyhow::Result<(Nats, tempfile::TempDir, Authz)> {
+    let nats = Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    let authz = Authz::start(dir.path(), &[nats.url()]).await?;
+    Ok((nats, dir, authz))
+}
+
+/// Issued tokens are RFC 9068 JWTs: typ at+jwt, kid of the JWKS key, every claim set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_issues_rfc9068_tokens() -> anyhow::Result<()> {
+    let (_nats, _dir, authz) = start().await?;
+    let http = reqwest::Client::new();
+    // client_secret_post, with a narrower scope.
+    let response = http
+        .post(format!("{}/oauth2/token", authz.url))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "demo-client"),
+            ("client_secret", "demo-secret"),
+            ("scope", "echo:read"),
+        ])
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await?;
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 300);
+    assert_eq!(body["scope"], "echo:read");
+    let token = body["access_token"].as_str().unwrap_or_default();
+    let header = decode_part(token, 0);
+    let claims = decode_part(token, 1);
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", authz.url))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], jwks["keys"][0]["kid"]);
+    assert_eq!(jwks["keys"][0]["use"], "sig");
+    assert!(
+        jwks["keys"][0].get("d").is_none(),
+        "private part in the JWKS"
+    );
+    assert_eq!(claims["iss"], authz.url);
+    assert_eq!(claims["sub"], "demo-client");
+    assert_eq!(claims["client_id"], "demo-client");
+    assert_eq!(claims["aud"], "demo-api");
+    assert_eq!(claims["scope"], "echo:read");
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap_or(0),
+        claims["exp"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(exp - iat, 300);
+    assert_eq!(claims["nbf"], claims["iat"]);
+    let other = authz.token("demo-client", "demo-secret").await?;
+    assert_ne!(
+        decode_part(&other, 1)["jti"],
+        claims["jti"],
+        "jti must be unique"
+    );
+    assert_eq!(decode_part(&other, 1)["scope"], "echo:read echo:write");
+    Ok(())
+}
+
+/// Each malformed or unauthorised token request gets its RFC 6749 §5.2 error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_errors() -> anyhow::Result<()> {
+    let (_nats, _dir, authz) = start().await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/oauth2/token", authz.url);
+    let grant = [("grant_type", "client_credentials")];
+
+    let r = http
+        .post(&url)
+        .basic_auth("demo-client", Some("wrong"))
+        .form(&grant)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()?
+        .starts_with("Basic"));
+    assert_eq!(r.json::<Value>().await?["error"], "invalid_client");
+
+    let r = http
+        .post(&url)
+        .basic_auth("nobody", Some("demo-secret"))
+        .form(&grant)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+
+    let r = http.post(&url).form(&grant).send().await?;
+    assert_eq!(r.status(), 401, "no credentials");
+    assert_eq!(r.json::<Value>().await?["error"], "invalid_client");
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "both auth methods",
+            http.post(&url)
+                .basic_auth("demo-client", Some("demo-secret"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_secret", "demo-secret"),
+                ]),
+            400,
+            "invalid_request",
+        ),
+        (
+            "password grant",
+            http.post(&url)
+                .basic_auth("demo-client", Some("demo-secret"))
+                .form(&[("grant_type", "password")]),
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            "no grant_type",
+            http.post(&url)
+                .basic_auth("demo-client", Some("demo-secret"))
+                .form(&[("scope", "echo:read")]),
+            400,
+            "invalid_request",
+        ),
+        (
+            "scope not allowed",
+            http.post(&url)
+                .basic_auth("other-client", Some("other-secret"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "echo:write"),
+                ]),
+            400,
+            "invalid_scope",
+        ),
+        (
+            "repeated parameter",
+            http.post(&url)
+                .basic_auth("demo-client", Some("demo-secret"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("grant_type=client_credentials&grant_type=client_credentials"),
+            400,
+            "invalid_request",
+        ),
+        (
+            "JSON body",
+            http.post(&url)
+                .basic_auth("demo-client", Some("demo-secret"))
+                .json(&json!({"grant_type": "client_credentials"})),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (name, request, status, error) in cases {
+        let r = request.send().await?;
+        assert_eq!(r.status(), status, "{name}");
+        assert_eq!(r.json::<Value>().await?["error"], error, "{name}");
+    }
+    let r = http
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("x".repeat(64 * 1024))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 413, "oversized body");
+    Ok(())
+}
+
+/// RFC 7009: unknown tokens get 200, wrong credentials 401, another client's token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_endpoint_rules() -> anyhow::Result<()> {
+    let (_nats, _dir, authz) = start().await?;
+    let token = authz.token("demo-client", "demo-secret").await?;
+    assert_eq!(
+        authz
+            .revoke("demo-client", "demo-secret", "not-a-token")
+            .await?,
+        200
+    );
+    assert_eq!(authz.revoke("demo-client", "wrong", &token).await?, 401);
+    assert_eq!(
+        authz.revoke("other-client", "other-secret", &token).await?,
+        400
+    );
+    assert_eq!(
+        authz.revoke("demo-client", "demo-secret", &token).await?,
+        200
+    );
+    assert_eq!(
+        authz.revoke("demo-client", "demo-secret", &token).await?,
+        200,
+        "idempotent"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/oauth2/revoke", authz.url))
+        .basic_auth("demo-client", Some("demo-secret"))
+        .form(&[
+            ("token", token.as_str()),
+            ("token_type_hint", "refresh_token"),
+        ])
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await?["error"], "unsupported_token_type");
+    Ok(())
+}
+
+/// The admin API: admin clients only; by jti and exp or by the token; bad bodies are 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_revocation_api() -> anyhow::Result<()> {
+    let (_nats, _dir, authz) = start().await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/admin/revocations", authz.url);
+    let token = authz.token("demo-client", "demo-secret").await?;
+    let claims = decode_part(&token, 1);
+
+    let r = http
+        .post(&url)
+        .basic_auth("demo-client", Some("demo-secret"))
+        .json(&json!({"token": token}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403, "non-admin client");
+    let r = http
+        .post(&url)
+        .json(&json!({"token": token}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401, "no credentials");
+
+    let (status, body) = authz
+        .admin_revoke(json!({"token": token, "reason": "compromised"}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["jti"], claims["jti"]);
+    assert_eq!(body["expires_at"], claims["exp"]);
+    assert_eq!(body["reason"], "compromised");
+    assert_eq!(body["v"], 1);
+
+    let now = revocation::unix_now();
+    for (name, payload) in [
+        ("jti without exp", json!({"jti": "abc"})),
+        (
+            "both jti and token",
+            json!({"jti": "abc", "exp": now + 10, "token": token}),
+        ),
+        (
+            "exp beyond any lifetime",
+            json!({"jti": "abc", "exp": now + 100_000}),
+        ),
+        ("foreign token", json!({"token": "e30.e30.sig"})),
+        (
+            "unknown field",
+            json!({"jti": "abc", "exp": now + 10, "sub": "x"}),
+        ),
+        ("not an object", json!(["jti"])),
+    ] {
+        let (status, body) = authz.admin_revoke(payload).await?;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert_eq!(body["error"], "invalid_request", "{name}");
+    }
+    let (status, _) = authz
+        .admin_revoke(json!({"jti": "some-other-jti", "exp": now + 60}))
+        .await?;
+    assert_eq!(status, 200);
+    Ok(())
+}
