@@ -103,7 +103,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, String> {
         let config: Config = Figment::new()
             .merge(Toml::file_exact(path))
-            .merge(Env::prefixed("GATEWAY_").split("__"))
+            .merge(Env::prefixed("GATEWAY_").split("__").ignore(&["config"]))
             .extract()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         config.validate()?;

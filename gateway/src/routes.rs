@@ -37,7 +37,7 @@ impl RouteTable {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(RouteTable { routes })
     }
 

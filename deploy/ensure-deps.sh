@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Makes sure the system tools the project runs are installed: nats-server (the product's
+# NATS), openssl (the development PKI) and curl (readiness checks, the README walk-through).
+# Installs them with apt-get where it exists; elsewhere stops with one line saying what to
+# install. Everything else comes from Cargo.
+set -euo pipefail
+
+missing=()
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed; install the Rust toolchain (https://rustup.rs)" >&2; exit 1; }
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing ${missing[*]} with apt-get" >&2
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    echo "error: please install ${missing[*]} (no apt-get on this machine)" >&2
+    exit 1
+fi

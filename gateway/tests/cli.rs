@@ -1,0 +1,141 @@
+//! The gateway binary: bad configuration exits 64 with a message naming the problem, before
+//! binding anything; SIGTERM stops a running gateway cleanly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+
+fn config(certs: &Path, extra: &str) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+issuer = "http://127.0.0.1:1"
+audiences = ["demo-api"]
+jwks_file = "/nonexistent/jwks.json"
+{extra}
+[[routes]]
+prefix = "/echo/"
+upstream = "http://127.0.0.1:9"
+scopes = ["echo:read"]
+
+[nats]
+urls = ["tls://127.0.0.1:1"]
+ca_file = "{c}/ca.pem"
+cert_file = "{c}/gateway-1.pem"
+key_file = "{c}/gateway-1-key.pem"
+inbox_name = "gateway-1"
+"#,
+        c = certs.display()
+    )
+}
+
+fn certs(dir: &Path) -> std::path::PathBuf {
+    let certs = dir.join("certs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs/make-dev-certs.sh");
+    let status = Command::new(script)
+        .arg(&certs)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    certs
+}
+
+/// Each bad configuration exits 64 and names what is wrong.
+#[test]
+fn bad_config_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let cases = [
+        ("unknown key", config(&certs, "colour = \"blue\""), "colour"),
+        (
+            "bad algorithm",
+            config(&certs, "algorithms = [\"HS256\"]"),
+            "algorithms",
+        ),
+        (
+            "bad listen",
+            config(&certs, "").replace("127.0.0.1:0\"\nadmin", "nowhere\"\nadmin"),
+            "listen",
+        ),
+        (
+            "plaintext NATS",
+            config(&certs, "").replace("tls://", "nats://"),
+            "plaintext",
+        ),
+        (
+            "missing cert",
+            config(&certs, "").replace("gateway-1.pem", "nobody.pem"),
+            "cert_file",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+    }
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
+}
+
+/// A running gateway exits 0 on SIGTERM, promptly.
+#[test]
+fn sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config(&certs, "")).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = lines
+        .by_ref()
+        .take(50)
+        .map_while(Result::ok)
+        .any(|l| l.contains("admin listening"));
+    assert!(listening, "the gateway never logged its listeners");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gateway did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
