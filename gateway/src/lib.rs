@@ -88,8 +88,10 @@ impl Gateway {
     /// What keeps the gateway from vouching for tokens; empty when ready.
     pub fn not_ready_reasons(&self) -> Vec<&'static str> {
         let mut reasons = Vec::new();
-        if self.keys.snapshot().is_none() {
-            reasons.push("jwks_not_loaded");
+        match self.keys.snapshot() {
+            None => reasons.push("jwks_not_loaded"),
+            Some(keys) if keys.is_empty() => reasons.push("jwks_has_no_usable_key"),
+            Some(_) => {}
         }
         if !self.feed.is_caught_up() {
             reasons.push("revocations_not_replayed");
@@ -106,8 +108,12 @@ impl Gateway {
         let token = auth::bearer::extract(request.headers(), self.max_token_bytes)?;
         // Fail closed: until the key set is loaded and the stream replayed, a token that was
         // revoked could look valid here.
-        let Some(keys) = self.keys.snapshot() else {
-            return Err(GatewayError::NotReady("jwks_not_loaded"));
+        let keys = match self.keys.snapshot() {
+            None => return Err(GatewayError::NotReady("jwks_not_loaded")),
+            Some(keys) if keys.is_empty() => {
+                return Err(GatewayError::NotReady("jwks_has_no_usable_key"))
+            }
+            Some(keys) => keys,
         };
         if !self.feed.is_caught_up() {
             return Err(GatewayError::NotReady("revocations_not_replayed"));

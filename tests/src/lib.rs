@@ -282,10 +282,20 @@ pub struct Authz {
 impl Authz {
     /// Starts an authz-server whose files live in `dir` (reuse `dir` to restart it).
     pub async fn start(dir: &Path, nats_urls: &[String]) -> Result<Authz> {
-        Self::start_on(bind().await?, dir, nats_urls).await
+        Self::start_on(bind().await?, dir, nats_urls, "").await
     }
 
-    async fn start_on(listener: TcpListener, dir: &Path, nats_urls: &[String]) -> Result<Authz> {
+    /// Like [`Authz::start`], with `extra` top-level TOML keys (e.g. `signing_alg = "ES256"`).
+    pub async fn start_with(dir: &Path, nats_urls: &[String], extra: &str) -> Result<Authz> {
+        Self::start_on(bind().await?, dir, nats_urls, extra).await
+    }
+
+    async fn start_on(
+        listener: TcpListener,
+        dir: &Path,
+        nats_urls: &[String],
+        extra: &str,
+    ) -> Result<Authz> {
         init_tracing();
         let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
         let [(demo, demo_hash), (other, other_hash), (admin, admin_hash)] = hashes();
@@ -298,6 +308,7 @@ signing_key_file = {key:?}
 token_ttl = 300
 max_ttl = 3600
 leeway = 30
+{extra}
 
 [[clients]]
 id = "{demo}"
@@ -356,7 +367,7 @@ admin = true
         self.service.stop().await;
         let addr = self.url.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind(&addr).await?;
-        *self = Authz::start_on(listener, &self.dir.clone(), &self.nats_urls.clone()).await?;
+        *self = Authz::start_on(listener, &self.dir.clone(), &self.nats_urls.clone(), "").await?;
         Ok(())
     }
 
@@ -428,6 +439,49 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// An address where nothing listens (connections are refused).
+    pub async fn unreachable() -> Result<Upstream> {
+        let listener = bind().await?;
+        let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+        drop(listener);
+        Ok(Upstream {
+            url,
+            service: Service {
+                shutdown: CancellationToken::new(),
+                task: None,
+            },
+        })
+    }
+
+    /// An upstream that accepts connections and reads requests but never answers.
+    pub async fn silent() -> Result<Upstream> {
+        let listener = bind().await?;
+        let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => held.push(stream),
+                        Err(_) => return,
+                    },
+                }
+            }
+        });
+        Ok(Upstream {
+            url,
+            service: Service {
+                shutdown,
+                task: Some(task),
+            },
+        })
+    }
+}
+
 /// A gateway, in-process.
 pub struct Gateway {
     pub url: String,
@@ -444,7 +498,7 @@ impl Gateway {
         authz: &Authz,
         upstream: &Upstream,
     ) -> Result<Gateway> {
-        Self::start_as(id, id, nats_urls, authz, upstream).await
+        Self::start_with(id, id, nats_urls, authz, upstream, "").await
     }
 
     /// Like [`Gateway::start`], with the certificate files `<cert>.pem` (for bad-cert tests).
@@ -455,21 +509,45 @@ impl Gateway {
         authz: &Authz,
         upstream: &Upstream,
     ) -> Result<Gateway> {
+        Self::start_with(id, cert, nats_urls, authz, upstream, "").await
+    }
+
+    /// The general form: certificate `<cert>.pem`, and `extra` top-level TOML keys that
+    /// replace the defaults (e.g. `algorithms = ["ES256"]` or `upstream_timeout = 1`).
+    pub async fn start_with(
+        id: &str,
+        cert: &str,
+        nats_urls: &[String],
+        authz: &Authz,
+        upstream: &Upstream,
+        extra: &str,
+    ) -> Result<Gateway> {
         init_tracing();
         let listener = bind().await?;
         let admin = bind().await?;
         let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
         let admin_url = format!("http://127.0.0.1:{}", admin.local_addr()?.port());
+        let defaults = format!(
+            "issuer = \"{issuer}\"\njwks_url = \"{issuer}/.well-known/jwks.json\"\nleeway = 30\nmax_ttl = 3600\nshutdown_grace = 2\n",
+            issuer = authz.url
+        );
+        // A key given in `extra` replaces its default line.
+        let defaults: String = defaults
+            .lines()
+            .filter(|line| {
+                let key = line.split('=').next().unwrap_or("").trim();
+                !extra
+                    .lines()
+                    .any(|e| e.split('=').next().unwrap_or("").trim() == key)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
         let text = format!(
             r#"
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
-issuer = "{issuer}"
 audiences = ["demo-api"]
-jwks_url = "{issuer}/.well-known/jwks.json"
-leeway = 30
-max_ttl = 3600
-shutdown_grace = 2
+{defaults}{extra}
 
 [[routes]]
 prefix = "/echo/"
@@ -487,7 +565,6 @@ upstream = "{upstream}"
 public = true
 
 {nats}"#,
-            issuer = authz.url,
             upstream = upstream.url,
             nats = Pki::get().nats_section(nats_urls, id, cert),
         );
@@ -507,6 +584,11 @@ public = true
                 task: Some(task),
             },
         })
+    }
+
+    /// Stops the gateway gracefully.
+    pub async fn service_stop(mut self) {
+        self.service.stop().await;
     }
 
     /// Status of `GET /readyz`.
