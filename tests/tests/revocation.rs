@@ -45,15 +45,15 @@ async fn revoked_token_is_refused() -> anyhow::Result<()> {
             .await?,
         200
     );
-    let acknowledged = revoked_at.elapsed();
+    let acknowledged = Instant::now();
     eventually(WAIT, "the revoked token to be refused", || async {
         (gw.call(&http, "/echo/hello", &token).await == 401).then_some(())
     })
     .await?;
     println!(
-        "revocation delay: {:?} from the revoke request ({:?} of it before the 200)",
-        revoked_at.elapsed(),
-        acknowledged
+        "revocation delay: {:?} from the revoke API's 200 to the first 401 ({:?} for the revoke call itself)",
+        acknowledged.elapsed(),
+        acknowledged - revoked_at
     );
 
     let refused_before = gw
