@@ -17,8 +17,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The `iss` of every token, an `https` URL (or `http` on loopback for development).
     pub issuer: String,
-    /// SQLite database file; created on first start. The source of truth for revocations.
-    pub database: PathBuf,
+    /// The source of truth for revocations: a SQLite file path (created on first start), or a
+    /// `postgres://` URL for several replicas sharing one database.
+    pub database: String,
     /// PEM file of the signing key (PKCS#8); generated on first start when absent.
     pub signing_key_file: PathBuf,
     /// Signing algorithm: `RS256` (default), `ES256` or `EdDSA`.
@@ -37,6 +38,9 @@ pub struct Config {
     /// Replicas of the revocation stream: 1 for a single NATS server, 3 for a cluster.
     #[serde(default = "default_replicas")]
     pub stream_replicas: usize,
+    /// Milliseconds between heartbeats; gateways' `max_staleness_ms` must be well above it.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
     /// The mutual-TLS NATS connection the outbox relay publishes on.
     pub nats: NatsConfig,
     /// Clients allowed to obtain tokens (development and static clients).
@@ -74,6 +78,9 @@ fn default_max_ttl() -> u64 {
 fn default_leeway() -> u64 {
     30
 }
+fn default_heartbeat_interval_ms() -> u64 {
+    1000
+}
 fn default_replicas() -> usize {
     1
 }
@@ -107,11 +114,17 @@ impl Config {
         if issuer.scheme() != "https" && !(issuer.scheme() == "http" && loopback) {
             return Err("issuer: must be an https URL (http only on loopback)".into());
         }
+        if self.database.is_empty() {
+            return Err("database: a SQLite path or a postgres:// URL is required".into());
+        }
         if !matches!(self.signing_alg.as_str(), "RS256" | "ES256" | "EdDSA") {
             return Err("signing_alg: must be RS256, ES256 or EdDSA".into());
         }
         if self.token_ttl == 0 || self.token_ttl > self.max_ttl {
             return Err("token_ttl: must be between 1 and max_ttl".into());
+        }
+        if !(50..=60_000).contains(&self.heartbeat_interval_ms) {
+            return Err("heartbeat_interval_ms: must be between 50 and 60000".into());
         }
         if self.stream_replicas == 0 || self.stream_replicas > 5 {
             return Err("stream_replicas: must be between 1 and 5".into());

@@ -3,6 +3,7 @@
 //! ```text
 //! client --token--> http (clients, keys) --> signed JWT
 //! client/admin --revoke--> http --> store (commit) --wake--> relay --> JetStream (acked)
+//!                                    store + stream state --> heartbeat --> gateways
 //! ```
 //!
 //! # Layout
@@ -15,10 +16,12 @@
 //! - [`tokens`]: access-token claims and the check of presented tokens.
 //! - [`store`]: the database, source of truth and outbox.
 //! - [`relay`]: the task that publishes the outbox to NATS.
+//! - [`heartbeat`]: the task that tells gateways how far publishing has got.
 
 pub mod clients;
 pub mod config;
 pub mod error;
+pub mod heartbeat;
 pub mod http;
 pub mod keys;
 pub mod relay;
@@ -76,6 +79,14 @@ pub async fn run(
     install_crypto();
     let keys = keys::KeyObject::load_or_generate(&config.signing_key_file, &config.signing_alg)?;
     let store = store::Store::open(&config.database).await?;
+    tracing::info!(
+        backend = if config.database.starts_with("postgres") {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        "database open"
+    );
     let nats = Arc::new(ConnectionState::default());
     let client = revocation::nats::connect(&config.nats, "authz-server", nats.clone())
         .await
@@ -115,19 +126,37 @@ pub async fn run(
         nats.server_errors.clone(),
     );
 
+    let heartbeats_sent = Counter::default();
+    registry.register(
+        "heartbeats_sent",
+        "Heartbeats published",
+        heartbeats_sent.clone(),
+    );
+
     let wake_relay = Arc::new(Notify::new());
     let relay_shutdown = CancellationToken::new();
+    let settings = relay::StreamSettings {
+        max_age: Duration::from_secs(config.max_ttl + config.leeway),
+        replicas: config.stream_replicas,
+    };
     let relay = relay::spawn(
         client.clone(),
         store.clone(),
         wake_relay.clone(),
-        relay::StreamSettings {
-            max_age: Duration::from_secs(config.max_ttl + config.leeway),
-            replicas: config.stream_replicas,
-        },
+        settings,
         relay_metrics,
         relay_shutdown.clone(),
     );
+    let heartbeat = heartbeat::HeartbeatTask {
+        client: client.clone(),
+        store: store.clone(),
+        wake_relay: wake_relay.clone(),
+        settings,
+        interval: Duration::from_millis(config.heartbeat_interval_ms),
+        leeway: config.leeway,
+        sent: heartbeats_sent,
+    }
+    .spawn(relay_shutdown.clone());
 
     let state = Arc::new(AppState {
         clients: clients::Clients::new(&config.clients),
@@ -146,7 +175,7 @@ pub async fn run(
     // Requests have drained; whatever they committed and the relay has not published yet
     // stays in the outbox for the next start.
     relay_shutdown.cancel();
-    let _ = relay.await;
+    let _ = tokio::join!(relay, heartbeat);
     drop(client);
     store.close().await;
     tracing::info!("authz-server stopped");

@@ -70,6 +70,9 @@ pub fn spawn(
                     Duration::from_secs(1)
                 }
                 Err(err) => {
+                    // The stream may be gone (deleted, or a new NATS store): make sure it
+                    // exists before the next attempt.
+                    stream_ready = false;
                     relay.metrics.publish_failures.inc();
                     tracing::warn!(error = %err, retry_in = ?backoff, "revocation relay cannot publish yet");
                     let pause = backoff;

@@ -3,65 +3,122 @@
 //! A revocation is committed here before the API answers 200; `published_at` stays NULL until
 //! JetStream has acknowledged the event, so nothing committed is ever lost to a NATS outage or
 //! a crash between commit and publish.
+//!
+//! SQLite (a file path, the default) for one server; PostgreSQL (a `postgres://` URL) for
+//! several replicas sharing one database. The SQL is written once for both: every placeholder
+//! `$n` appears once and in order, which SQLite binds by position as PostgreSQL does.
 
-use std::path::Path;
-use std::str::FromStr;
+use std::time::Duration;
 
 use revocation::{RevocationEvent, Rule};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS revocations (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    id           TEXT    NOT NULL UNIQUE,
-    kind         TEXT    NOT NULL,
-    iss          TEXT    NOT NULL,
-    rule_key     TEXT    NOT NULL,
-    not_before   INTEGER,
-    expires_at   INTEGER NOT NULL,
-    revoked_at   INTEGER NOT NULL,
-    reason       TEXT,
-    requested_by TEXT    NOT NULL,
-    published_at INTEGER
-);
+/// Columns shared by both schemas.
+const COLUMNS: &str = "id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    iss TEXT NOT NULL,
+    rule_key TEXT NOT NULL,
+    not_before BIGINT,
+    expires_at BIGINT NOT NULL,
+    revoked_at BIGINT NOT NULL,
+    reason TEXT,
+    requested_by TEXT NOT NULL,
+    published_at BIGINT";
+
+const INDEXES: &str = "
 CREATE UNIQUE INDEX IF NOT EXISTS revocations_one_per_token
     ON revocations (iss, rule_key) WHERE kind = 'token';
 CREATE INDEX IF NOT EXISTS revocations_unpublished
     ON revocations (seq) WHERE published_at IS NULL;
-"#;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
 
 /// A committed revocation waiting in (or drained from) the outbox.
 #[derive(Debug, Clone)]
 pub struct StoredRevocation {
     pub seq: i64,
     pub event: RevocationEvent,
+    pub requested_by: String,
+    pub published: bool,
 }
 
 /// Handle to the database.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    postgres: bool,
+}
+
+/// Which database a `database` setting names.
+fn url_for(database: &str) -> (String, bool) {
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        (database.to_string(), true)
+    } else {
+        let path = database.strip_prefix("sqlite://").unwrap_or(database);
+        (format!("sqlite://{path}?mode=rwc"), false)
+    }
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite database and its schema.
-    pub async fn open(path: &Path) -> Result<Self, sqlx::Error> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+    /// Opens the database named by `database` (a SQLite path or a PostgreSQL URL) and creates
+    /// the schema if needed.
+    pub async fn open(database: &str) -> Result<Self, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let (url, postgres) = url_for(database);
+        if !postgres {
+            let path = std::path::Path::new(database.strip_prefix("sqlite://").unwrap_or(database));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
         }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a revocation is on disk before the API acknowledges it.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let pool = AnyPoolOptions::new()
+            .max_connections(if postgres { 8 } else { 4 })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        // WAL with FULL sync: a revocation is on disk before the API answers.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        Ok(Store { pool })
+        let store = Store { pool, postgres };
+        store.create_schema().await?;
+        Ok(store)
+    }
+
+    async fn create_schema(&self) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        if self.postgres {
+            // Replicas starting together must not race on CREATE TABLE.
+            conn.execute("SELECT pg_advisory_lock(7009)").await?;
+            let result = conn
+                .execute(
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS revocations (seq BIGSERIAL PRIMARY KEY, {COLUMNS}); {INDEXES}"
+                    )
+                    .as_str(),
+                )
+                .await;
+            conn.execute("SELECT pg_advisory_unlock(7009)").await?;
+            result?;
+        } else {
+            conn.execute(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS revocations (seq INTEGER PRIMARY KEY AUTOINCREMENT, {COLUMNS}); {INDEXES}"
+                )
+                .as_str(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Commits a revocation. A token that is already revoked is not stored twice; the
@@ -71,17 +128,10 @@ impl Store {
         event: &RevocationEvent,
         requested_by: &str,
     ) -> Result<RevocationEvent, sqlx::Error> {
-        let (key, not_before) = match &event.rule {
-            Rule::Token { jti } => (jti.as_str(), None),
-            Rule::Subject { sub, not_before } => (sub.as_str(), Some(*not_before as i64)),
-            Rule::Client {
-                client_id,
-                not_before,
-            } => (client_id.as_str(), Some(*not_before as i64)),
-        };
+        let (key, not_before) = rule_parts(&event.rule);
         let inserted = sqlx::query(
             "INSERT INTO revocations (id, kind, iss, rule_key, not_before, expires_at, revoked_at, reason, requested_by)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT DO NOTHING",
         )
         .bind(&event.id)
@@ -91,7 +141,7 @@ impl Store {
         .bind(not_before)
         .bind(event.expires_at as i64)
         .bind(event.revoked_at as i64)
-        .bind(&event.reason)
+        .bind(event.reason.clone())
         .bind(requested_by)
         .execute(&self.pool)
         .await?
@@ -99,19 +149,20 @@ impl Store {
         if inserted == 1 {
             return Ok(event.clone());
         }
-        let row =
-            sqlx::query("SELECT * FROM revocations WHERE kind = ? AND iss = ? AND rule_key = ?")
-                .bind(event.rule.kind())
-                .bind(&event.iss)
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT * FROM revocations WHERE kind = $1 AND iss = $2 AND rule_key = $3 ORDER BY seq LIMIT 1",
+        )
+        .bind(event.rule.kind())
+        .bind(&event.iss)
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(from_row(&row)?.event)
     }
 
     /// The oldest revocations not yet acknowledged by JetStream, in commit order.
     pub async fn unpublished(&self, limit: i64) -> Result<Vec<StoredRevocation>, sqlx::Error> {
-        sqlx::query("SELECT * FROM revocations WHERE published_at IS NULL ORDER BY seq LIMIT ?")
+        sqlx::query("SELECT * FROM revocations WHERE published_at IS NULL ORDER BY seq LIMIT $1")
             .bind(limit)
             .fetch_all(&self.pool)
             .await?
@@ -120,16 +171,48 @@ impl Store {
             .collect()
     }
 
+    /// Rules still in force at `now` (kept `leeway` past their expiry), after `after_seq`.
+    pub async fn active(
+        &self,
+        now: u64,
+        leeway: u64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRevocation>, sqlx::Error> {
+        sqlx::query(
+            "SELECT * FROM revocations WHERE expires_at >= $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(now.saturating_sub(leeway) as i64)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+    }
+
     /// Number of revocations waiting to be published.
     pub async fn backlog(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM revocations WHERE published_at IS NULL")
+        sqlx::query("SELECT COUNT(*) FROM revocations WHERE published_at IS NULL")
             .fetch_one(&self.pool)
-            .await
+            .await?
+            .try_get(0)
+    }
+
+    /// `revoked_at` (Unix seconds) of the oldest revocation not yet published.
+    pub async fn oldest_unpublished(&self) -> Result<Option<u64>, sqlx::Error> {
+        let oldest: Option<i64> =
+            sqlx::query("SELECT MIN(revoked_at) FROM revocations WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+        Ok(oldest.map(|s| s.max(0) as u64))
     }
 
     /// Records that JetStream acknowledged the revocation.
     pub async fn mark_published(&self, seq: i64, at: u64) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE revocations SET published_at = ? WHERE seq = ?")
+        sqlx::query("UPDATE revocations SET published_at = $1 WHERE seq = $2")
             .bind(at as i64)
             .bind(seq)
             .execute(&self.pool)
@@ -137,21 +220,73 @@ impl Store {
         Ok(())
     }
 
+    /// Records that the stream now has identity `epoch`. If it had another one before, the
+    /// stream lost its history: every rule still in force is queued to be published again.
+    /// Returns how many were queued. One transaction, so that of several replicas noticing
+    /// the same new stream only one queues the republication.
+    pub async fn switch_epoch(
+        &self,
+        epoch: u64,
+        now: u64,
+        leeway: u64,
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let known: Option<String> =
+            sqlx::query("SELECT value FROM meta WHERE name = 'stream_epoch'")
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get(0))
+                .transpose()?;
+        if known.as_deref() == Some(epoch.to_string().as_str()) {
+            return Ok(0);
+        }
+        let requeued = sqlx::query(
+            "UPDATE revocations SET published_at = NULL WHERE published_at IS NOT NULL AND expires_at >= $1",
+        )
+        .bind(now.saturating_sub(leeway) as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM meta WHERE name = 'stream_epoch'")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO meta (name, value) VALUES ('stream_epoch', $1)")
+            .bind(epoch.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(requeued)
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Closes the pool, flushing the WAL.
+    /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
     }
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRevocation, sqlx::Error> {
+fn rule_parts(rule: &Rule) -> (&str, Option<i64>) {
+    match rule {
+        Rule::Token { jti } => (jti, None),
+        Rule::Subject { sub, not_before } => (sub, Some(*not_before as i64)),
+        Rule::Client {
+            client_id,
+            not_before,
+        } => (client_id, Some(*not_before as i64)),
+    }
+}
+
+fn from_row(row: &AnyRow) -> Result<StoredRevocation, sqlx::Error> {
     let kind: String = row.try_get("kind")?;
     let key: String = row.try_get("rule_key")?;
-    let not_before = row.try_get::<Option<i64>, _>("not_before")?.unwrap_or(0) as u64;
+    let not_before = row
+        .try_get::<Option<i64>, _>("not_before")?
+        .unwrap_or(0)
+        .max(0) as u64;
     let rule = match kind.as_str() {
         "token" => Rule::Token { jti: key },
         "subject" => Rule::Subject {
@@ -170,13 +305,15 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRevocation, sqlx::Err
     };
     Ok(StoredRevocation {
         seq: row.try_get("seq")?,
+        requested_by: row.try_get("requested_by")?,
+        published: row.try_get::<Option<i64>, _>("published_at")?.is_some(),
         event: RevocationEvent {
             v: revocation::event::EVENT_VERSION,
             id: row.try_get("id")?,
             rule,
             iss: row.try_get("iss")?,
-            expires_at: row.try_get::<i64, _>("expires_at")? as u64,
-            revoked_at: row.try_get::<i64, _>("revoked_at")? as u64,
+            expires_at: row.try_get::<i64, _>("expires_at")?.max(0) as u64,
+            revoked_at: row.try_get::<i64, _>("revoked_at")?.max(0) as u64,
             reason: row.try_get("reason")?,
         },
     })

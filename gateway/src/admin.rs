@@ -26,8 +26,13 @@ async fn readyz_get(State(gw): State<Arc<Gateway>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let now = std::time::Instant::now();
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
     let body = serde_json::json!({
         "ready": reasons.is_empty(),
+        "staleness_ms": ms(gw.freshness.staleness(now)),
+        "max_staleness_ms": gw.freshness.max_staleness().as_millis() as u64,
+        "heartbeat_age_ms": ms(gw.freshness.heartbeat_age(now)),
         "reasons": reasons,
         "revocation_rules": gw.revocations.len(),
         "last_sequence": gw.feed.last_sequence(),
@@ -41,6 +46,10 @@ async fn metrics_get(State(gw): State<Arc<Gateway>>) -> Response {
     m.revocation_rules.set(gw.revocations.len() as i64);
     m.last_sequence.set(gw.feed.last_sequence() as i64);
     m.feed_caught_up.set(i64::from(gw.feed.is_caught_up()));
+    let now = std::time::Instant::now();
+    let ms = |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
+    m.staleness_ms.set(ms(gw.freshness.staleness(now)));
+    m.heartbeat_age_ms.set(ms(gw.freshness.heartbeat_age(now)));
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &gw.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

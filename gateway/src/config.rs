@@ -51,10 +51,30 @@ pub struct Config {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[serde(default = "default_grace")]
     pub shutdown_grace: u64,
+    /// Longest time, in milliseconds, for which the gateway may be unable to prove that it
+    /// enforces every acknowledged revocation (see the README's "guarantee"). Past it the
+    /// gateway is not ready, and `on_stale` decides what protected routes answer.
+    #[serde(default = "default_max_staleness_ms")]
+    pub max_staleness_ms: u64,
+    /// What protected routes do while the gateway is stale: `reject` (503 with Retry-After,
+    /// the default) or `serve` (keep serving, only report and count).
+    #[serde(default)]
+    pub on_stale: OnStale,
     /// Routes by path prefix; the longest matching prefix wins.
     pub routes: Vec<RouteConfig>,
     /// The mutual-TLS NATS connection the revocation feed reads from.
     pub nats: NatsConfig,
+}
+
+/// The staleness policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStale {
+    /// Fail closed: 503 on protected routes while stale.
+    #[default]
+    Reject,
+    /// Fail open: keep serving while stale; only `/readyz`, metrics and logs say so.
+    Serve,
 }
 
 /// One route.
@@ -96,6 +116,9 @@ fn default_upstream_timeout() -> u64 {
 }
 fn default_grace() -> u64 {
     10
+}
+fn default_max_staleness_ms() -> u64 {
+    5000
 }
 
 impl Config {
@@ -150,6 +173,10 @@ impl Config {
                     "algorithms: {alg:?} is not supported (RS256, ES256, EdDSA)"
                 ));
             }
+        }
+        // Heartbeats come every second by default: a bound much below that would flap.
+        if self.max_staleness_ms < 500 {
+            return Err("max_staleness_ms: must be at least 500".into());
         }
         if self.max_ttl == 0 {
             return Err("max_ttl: must be positive".into());

@@ -40,6 +40,7 @@ use http::Request;
 use jsonwebtoken::Algorithm;
 use prometheus_client::registry::Registry;
 use revocation::feed::{self, FeedStatus};
+use revocation::freshness::Freshness;
 use revocation::nats::ConnectionState;
 use revocation::{RevocationSet, TokenRef};
 use tokio::net::TcpListener;
@@ -47,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use auth::jwt::{VerifiedClaims, Verifier};
 use auth::keys::{JwksSource, KeyStore};
-pub use config::Config;
+pub use config::{Config, OnStale};
 use error::GatewayError;
 use routes::{Route, RouteTable};
 
@@ -58,6 +59,8 @@ pub struct Gateway {
     pub keys: Arc<KeyStore>,
     pub revocations: Arc<RevocationSet>,
     pub feed: Arc<FeedStatus>,
+    pub freshness: Arc<Freshness>,
+    pub on_stale: OnStale,
     pub nats: Arc<ConnectionState>,
     pub proxy: proxy::Proxy,
     pub metrics: Arc<metrics::Metrics>,
@@ -96,6 +99,9 @@ impl Gateway {
         if !self.feed.is_caught_up() {
             reasons.push("revocations_not_replayed");
         }
+        if !self.freshness.is_fresh(std::time::Instant::now()) {
+            reasons.push("stale");
+        }
         reasons
     }
 
@@ -117,6 +123,14 @@ impl Gateway {
         };
         if !self.feed.is_caught_up() {
             return Err(GatewayError::NotReady("revocations_not_replayed"));
+        }
+        if !self.freshness.is_fresh(std::time::Instant::now()) {
+            match self.on_stale {
+                OnStale::Reject => return Err(GatewayError::NotReady("stale")),
+                OnStale::Serve => {
+                    self.metrics.stale_served.inc();
+                }
+            }
         }
         let claims = self
             .verifier
@@ -227,11 +241,21 @@ pub async fn run(
     let client = revocation::nats::connect(&config.nats, "gateway", nats.clone())
         .await
         .map_err(|e| StartError::Nats(e.to_string()))?;
+    let freshness = Arc::new(Freshness::new(Duration::from_millis(
+        config.max_staleness_ms,
+    )));
+    let heartbeat_task = feed::spawn_heartbeats(
+        client.clone(),
+        freshness.clone(),
+        feed_status.clone(),
+        tasks.clone(),
+    );
     let feed_task = feed::spawn(
         client.clone(),
         nats.clone(),
         revocations.clone(),
         feed_status.clone(),
+        freshness.clone(),
         tasks.clone(),
     );
     let sweeper_task = spawn_sweeper(revocations.clone(), tasks.clone());
@@ -249,6 +273,8 @@ pub async fn run(
         keys,
         revocations,
         feed: feed_status,
+        freshness,
+        on_stale: config.on_stale,
         nats,
         proxy: proxy::Proxy::new(Duration::from_secs(config.upstream_timeout)),
         metrics,
@@ -261,6 +287,7 @@ pub async fn run(
         .fallback(gateway_handler)
         .with_state(gateway.clone());
     let admin_app = admin::app(gateway.clone());
+    let watch_task = spawn_staleness_watch(gateway.clone(), tasks.clone());
     tracing::info!(addr = %listener.local_addr()?, "gateway proxy listening");
     tracing::info!(addr = %admin_listener.local_addr()?, "gateway admin listening");
     let grace = Duration::from_secs(config.shutdown_grace);
@@ -273,10 +300,47 @@ pub async fn run(
     serve::serve(listener, proxy_app, shutdown.clone(), grace).await;
     let _ = admin.await;
     tasks.cancel();
-    let _ = tokio::join!(keys_task, feed_task, sweeper_task);
+    let _ = tokio::join!(
+        keys_task,
+        feed_task,
+        heartbeat_task,
+        sweeper_task,
+        watch_task
+    );
     drop(client);
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Reports every change between fresh and stale once, in the log and the `stale` gauge: the
+/// alarm that `on_stale = "serve"` relies on.
+fn spawn_staleness_watch(
+    gw: Arc<Gateway>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut was_fresh = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = std::time::Instant::now();
+            let fresh = gw.freshness.is_fresh(now);
+            gw.metrics.stale.set(i64::from(!fresh));
+            if was_fresh != Some(fresh) {
+                let staleness_ms = gw.freshness.staleness(now).map(|s| s.as_millis() as u64);
+                if fresh {
+                    tracing::info!(?staleness_ms, "revocation set is fresh");
+                } else if was_fresh.is_some() {
+                    tracing::warn!(?staleness_ms, policy = ?gw.on_stale, "revocation set is STALE: cannot prove recent revocations are enforced");
+                }
+                was_fresh = Some(fresh);
+            }
+        }
+    })
 }
 
 /// Forgets revocation rules once the tokens they cover can no longer be accepted.

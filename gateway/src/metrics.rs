@@ -27,6 +27,14 @@ pub struct Metrics {
     pub last_sequence: Gauge,
     /// 1 when the feed has caught up with the stream (set on scrape).
     pub feed_caught_up: Gauge,
+    /// 1 while the gateway cannot prove it is fresh.
+    pub stale: Gauge,
+    /// Milliseconds of staleness (set on scrape; -1 before the first proof).
+    pub staleness_ms: Gauge,
+    /// Milliseconds since the last heartbeat (set on scrape; -1 before the first).
+    pub heartbeat_age_ms: Gauge,
+    /// Protected requests served while stale under `on_stale = "serve"`.
+    pub stale_served: Counter,
 }
 
 impl Metrics {

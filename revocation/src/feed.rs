@@ -15,22 +15,25 @@ use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{RevocationEvent, SkipReason};
+use crate::freshness::{Freshness, Heartbeat, Position};
 use crate::nats::ConnectionState;
 use crate::set::{Applied, RevocationSet};
-use crate::stream::STREAM_NAME;
+use crate::stream::{HEARTBEAT_SUBJECT, STREAM_NAME};
 use crate::unix_now;
 
 /// Label set of the skipped-events counter.
 pub type ReasonLabel = Vec<(&'static str, &'static str)>;
 
 /// How far the feed has got, shared with the gateway's readiness check and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FeedStatus {
     caught_up: AtomicBool,
+    epoch: AtomicU64,
     last_sequence: AtomicU64,
     /// Events that added or tightened a rule.
     pub applied: Counter,
@@ -40,12 +43,45 @@ pub struct FeedStatus {
     pub expired: Counter,
     /// Messages skipped, by [`SkipReason`].
     pub skipped: Family<ReasonLabel, Counter>,
+    /// Heartbeats received and understood.
+    pub heartbeats: Counter,
+    /// Heartbeat messages that were not valid heartbeats.
+    pub heartbeats_skipped: Counter,
+    /// Seconds from JetStream storing an event to this gateway applying it (live events only).
+    pub apply_delay: Histogram,
+}
+
+impl Default for FeedStatus {
+    fn default() -> Self {
+        FeedStatus {
+            caught_up: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            last_sequence: AtomicU64::new(0),
+            applied: Counter::default(),
+            duplicates: Counter::default(),
+            expired: Counter::default(),
+            skipped: Family::default(),
+            heartbeats: Counter::default(),
+            heartbeats_skipped: Counter::default(),
+            apply_delay: Histogram::new(
+                [
+                    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]
+                .into_iter(),
+            ),
+        }
+    }
 }
 
 impl FeedStatus {
     /// Whether the feed has applied everything the stream held when the feed started.
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Identity of the stream being followed (its creation time, Unix ns); 0 before the first.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The stream sequence of the last message handled (applied or skipped).
@@ -69,6 +105,7 @@ pub fn spawn(
     connection: Arc<ConnectionState>,
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
+    freshness: Arc<Freshness>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let mut js = jetstream::new(client);
@@ -78,6 +115,7 @@ pub fn spawn(
         connection,
         set,
         status,
+        freshness,
     };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
@@ -103,6 +141,7 @@ struct Feed {
     connection: Arc<ConnectionState>,
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
+    freshness: Arc<Freshness>,
 }
 
 impl Feed {
@@ -110,8 +149,22 @@ impl Feed {
     /// or fails.
     async fn follow(&self) -> Result<(), async_nats::Error> {
         let stream = self.js.get_stream(STREAM_NAME).await?;
+        let info = stream.cached_info();
+        let epoch = u64::try_from(info.created.unix_timestamp_nanos())
+            .unwrap_or(1)
+            .max(1);
+        if epoch != self.status.epoch() {
+            if self.status.epoch() != 0 {
+                // The stream was recreated (deleted, or its store lost): its sequences start
+                // again. Replay it whole; the set keeps what it holds, so nothing loosens.
+                tracing::warn!("revocation stream was recreated; replaying it from the start");
+            }
+            self.status.epoch.store(epoch, Ordering::Release);
+            self.status.last_sequence.store(0, Ordering::Release);
+            self.freshness.on_applied(Position { epoch, seq: 0 });
+        }
         // Everything up to here must be applied before the gateway may call itself ready.
-        let target = stream.cached_info().state.last_sequence;
+        let target = info.state.last_sequence;
         let next = self.status.last_sequence() + 1;
         if target < next {
             self.status.caught_up.store(true, Ordering::Release);
@@ -160,8 +213,8 @@ impl Feed {
     }
 
     fn handle(&self, message: &jetstream::Message, target: u64) {
-        let (sequence, pending) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.pending),
+        let (sequence, pending, published) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.pending, info.published),
             Err(_) => {
                 self.status
                     .skipped
@@ -194,8 +247,62 @@ impl Feed {
             }
         }
         self.status.last_sequence.store(sequence, Ordering::Release);
+        self.freshness.on_applied(Position {
+            epoch: self.status.epoch(),
+            seq: sequence,
+        });
+        if self.status.is_caught_up() {
+            let stored_ns = published.unix_timestamp_nanos();
+            let now_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i128)
+                .unwrap_or(stored_ns);
+            self.status
+                .apply_delay
+                .observe((now_ns - stored_ns).max(0) as f64 / 1e9);
+        }
         if sequence >= target || pending == 0 {
             self.status.caught_up.store(true, Ordering::Release);
         }
     }
+}
+
+/// Listens to the authz-server's heartbeats and feeds them to `freshness`. Anything on the
+/// subject that is not a valid heartbeat is counted and skipped.
+pub fn spawn_heartbeats(
+    client: async_nats::Client,
+    freshness: Arc<Freshness>,
+    status: Arc<FeedStatus>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match client.subscribe(HEARTBEAT_SUBJECT).await {
+                Ok(mut subscription) => loop {
+                    let message = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        message = subscription.next() => message,
+                    };
+                    let Some(message) = message else { break };
+                    match Heartbeat::decode(&message.payload) {
+                        Some(hb) => {
+                            freshness.on_heartbeat(&hb, std::time::Instant::now());
+                            status.heartbeats.inc();
+                        }
+                        None => {
+                            status.heartbeats_skipped.inc();
+                            tracing::warn!("heartbeat message skipped: not a valid heartbeat");
+                        }
+                    }
+                },
+                Err(err) => tracing::warn!(error = %err, "cannot subscribe to heartbeats"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    })
 }

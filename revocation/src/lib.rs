@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! authz-server --publish--> [stream AUTHZ_REVOCATIONS] --ordered consumer--> feed --> set
-//!                                                                                     |
-//!                                      gateway request path:  set.is_revoked(token) <-+
+//!      |                                                                        |      |
+//!      +--heartbeat (how far published)--> freshness <--(position applied)------+      |
+//!                                              |                                       |
+//!                  gateway request path:  freshness.is_fresh() && !set.is_revoked(token)
 //! ```
 //!
 //! # Layout
@@ -14,9 +16,11 @@
 //! - [`nats`]: a mutual-TLS NATS connection with the options both services need.
 //! - [`set`]: the in-memory revocation set the gateway consults on every request.
 //! - [`feed`]: the gateway task that replays the stream into the set and keeps following it.
+//! - [`freshness`]: the heartbeat and the proof, from it, that a gateway's set is fresh.
 
 pub mod event;
 pub mod feed;
+pub mod freshness;
 pub mod nats;
 pub mod set;
 pub mod stream;

@@ -1,0 +1,120 @@
+//! The heartbeat: every interval, a core-NATS message saying how far revocations have been
+//! published — "everything acknowledged before `covers_until_ms` is in stream epoch `epoch`
+//! at a sequence up to `seq`" — from which each gateway proves its freshness.
+//!
+//! The statement is made in an order that keeps it true with several replicas sharing the
+//! database: first the time (now, or the commit time of the oldest revocation not yet
+//! published, whichever is earlier), then the stream's last sequence. Every revocation
+//! acknowledged before that time was committed before the database was read; it was either
+//! still unpublished (and then the time is no later than its commit) or already acknowledged
+//! by JetStream, hence at or below the sequence read afterwards.
+//!
+//! The same tick watches the stream's identity. If the stream was recreated (deleted, or the
+//! NATS store lost), every rule still in force is queued to be published again, and no
+//! heartbeat is sent until the queue says how far behind it is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use prometheus_client::metrics::counter::Counter;
+use revocation::freshness::{Heartbeat, HEARTBEAT_VERSION};
+use revocation::stream::{self, HEARTBEAT_SUBJECT};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::relay::StreamSettings;
+use crate::store::Store;
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the heartbeat task needs.
+pub struct HeartbeatTask {
+    pub client: async_nats::Client,
+    pub store: Store,
+    pub wake_relay: Arc<Notify>,
+    pub settings: StreamSettings,
+    pub interval: Duration,
+    pub leeway: u64,
+    pub sent: Counter,
+}
+
+impl HeartbeatTask {
+    /// Starts the task; it runs until `shutdown` is cancelled.
+    pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let instance = uuid::Uuid::new_v4().to_string();
+            let mut js = jetstream::new(self.client.clone());
+            js.set_timeout(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(self.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match self.beat(&js, &instance).await {
+                    Ok(true) => {
+                        self.sent.inc();
+                    }
+                    Ok(false) => {}
+                    Err(err) => tracing::debug!(error = %err, "no heartbeat this tick"),
+                }
+            }
+        })
+    }
+
+    /// Makes and sends one heartbeat; `Ok(false)` when it had to be skipped.
+    async fn beat(
+        &self,
+        js: &jetstream::Context,
+        instance: &str,
+    ) -> Result<bool, async_nats::Error> {
+        let before = now_ms();
+        let covers_until_ms = match self.store.oldest_unpublished().await? {
+            Some(oldest_s) => before.min(oldest_s.saturating_mul(1000)),
+            None => before,
+        };
+        let stream = js
+            .get_or_create_stream(stream::config(
+                self.settings.max_age,
+                self.settings.replicas,
+            ))
+            .await?;
+        let info = stream.cached_info();
+        let epoch = u64::try_from(info.created.unix_timestamp_nanos())
+            .unwrap_or(1)
+            .max(1);
+        let requeued = self
+            .store
+            .switch_epoch(epoch, revocation::unix_now(), self.leeway)
+            .await?;
+        if requeued > 0 {
+            tracing::warn!(
+                requeued,
+                "the revocation stream lost its history; publishing every rule in force again"
+            );
+            self.wake_relay.notify_one();
+            return Ok(false);
+        }
+        let heartbeat = Heartbeat {
+            v: HEARTBEAT_VERSION,
+            instance: instance.to_string(),
+            epoch,
+            seq: info.state.last_sequence,
+            covers_until_ms,
+            sent_at_ms: now_ms(),
+        };
+        self.client
+            .publish(HEARTBEAT_SUBJECT, heartbeat.to_json().into())
+            .await?;
+        Ok(true)
+    }
+}

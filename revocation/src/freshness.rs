@@ -1,0 +1,233 @@
+//! How fresh a gateway's revocation set is, proven by the authz-server's heartbeats.
+//!
+//! Every second the authz-server publishes a [`Heartbeat`]: "every revocation acknowledged
+//! before `covers_until_ms` is in stream epoch `epoch` at a sequence up to `seq`". Once the
+//! gateway has applied that sequence of that epoch, everything acknowledged before
+//! `covers_until_ms` is enforced. The gateway's staleness is then
+//!
+//! ```text
+//! (now - received) + (sent_at_ms - covers_until_ms)
+//! ```
+//!
+//! — two intervals, each read on one clock, so clock skew between the machines does not enter.
+//! Without heartbeats (authz-server down, NATS unreachable, a black-holed connection, missing
+//! permissions) staleness grows until it passes `max_staleness` and the gateway reports it.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The only heartbeat version this code writes and understands.
+pub const HEARTBEAT_VERSION: u32 = 1;
+
+/// The authz-server's statement of how far it has published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Format version, [`HEARTBEAT_VERSION`].
+    pub v: u32,
+    /// Which authz-server instance sent it (several may run).
+    pub instance: String,
+    /// Identity of the stream (its creation time in Unix nanoseconds): sequences of a
+    /// recreated stream start again and must not be compared with the old ones.
+    pub epoch: u64,
+    /// Last sequence of the stream when the heartbeat was made.
+    pub seq: u64,
+    /// Every revocation acknowledged before this instant (Unix ms) is at or below `seq`.
+    pub covers_until_ms: u64,
+    /// When the heartbeat was made (Unix ms, the sender's clock).
+    pub sent_at_ms: u64,
+}
+
+impl Heartbeat {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a heartbeat; `None` for anything else (counted and skipped by the caller).
+    pub fn decode(payload: &[u8]) -> Option<Heartbeat> {
+        if payload.len() > 1024 {
+            return None;
+        }
+        let hb: Heartbeat = serde_json::from_slice(payload).ok()?;
+        (hb.v == HEARTBEAT_VERSION && hb.covers_until_ms <= hb.sent_at_ms && hb.epoch != 0)
+            .then_some(hb)
+    }
+
+    /// How far behind its own clock the sender's statement was when it was made.
+    fn lag(&self) -> Duration {
+        Duration::from_millis(self.sent_at_ms.saturating_sub(self.covers_until_ms))
+    }
+}
+
+/// The position of a feed in the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    applied: Position,
+    /// Heartbeats waiting for the feed to reach their sequence: (epoch, seq, fresh as of).
+    pending: VecDeque<(u64, u64, Instant)>,
+    /// Everything acknowledged before this instant is enforced.
+    fresh_as_of: Option<Instant>,
+    last_heartbeat: Option<Instant>,
+}
+
+/// Most heartbeats kept waiting; a newer satisfied heartbeat supersedes older ones anyway.
+const MAX_PENDING: usize = 64;
+
+/// The freshness of one gateway.
+#[derive(Debug)]
+pub struct Freshness {
+    max_staleness: Duration,
+    state: Mutex<State>,
+}
+
+impl Freshness {
+    pub fn new(max_staleness: Duration) -> Self {
+        Freshness {
+            max_staleness,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn max_staleness(&self) -> Duration {
+        self.max_staleness
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A panic while holding this lock cannot leave the state inconsistent in a way that
+        // loosens anything: staleness only ever grows without new heartbeats.
+        let mut guard = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Records a heartbeat received at `received`.
+    pub fn on_heartbeat(&self, hb: &Heartbeat, received: Instant) {
+        let as_of = received.checked_sub(hb.lag()).unwrap_or(received);
+        self.with(|s| {
+            s.last_heartbeat = Some(received);
+            if s.applied.epoch == hb.epoch && s.applied.seq >= hb.seq {
+                s.fresh_as_of = Some(s.fresh_as_of.map_or(as_of, |f| f.max(as_of)));
+            } else {
+                if s.pending.len() == MAX_PENDING {
+                    s.pending.pop_front();
+                }
+                s.pending.push_back((hb.epoch, hb.seq, as_of));
+            }
+        });
+    }
+
+    /// Records that the feed has applied everything up to `position`.
+    pub fn on_applied(&self, position: Position) {
+        self.with(|s| {
+            s.applied = position;
+            let mut best = s.fresh_as_of;
+            s.pending.retain(|&(epoch, seq, as_of)| {
+                if epoch == position.epoch && seq <= position.seq {
+                    best = Some(best.map_or(as_of, |b: Instant| b.max(as_of)));
+                    false
+                } else {
+                    // Heartbeats of another epoch can never be satisfied by this feed.
+                    epoch == position.epoch || position.epoch == 0
+                }
+            });
+            s.fresh_as_of = best;
+        });
+    }
+
+    /// How old the newest proof of freshness is; `None` before the first one.
+    pub fn staleness(&self, now: Instant) -> Option<Duration> {
+        self.with(|s| s.fresh_as_of.map(|f| now.saturating_duration_since(f)))
+    }
+
+    /// Whether everything acknowledged more than `max_staleness` ago is enforced.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.staleness(now).is_some_and(|s| s <= self.max_staleness)
+    }
+
+    /// Time since the last heartbeat arrived; `None` before the first.
+    pub fn heartbeat_age(&self, now: Instant) -> Option<Duration> {
+        self.with(|s| s.last_heartbeat.map(|h| now.saturating_duration_since(h)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(epoch: u64, seq: u64, lag_ms: u64) -> Heartbeat {
+        Heartbeat {
+            v: 1,
+            instance: "a".into(),
+            epoch,
+            seq,
+            covers_until_ms: 10_000 - lag_ms,
+            sent_at_ms: 10_000,
+        }
+    }
+
+    /// Fresh only once the announced sequence is applied, and only for max_staleness.
+    #[test]
+    fn heartbeat_then_apply() {
+        let f = Freshness::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        assert!(!f.is_fresh(t0), "no proof yet");
+        f.on_heartbeat(&hb(7, 10, 0), t0);
+        assert!(!f.is_fresh(t0), "sequence 10 not applied yet");
+        f.on_applied(Position { epoch: 7, seq: 9 });
+        assert!(!f.is_fresh(t0));
+        f.on_applied(Position { epoch: 7, seq: 10 });
+        assert!(f.is_fresh(t0));
+        assert!(f.is_fresh(t0 + Duration::from_secs(2)));
+        assert!(
+            !f.is_fresh(t0 + Duration::from_millis(2001)),
+            "no heartbeat since"
+        );
+    }
+
+    /// The sender's lag counts against freshness; another epoch's heartbeat never satisfies.
+    #[test]
+    fn lag_and_epochs() {
+        let f = Freshness::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        f.on_applied(Position { epoch: 7, seq: 10 });
+        f.on_heartbeat(&hb(7, 10, 1500), t0);
+        assert_eq!(f.staleness(t0), Some(Duration::from_millis(1500)));
+        assert!(!f.is_fresh(t0 + Duration::from_millis(600)));
+        // A recreated stream: sequence 3 of epoch 8 is not "below 10".
+        f.on_heartbeat(&hb(8, 3, 0), t0 + Duration::from_secs(1));
+        assert_eq!(
+            f.staleness(t0 + Duration::from_secs(1)),
+            Some(Duration::from_millis(2500))
+        );
+        f.on_applied(Position { epoch: 8, seq: 3 });
+        assert_eq!(
+            f.staleness(t0 + Duration::from_secs(1)),
+            Some(Duration::ZERO)
+        );
+    }
+
+    /// Malformed or inconsistent heartbeats are refused.
+    #[test]
+    fn decode() {
+        let good = hb(7, 10, 5);
+        assert_eq!(Heartbeat::decode(&good.to_json()), Some(good.clone()));
+        assert_eq!(Heartbeat::decode(b"{}"), None);
+        let future = Heartbeat {
+            covers_until_ms: 20_000,
+            ..good.clone()
+        };
+        assert_eq!(Heartbeat::decode(&future.to_json()), None);
+        let v2 = Heartbeat { v: 2, ..good };
+        assert_eq!(Heartbeat::decode(&v2.to_json()), None);
+    }
+}
