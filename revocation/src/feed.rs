@@ -63,12 +63,9 @@ impl Default for FeedStatus {
             skipped: Family::default(),
             heartbeats: Counter::default(),
             heartbeats_skipped: Counter::default(),
-            apply_delay: Histogram::new(
-                [
-                    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ]
-                .into_iter(),
-            ),
+            apply_delay: Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         }
     }
 }
