@@ -62,6 +62,8 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
+        // Colour codes only for a terminal, never in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # render-config.sh --certs DIR --store DIR --port P [--http-port P]
-#                  [--server-name NAME] [GATEWAY_IDENTITY ...]
+#                  [--server-name NAME] [--cluster-port P --routes HOST:P,HOST:P]
+#                  [GATEWAY_IDENTITY ...]
 #
 # Prints a nats-server (2.9.x) config to stdout for the revgate dev/test setup:
 #   * listens on 127.0.0.1 only; mutual TLS required, users mapped from the client
@@ -17,13 +18,16 @@
 #                      "Listening for client connections on 127.0.0.1:<port>" log line)
 #   --http-port P      monitoring port on 127.0.0.1, default 0 = no monitoring;
 #                      -1 = random port (see "Starting http monitor on 127.0.0.1:<port>")
-#   --server-name NAME server_name, default nats-dev
+#   --server-name NAME server_name, default nats-dev (must differ per cluster node)
+#   --cluster-port P   join a cluster: route listener on 127.0.0.1:P (mutual TLS, same CA)
+#   --routes LIST      comma-separated HOST:PORT route listeners of the other nodes
 set -euo pipefail
 
 die() { echo "render-config: error: $*" >&2; exit 1; }
 usage() { sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
-CERTS='' STORE='' PORT='' HTTP_PORT=0 SERVER_NAME=nats-dev
+CERTS='' STORE='' PORT='' HTTP_PORT=0 SERVER_NAME=nats-dev CLUSTER_PORT='' ROUTES=''
+
 GATEWAYS=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -32,11 +36,15 @@ while [ $# -gt 0 ]; do
         --port) [ $# -ge 2 ] || die "--port needs a value"; PORT=$2; shift 2 ;;
         --http-port) [ $# -ge 2 ] || die "--http-port needs a value"; HTTP_PORT=$2; shift 2 ;;
         --server-name) [ $# -ge 2 ] || die "--server-name needs a value"; SERVER_NAME=$2; shift 2 ;;
+        --cluster-port) [ $# -ge 2 ] || die "--cluster-port needs a value"; CLUSTER_PORT=$2; shift 2 ;;
+        --routes) [ $# -ge 2 ] || die "--routes needs a value"; ROUTES=$2; shift 2 ;;
         --certs=*) CERTS=${1#*=}; shift ;;
         --store=*) STORE=${1#*=}; shift ;;
         --port=*) PORT=${1#*=}; shift ;;
         --http-port=*) HTTP_PORT=${1#*=}; shift ;;
         --server-name=*) SERVER_NAME=${1#*=}; shift ;;
+        --cluster-port=*) CLUSTER_PORT=${1#*=}; shift ;;
+        --routes=*) ROUTES=${1#*=}; shift ;;
         -h | --help) usage ;;
         --) shift; GATEWAYS+=("$@"); break ;;
         -*) die "unknown option $1" ;;
@@ -52,6 +60,14 @@ is_port() { [[ $1 =~ ^(-1|[0-9]+)$ ]] && [ "$1" -le 65535 ]; }
 { is_port "$PORT" && [ "$PORT" != 0 ]; } || die "--port must be 1-65535 or -1 (random), got '$PORT'"
 is_port "$HTTP_PORT" || die "--http-port must be 0 (off), 1-65535 or -1 (random), got '$HTTP_PORT'"
 [[ $SERVER_NAME =~ ^[A-Za-z0-9_-]+$ ]] || die "invalid --server-name '$SERVER_NAME'"
+if [ -n "$CLUSTER_PORT" ]; then
+    [[ $CLUSTER_PORT =~ ^[0-9]+$ ]] && [ "$CLUSTER_PORT" -ge 1 ] && [ "$CLUSTER_PORT" -le 65535 ] \
+        || die "--cluster-port must be 1-65535, got '$CLUSTER_PORT'"
+    [[ $ROUTES =~ ^[A-Za-z0-9.-]+:[0-9]+(,[A-Za-z0-9.-]+:[0-9]+)*$ ]] \
+        || die "--routes must be HOST:PORT[,HOST:PORT...], got '$ROUTES'"
+elif [ -n "$ROUTES" ]; then
+    die "--routes needs --cluster-port"
+fi
 for gw in "${GATEWAYS[@]}"; do
     [[ $gw =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "invalid gateway identity '$gw'"
     [ "$gw" != authz ] || die "'authz' is not a gateway identity"
@@ -99,6 +115,29 @@ jetstream {
   max_mem: 256MB
   max_file: 1GB
 }
+EOF
+if [ -n "$CLUSTER_PORT" ]; then
+    echo
+    echo "# cluster routes: mutual TLS with the same CA (server certificates carry clientAuth)"
+    echo "cluster {"
+    echo "  name: \"revgate\""
+    echo "  listen: \"127.0.0.1:$CLUSTER_PORT\""
+    echo "  routes: ["
+    IFS=, read -ra route_list <<< "$ROUTES"
+    for route in "${route_list[@]}"; do
+        echo "    \"nats-route://$route\""
+    done
+    echo "  ]"
+    echo "  tls {"
+    echo "    cert_file: \"$CERTS/nats-server.pem\""
+    echo "    key_file: \"$CERTS/nats-server-key.pem\""
+    echo "    ca_file: \"$CERTS/ca.pem\""
+    echo "    verify: true"
+    echo "    timeout: 2"
+    echo "  }"
+    echo "}"
+fi
+cat <<EOF
 
 # Permissions shared by all gateways (each gateway's inbox is added per user).
 GATEWAY_PUB_ALLOW: [

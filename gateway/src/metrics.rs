@@ -65,6 +65,41 @@ impl Metrics {
         let mut r = Registry::with_prefix("gateway");
         r.register("responses", "Responses by status", self.responses.clone());
         r.register(
+            "stale",
+            "1 while the gateway cannot prove its revocation set is fresh",
+            self.stale.clone(),
+        );
+        r.register(
+            "staleness_ms",
+            "Age of the newest proof of freshness, ms (-1: none yet)",
+            self.staleness_ms.clone(),
+        );
+        r.register(
+            "heartbeat_age_ms",
+            "Time since the last authz heartbeat, ms (-1: none yet)",
+            self.heartbeat_age_ms.clone(),
+        );
+        r.register(
+            "stale_served",
+            "Protected requests served while stale (on_stale = serve)",
+            self.stale_served.clone(),
+        );
+        r.register(
+            "heartbeats",
+            "Authz heartbeats received",
+            feed.heartbeats.clone(),
+        );
+        r.register(
+            "heartbeats_skipped",
+            "Messages on the heartbeat subject that were not heartbeats",
+            feed.heartbeats_skipped.clone(),
+        );
+        r.register(
+            "revocation_apply_delay_seconds",
+            "From JetStream storing a revocation to this gateway applying it",
+            feed.apply_delay.clone(),
+        );
+        r.register(
             "auth_failures",
             "Tokens refused, by reason",
             self.auth_failures.clone(),

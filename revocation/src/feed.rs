@@ -26,6 +26,12 @@ use crate::set::{Applied, RevocationSet};
 use crate::stream::{HEARTBEAT_SUBJECT, STREAM_NAME};
 use crate::unix_now;
 
+/// How often a following feed checks that it is not stalled.
+const STALL_CHECK: Duration = Duration::from_millis(250);
+
+/// How long a feed may receive nothing while heartbeats say it is behind.
+const STALL_LIMIT: Duration = Duration::from_secs(1);
+
 /// Label set of the skipped-events counter.
 pub type ReasonLabel = Vec<(&'static str, &'static str)>;
 
@@ -185,9 +191,27 @@ impl Feed {
             stream_last = target,
             "following revocation stream"
         );
+        // A consumer can stall without an error (its node died and the client is still
+        // waiting for heartbeats that will not come). When heartbeats say there is more to
+        // read and nothing has arrived for a while, start a new consumer.
+        let mut watchdog = tokio::time::interval(STALL_CHECK);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_progress = std::time::Instant::now();
         loop {
             let item = tokio::select! {
                 item = messages.next() => item,
+                _ = watchdog.tick() => {
+                    let stalled = last_progress.elapsed() > STALL_LIMIT
+                        && self
+                            .freshness
+                            .behind_since()
+                            .is_some_and(|since| since.elapsed() > STALL_LIMIT);
+                    if stalled {
+                        tracing::warn!("revocation consumer stalled behind the heartbeats; starting a new one");
+                        return Ok(());
+                    }
+                    continue;
+                }
                 // A reconnection may be to a restarted server that lost the ephemeral
                 // consumer: start a new one from the last sequence at once.
                 _ = self.connection.connected_notify.notified() => {
@@ -196,7 +220,10 @@ impl Feed {
                 }
             };
             match item {
-                Some(Ok(message)) => self.handle(&message, target),
+                Some(Ok(message)) => {
+                    last_progress = std::time::Instant::now();
+                    self.handle(&message, target);
+                }
                 // The client recreates the consumer itself on gaps and lost heartbeats; what
                 // reaches here (a pull that failed because the consumer is gone, say) it does
                 // not, so start a new consumer from the last sequence handled.

@@ -71,8 +71,9 @@ pub struct Position {
 #[derive(Debug, Default)]
 struct State {
     applied: Position,
-    /// Heartbeats waiting for the feed to reach their sequence: (epoch, seq, fresh as of).
-    pending: VecDeque<(u64, u64, Instant)>,
+    /// Heartbeats waiting for the feed to reach their sequence:
+    /// (epoch, seq, fresh as of, received).
+    pending: VecDeque<(u64, u64, Instant, Instant)>,
     /// Everything acknowledged before this instant is enforced.
     fresh_as_of: Option<Instant>,
     last_heartbeat: Option<Instant>,
@@ -121,7 +122,7 @@ impl Freshness {
                 if s.pending.len() == MAX_PENDING {
                     s.pending.pop_front();
                 }
-                s.pending.push_back((hb.epoch, hb.seq, as_of));
+                s.pending.push_back((hb.epoch, hb.seq, as_of, received));
             }
         });
     }
@@ -131,7 +132,7 @@ impl Freshness {
         self.with(|s| {
             s.applied = position;
             let mut best = s.fresh_as_of;
-            s.pending.retain(|&(epoch, seq, as_of)| {
+            s.pending.retain(|&(epoch, seq, as_of, _)| {
                 if epoch == position.epoch && seq <= position.seq {
                     best = Some(best.map_or(as_of, |b: Instant| b.max(as_of)));
                     false
@@ -142,6 +143,18 @@ impl Freshness {
             });
             s.fresh_as_of = best;
         });
+    }
+
+    /// Since when the feed has been known to be behind: the arrival of the oldest heartbeat
+    /// of the feed's epoch that announces a sequence not yet applied.
+    pub fn behind_since(&self) -> Option<Instant> {
+        self.with(|s| {
+            s.pending
+                .iter()
+                .filter(|p| p.0 == s.applied.epoch)
+                .map(|p| p.3)
+                .min()
+        })
     }
 
     /// How old the newest proof of freshness is; `None` before the first one.

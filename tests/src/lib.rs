@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -115,6 +115,8 @@ pub struct Nats {
     dir: tempfile::TempDir,
     child: Option<Child>,
     pub port: u16,
+    /// Extra arguments of render-config.sh (cluster settings).
+    render_args: Vec<String>,
 }
 
 impl Nats {
@@ -125,9 +127,85 @@ impl Nats {
             dir,
             child: None,
             port: 0,
+            render_args: Vec::new(),
         };
         nats.spawn("-1")?;
         Ok(nats)
+    }
+
+    /// Starts a three-node cluster with mutual TLS on client connections and routes. The
+    /// nodes are returned once JetStream has elected a metadata leader.
+    pub fn start_cluster() -> Result<Vec<Nats>> {
+        let client_ports = free_ports(3)?;
+        let route_ports = free_ports(3)?;
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let routes: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("127.0.0.1:{}", route_ports[j]))
+                .collect();
+            let mut node = Nats {
+                dir: tempfile::tempdir()?,
+                child: None,
+                port: client_ports[i],
+                render_args: vec![
+                    "--server-name".into(),
+                    format!("node-{}", i + 1),
+                    "--cluster-port".into(),
+                    route_ports[i].to_string(),
+                    "--routes".into(),
+                    routes.join(","),
+                ],
+            };
+            node.spawn(&client_ports[i].to_string())?;
+            nodes.push(node);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nodes.iter().all(|n| n.log().contains("metadata leader")) {
+            if Instant::now() > deadline {
+                let logs: Vec<String> = nodes.iter().map(Nats::log).collect();
+                bail!(
+                    "the NATS cluster did not elect a metadata leader:\n{}",
+                    logs.join("\n---\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(nodes)
+    }
+
+    /// This run's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// Deletes the JetStream store (the server must be stopped): the stream's history is lost.
+    pub fn wipe_store(&mut self) -> Result<()> {
+        self.kill();
+        let store = self.dir.path().join("store");
+        if store.exists() {
+            std::fs::remove_dir_all(store)?;
+        }
+        Ok(())
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let pid = self.child.as_ref().context("nats-server not running")?.id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {sig} failed");
+        Ok(())
     }
 
     /// `tls://127.0.0.1:<port>`.
@@ -159,6 +237,7 @@ impl Nats {
             .arg("--store")
             .arg(self.dir.path().join("store"))
             .args(["--port", port, "--http-port", "-1"])
+            .args(&self.render_args)
             .args(GATEWAY_IDS)
             .output()?;
         if !rendered.status.success() {
@@ -206,7 +285,126 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
+        // A paused server would survive SIGKILL's delivery only until continued; continue it.
+        let _ = self.resume();
         self.kill();
+    }
+}
+
+/// `n` distinct free loopback ports (bound, read, released: good enough on a test machine).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+        .collect())
+}
+
+/// A TCP proxy on loopback that the test can cut without closing anything: while cut, bytes
+/// in both directions are swallowed and new connections are held open unanswered, the way a
+/// network partition looks to both ends. Healing closes the connections that saw the cut and
+/// forwards new ones again.
+pub struct TcpProxy {
+    pub port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: u16) -> Result<TcpProxy> {
+        use std::sync::atomic::Ordering;
+        let listener = bind().await?;
+        let port = listener.local_addr()?.port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (cut2, gen2) = (cut.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (cut, generation) = (cut2.clone(), gen2.clone());
+                tokio::spawn(async move {
+                    let born = generation.load(Ordering::SeqCst);
+                    // Held unanswered while cut.
+                    while cut.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if generation.load(Ordering::SeqCst) != born {
+                        return;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let born = generation.load(Ordering::SeqCst);
+                    let a = pump(cr, sw, cut.clone(), generation.clone(), born);
+                    let b = pump(sr, cw, cut, generation, born);
+                    tokio::select! { _ = a => {}, _ = b => {} }
+                });
+            }
+        });
+        Ok(TcpProxy {
+            port,
+            cut,
+            generation,
+            task,
+        })
+    }
+
+    /// `tls://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts swallowing everything.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes the connections that saw the cut and forwards again.
+    pub fn heal(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    born: u64,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await;
+        if generation.load(Ordering::SeqCst) != born {
+            return;
+        }
+        match read {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => {
+                if cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -258,6 +456,137 @@ impl Drop for Service {
     }
 }
 
+/// A service binary running as its own process, killed on drop. Its output goes to a log
+/// file in the test's directory.
+pub struct Process {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// Builds the service binaries once per test process (a no-op when they are fresh) and
+/// returns the path of `name`.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(repo_root())
+                .args([
+                    "build",
+                    "--quiet",
+                    "--bins",
+                    "-p",
+                    "gateway",
+                    "-p",
+                    "authz-server",
+                ])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("cargo build of the service binaries failed".into());
+            }
+            // tests run from target/<profile>/deps/
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            exe.parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .ok_or_else(|| "no target directory".to_string())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    Ok(dir.join(name))
+}
+
+impl Process {
+    /// Runs `binary --config <config>` with its output in `log`.
+    pub fn spawn(binary_name: &str, config: &Path, log: PathBuf) -> Result<Process> {
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = Command::new(binary(binary_name)?)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(out)
+            .stderr(err)
+            .spawn()?;
+        Ok(Process {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process's output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for a line containing `needle`; returns the text after it.
+    pub async fn wait_for_line(&self, needle: &str) -> Result<String> {
+        eventually(Duration::from_secs(20), needle, || async {
+            self.output()
+                .lines()
+                .find_map(|l| l.split_once(needle).map(|(_, rest)| rest.to_string()))
+        })
+        .await
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How a service runs: as a task in this process, or as its own process.
+pub enum Runner {
+    Task(Service),
+    Process(Process),
+}
+
+impl Runner {
+    /// Stops gracefully (cancel, or SIGTERM).
+    pub async fn stop(&mut self) {
+        match self {
+            Runner::Task(service) => service.stop().await,
+            Runner::Process(process) => {
+                process.terminate();
+            }
+        }
+    }
+}
+
 /// Client secrets used by the tests, hashed once.
 fn hashes() -> &'static [(String, String); 3] {
     static HASHES: OnceLock<[(String, String); 3]> = OnceLock::new();
@@ -271,37 +600,12 @@ fn hashes() -> &'static [(String, String); 3] {
     })
 }
 
-/// The authz-server, in-process, with its database and key in its own directory.
-pub struct Authz {
-    pub url: String,
-    pub dir: PathBuf,
-    pub nats_urls: Vec<String>,
-    pub service: Service,
-}
-
-impl Authz {
-    /// Starts an authz-server whose files live in `dir` (reuse `dir` to restart it).
-    pub async fn start(dir: &Path, nats_urls: &[String]) -> Result<Authz> {
-        Self::start_on(bind().await?, dir, nats_urls, "").await
-    }
-
-    /// Like [`Authz::start`], with `extra` top-level TOML keys (e.g. `signing_alg = "ES256"`).
-    pub async fn start_with(dir: &Path, nats_urls: &[String], extra: &str) -> Result<Authz> {
-        Self::start_on(bind().await?, dir, nats_urls, extra).await
-    }
-
-    async fn start_on(
-        listener: TcpListener,
-        dir: &Path,
-        nats_urls: &[String],
-        extra: &str,
-    ) -> Result<Authz> {
-        init_tracing();
-        let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
-        let [(demo, demo_hash), (other, other_hash), (admin, admin_hash)] = hashes();
-        let text = format!(
-            r#"
-listen = "127.0.0.1:0"
+/// The authz-server configuration the tests use.
+fn authz_config(url: &str, listen: &str, dir: &Path, nats_urls: &[String], extra: &str) -> String {
+    let [(demo, demo_hash), (other, other_hash), (admin, admin_hash)] = hashes();
+    format!(
+        r#"
+listen = "{listen}"
 issuer = "{url}"
 database = {db:?}
 signing_key_file = {key:?}
@@ -330,10 +634,41 @@ audience = "admin-api"
 admin = true
 
 {nats}"#,
-            db = dir.join("authz.db"),
-            key = dir.join("signing-key.pem"),
-            nats = Pki::get().nats_section(nats_urls, "authz", "authz"),
-        );
+        db = dir.join("authz.db").display().to_string(),
+        key = dir.join("signing-key.pem"),
+        nats = Pki::get().nats_section(nats_urls, "authz", "authz"),
+    )
+}
+
+/// The authz-server, with its database and key in its own directory.
+pub struct Authz {
+    pub url: String,
+    pub dir: PathBuf,
+    pub nats_urls: Vec<String>,
+    pub extra: String,
+    pub runner: Runner,
+}
+
+impl Authz {
+    /// Starts an authz-server in-process whose files live in `dir` (reuse `dir` to restart it).
+    pub async fn start(dir: &Path, nats_urls: &[String]) -> Result<Authz> {
+        Self::start_on(bind().await?, dir, nats_urls, "").await
+    }
+
+    /// Like [`Authz::start`], with `extra` top-level TOML keys (e.g. `signing_alg = "ES256"`).
+    pub async fn start_with(dir: &Path, nats_urls: &[String], extra: &str) -> Result<Authz> {
+        Self::start_on(bind().await?, dir, nats_urls, extra).await
+    }
+
+    async fn start_on(
+        listener: TcpListener,
+        dir: &Path,
+        nats_urls: &[String],
+        extra: &str,
+    ) -> Result<Authz> {
+        init_tracing();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+        let text = authz_config(&url, "127.0.0.1:0", dir, nats_urls, extra);
         let config = authz_server::Config::from_toml(&text).map_err(anyhow::Error::msg)?;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -346,28 +681,84 @@ admin = true
             url,
             dir: dir.to_path_buf(),
             nats_urls: nats_urls.to_vec(),
-            service: Service {
+            extra: extra.to_string(),
+            runner: Runner::Task(Service {
                 shutdown,
                 task: Some(task),
-            },
+            }),
         };
+        authz.wait_answering().await?;
+        Ok(authz)
+    }
+
+    /// Starts the authz-server binary as its own process on `port`.
+    pub async fn spawn_process(
+        dir: &Path,
+        port: u16,
+        nats_urls: &[String],
+        extra: &str,
+    ) -> Result<Authz> {
+        let url = format!("http://127.0.0.1:{port}");
+        let config = dir.join("authz.toml");
+        std::fs::write(
+            &config,
+            authz_config(&url, &format!("127.0.0.1:{port}"), dir, nats_urls, extra),
+        )?;
+        let process = Process::spawn("authz-server", &config, dir.join("authz.log"))?;
+        let authz = Authz {
+            url,
+            dir: dir.to_path_buf(),
+            nats_urls: nats_urls.to_vec(),
+            extra: extra.to_string(),
+            runner: Runner::Process(process),
+        };
+        authz.wait_answering().await?;
+        Ok(authz)
+    }
+
+    async fn wait_answering(&self) -> Result<()> {
         let http = reqwest::Client::new();
-        let jwks = format!("{}/.well-known/jwks.json", authz.url);
-        eventually(Duration::from_secs(10), "authz-server to answer", || {
+        let jwks = format!("{}/.well-known/jwks.json", self.url);
+        eventually(Duration::from_secs(20), "authz-server to answer", || {
             let request = http.get(&jwks).send();
             async move { request.await.ok().filter(|r| r.status().is_success()) }
         })
         .await?;
-        Ok(authz)
+        Ok(())
     }
 
     /// Stops the server gracefully and starts it again on the same port (its issuer URL) and
-    /// the same files.
+    /// the same files, the same way it ran before.
     pub async fn restart(&mut self) -> Result<()> {
-        self.service.stop().await;
+        self.runner.stop().await;
+        self.start_again().await
+    }
+
+    /// SIGKILLs the server process (between any two instructions) and starts it again.
+    pub async fn kill_and_restart(&mut self) -> Result<()> {
+        match &mut self.runner {
+            Runner::Process(process) => process.kill(),
+            Runner::Task(_) => bail!("kill needs a process-run authz-server"),
+        }
+        self.start_again().await
+    }
+
+    async fn start_again(&mut self) -> Result<()> {
         let addr = self.url.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind(&addr).await?;
-        *self = Authz::start_on(listener, &self.dir.clone(), &self.nats_urls.clone(), "").await?;
+        let (dir, urls, extra) = (self.dir.clone(), self.nats_urls.clone(), self.extra.clone());
+        *self = match self.runner {
+            Runner::Task(_) => {
+                Authz::start_on(TcpListener::bind(&addr).await?, &dir, &urls, &extra).await?
+            }
+            Runner::Process(_) => {
+                let port = addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .context("port")?;
+                Authz::spawn_process(&dir, port, &urls, &extra).await?
+            }
+        };
         Ok(())
     }
 
@@ -486,7 +877,54 @@ impl Upstream {
 pub struct Gateway {
     pub url: String,
     pub admin_url: String,
-    pub service: Service,
+    pub runner: Runner,
+}
+
+/// The gateway configuration the tests use; keys in `extra` replace the defaults.
+fn gateway_config(
+    id: &str,
+    cert: &str,
+    nats_urls: &[String],
+    issuer: &str,
+    upstream: &str,
+    extra: &str,
+) -> String {
+    let defaults = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nissuer = \"{issuer}\"\njwks_url = \"{issuer}/.well-known/jwks.json\"\nleeway = 30\nmax_ttl = 3600\nshutdown_grace = 2\n"
+    );
+    let defaults: String = defaults
+        .lines()
+        .filter(|line| {
+            let key = line.split('=').next().unwrap_or("").trim();
+            !extra
+                .lines()
+                .any(|e| e.split('=').next().unwrap_or("").trim() == key)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    format!(
+        r#"
+audiences = ["demo-api"]
+{defaults}{extra}
+
+[[routes]]
+prefix = "/echo/"
+upstream = "{upstream}"
+scopes = ["echo:read"]
+
+[[routes]]
+prefix = "/write/"
+upstream = "{upstream}"
+scopes = ["echo:write", "echo:admin"]
+
+[[routes]]
+prefix = "/public/"
+upstream = "{upstream}"
+public = true
+
+{nats}"#,
+        nats = Pki::get().nats_section(nats_urls, id, cert),
+    )
 }
 
 impl Gateway {
@@ -527,47 +965,7 @@ impl Gateway {
         let admin = bind().await?;
         let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
         let admin_url = format!("http://127.0.0.1:{}", admin.local_addr()?.port());
-        let defaults = format!(
-            "issuer = \"{issuer}\"\njwks_url = \"{issuer}/.well-known/jwks.json\"\nleeway = 30\nmax_ttl = 3600\nshutdown_grace = 2\n",
-            issuer = authz.url
-        );
-        // A key given in `extra` replaces its default line.
-        let defaults: String = defaults
-            .lines()
-            .filter(|line| {
-                let key = line.split('=').next().unwrap_or("").trim();
-                !extra
-                    .lines()
-                    .any(|e| e.split('=').next().unwrap_or("").trim() == key)
-            })
-            .map(|line| format!("{line}\n"))
-            .collect();
-        let text = format!(
-            r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-audiences = ["demo-api"]
-{defaults}{extra}
-
-[[routes]]
-prefix = "/echo/"
-upstream = "{upstream}"
-scopes = ["echo:read"]
-
-[[routes]]
-prefix = "/write/"
-upstream = "{upstream}"
-scopes = ["echo:write", "echo:admin"]
-
-[[routes]]
-prefix = "/public/"
-upstream = "{upstream}"
-public = true
-
-{nats}"#,
-            upstream = upstream.url,
-            nats = Pki::get().nats_section(nats_urls, id, cert),
-        );
+        let text = gateway_config(id, cert, nats_urls, &authz.url, &upstream.url, extra);
         let config = gateway::Config::from_toml(&text).map_err(anyhow::Error::msg)?;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -579,16 +977,55 @@ public = true
         Ok(Gateway {
             url,
             admin_url,
-            service: Service {
+            runner: Runner::Task(Service {
                 shutdown,
                 task: Some(task),
-            },
+            }),
         })
+    }
+
+    /// Starts the gateway binary as its own process (config and log in `dir`); returns once
+    /// it has bound its listeners, not once it is ready.
+    pub async fn spawn_process(
+        dir: &Path,
+        id: &str,
+        nats_urls: &[String],
+        authz: &Authz,
+        upstream: &Upstream,
+        extra: &str,
+    ) -> Result<Gateway> {
+        let config = dir.join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            gateway_config(id, id, nats_urls, &authz.url, &upstream.url, extra),
+        )?;
+        let process = Process::spawn("gateway", &config, dir.join(format!("{id}.log")))?;
+        let addr = |rest: String| {
+            rest.split("addr=")
+                .nth(1)
+                .and_then(|a| a.split_whitespace().next())
+                .map(|a| format!("http://{a}"))
+                .context("no address in the log line")
+        };
+        let url = addr(process.wait_for_line("gateway proxy listening").await?)?;
+        let admin_url = addr(process.wait_for_line("gateway admin listening").await?)?;
+        Ok(Gateway {
+            url,
+            admin_url,
+            runner: Runner::Process(process),
+        })
+    }
+
+    /// SIGKILLs a process-run gateway.
+    pub fn kill(&mut self) {
+        if let Runner::Process(process) = &mut self.runner {
+            process.kill();
+        }
     }
 
     /// Stops the gateway gracefully.
     pub async fn service_stop(mut self) {
-        self.service.stop().await;
+        self.runner.stop().await;
     }
 
     /// Status of `GET /readyz`.
@@ -667,4 +1104,141 @@ impl Stack {
             dir,
         })
     }
+}
+
+/// Sends a steady stream of requests with every watched token to every gateway, and records
+/// each 2xx answered to a token revoked more than `bound` before the request was sent.
+pub struct Probe {
+    tokens: Arc<std::sync::Mutex<Vec<(String, Option<Instant>)>>>,
+    pub gateways: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<ProbeReport>>,
+}
+
+/// What a [`Probe`] saw.
+#[derive(Debug, Default)]
+pub struct ProbeReport {
+    pub requests: u64,
+    pub by_status: std::collections::BTreeMap<u16, u64>,
+    /// (gateway, token index, how long after its revocation) of every 2xx past the bound.
+    pub violations: Vec<(String, usize, Duration)>,
+}
+
+impl Probe {
+    /// Starts probing `gateways` (base URLs) on `path`; revoked tokens must be refused once
+    /// they were revoked more than `bound` earlier.
+    pub fn start(gateways: Vec<String>, path: &str, bound: Duration) -> Probe {
+        let tokens: Arc<std::sync::Mutex<Vec<(String, Option<Instant>)>>> = Arc::default();
+        let gateways = Arc::new(std::sync::Mutex::new(gateways));
+        let stop = CancellationToken::new();
+        let (t, g, s, path) = (
+            tokens.clone(),
+            gateways.clone(),
+            stop.clone(),
+            path.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default();
+            let mut report = ProbeReport::default();
+            while !s.is_cancelled() {
+                let targets = g.lock().map(|g| g.clone()).unwrap_or_default();
+                let count = t.lock().map(|t| t.len()).unwrap_or(0);
+                for gw in &targets {
+                    for i in 0..count {
+                        let token = t.lock().ok().and_then(|t| t.get(i).map(|e| e.0.clone()));
+                        let Some(token) = token else { continue };
+                        let sent = Instant::now();
+                        let status = match http
+                            .get(format!("{gw}{path}"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                        {
+                            Ok(r) => r.status().as_u16(),
+                            Err(_) => 0,
+                        };
+                        report.requests += 1;
+                        *report.by_status.entry(status).or_default() += 1;
+                        if (200..300).contains(&status) {
+                            let revoked = t.lock().ok().and_then(|t| t.get(i).and_then(|e| e.1));
+                            if let Some(at) = revoked {
+                                if sent > at + bound {
+                                    report.violations.push((gw.clone(), i, sent - at));
+                                }
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            report
+        });
+        Probe {
+            tokens,
+            gateways,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Starts watching `token`; returns its index.
+    pub fn watch(&self, token: &str) -> usize {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        t.push((token.to_string(), None));
+        t.len() - 1
+    }
+
+    /// Records that the API acknowledged the revocation of token `index` now.
+    pub fn revoked(&self, index: usize) {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = t.get_mut(index) {
+            entry.1 = Some(Instant::now());
+        }
+    }
+
+    /// Replaces a gateway's URL (after a restart on new ports).
+    pub fn replace_gateway(&self, old: &str, new: &str) {
+        let mut g = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        for url in g.iter_mut().filter(|u| *u == old) {
+            *url = new.to_string();
+        }
+    }
+
+    /// Stops probing and returns the report.
+    pub async fn finish(mut self) -> ProbeReport {
+        self.stop.cancel();
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_default(),
+            None => ProbeReport::default(),
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Waits until every gateway refuses every token with 401.
+pub async fn all_refused(gateways: &[String], tokens: &[String], limit: Duration) -> Result<()> {
+    let http = reqwest::Client::new();
+    for gw in gateways {
+        for token in tokens {
+            eventually(limit, "the revocation to be enforced", || async {
+                let r = http
+                    .get(format!("{gw}/echo/"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status() == 401).then_some(())
+            })
+            .await?;
+        }
+    }
+    Ok(())
 }
