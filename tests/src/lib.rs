@@ -1106,10 +1106,13 @@ impl Stack {
     }
 }
 
+/// Tokens a [`Probe`] sends, each with when its revocation was acknowledged.
+type WatchedTokens = Arc<std::sync::Mutex<Vec<(String, Option<Instant>)>>>;
+
 /// Sends a steady stream of requests with every watched token to every gateway, and records
 /// each 2xx answered to a token revoked more than `bound` before the request was sent.
 pub struct Probe {
-    tokens: Arc<std::sync::Mutex<Vec<(String, Option<Instant>)>>>,
+    tokens: WatchedTokens,
     pub gateways: Arc<std::sync::Mutex<Vec<String>>>,
     stop: CancellationToken,
     task: Option<JoinHandle<ProbeReport>>,
@@ -1128,7 +1131,7 @@ impl Probe {
     /// Starts probing `gateways` (base URLs) on `path`; revoked tokens must be refused once
     /// they were revoked more than `bound` earlier.
     pub fn start(gateways: Vec<String>, path: &str, bound: Duration) -> Probe {
-        let tokens: Arc<std::sync::Mutex<Vec<(String, Option<Instant>)>>> = Arc::default();
+        let tokens: WatchedTokens = Arc::default();
         let gateways = Arc::new(std::sync::Mutex::new(gateways));
         let stop = CancellationToken::new();
         let (t, g, s, path) = (
