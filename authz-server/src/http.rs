@@ -4,7 +4,8 @@
 //! POST /oauth2/token            client_credentials grant (RFC 6749 §4.4)
 //! POST /oauth2/revoke           token revocation (RFC 7009)
 //! GET  /.well-known/jwks.json   public keys (RFC 7517)
-//! POST /admin/revocations       revoke any token by jti or by the token itself (admin clients)
+//! POST /admin/revocations       revoke a token (jti or token), a subject or a client (admins)
+//! GET  /admin/revocations       list the rules in force, paged (admins)
 //! GET  /healthz /readyz /metrics
 //! ```
 
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,7 +35,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/oauth2/token", post(oauth2_token_post))
         .route("/oauth2/revoke", post(oauth2_revoke_post))
         .route("/.well-known/jwks.json", get(jwks_get))
-        .route("/admin/revocations", post(admin_revocations_post))
+        .route(
+            "/admin/revocations",
+            post(admin_revocations_post).get(admin_revocations_get),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_get))
         .route("/metrics", get(metrics_get))
@@ -174,18 +178,33 @@ async fn oauth2_revoke_post(
             "the token was not issued to this client",
         ));
     }
-    revoke_token(&state, &claims.jti, claims.exp, None, &client.id).await?;
+    revoke_token(&state, &claims.jti, claims.exp, &client.id).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-/// Body of `POST /admin/revocations`: one token, by `jti` and `exp` or as the token itself.
+/// Body of `POST /admin/revocations`: one token (by `jti` and `exp`, or the token itself),
+/// every token of a subject, or every token of a client issued before `before`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdminRevocation {
     jti: Option<String>,
     exp: Option<u64>,
     token: Option<String>,
+    subject: Option<String>,
+    client_id: Option<String>,
+    /// Unix seconds; tokens whose `iat` is earlier are revoked. Default: every token issued
+    /// up to and including the current second.
+    before: Option<u64>,
     reason: Option<String>,
+}
+
+const ADMIN_BODY_HELP: &str = "body must be one of {\"jti\",\"exp\"}, {\"token\"}, {\"subject\"[,\"before\"]} or {\"client_id\"[,\"before\"]}, with an optional \"reason\"";
+
+fn identifier(value: String, what: &'static str) -> Result<String, OAuthError> {
+    if value.is_empty() || value.len() > 256 {
+        return Err(OAuthError::InvalidRequest(what));
+    }
+    Ok(value)
 }
 
 async fn admin_revocations_post(
@@ -193,10 +212,7 @@ async fn admin_revocations_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
-    let client = authenticate(&state, &headers, None).await?;
-    if !client.admin {
-        return Err(OAuthError::AccessDenied);
-    }
+    let client = authenticate_admin(&state, &headers).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -206,62 +222,147 @@ async fn admin_revocations_post(
             "content type must be application/json",
         ));
     }
-    let request: AdminRevocation = serde_json::from_slice(&body).map_err(|_| {
-        OAuthError::InvalidRequest(
-            "body must be {\"jti\",\"exp\"} or {\"token\"}, with an optional \"reason\"",
-        )
-    })?;
+    let request: AdminRevocation =
+        serde_json::from_slice(&body).map_err(|_| OAuthError::InvalidRequest(ADMIN_BODY_HELP))?;
     if request.reason.as_ref().is_some_and(|r| r.len() > 512) {
         return Err(OAuthError::InvalidRequest(
             "reason is longer than 512 bytes",
         ));
     }
-    let (jti, exp) = match (request.jti, request.exp, request.token) {
-        (Some(jti), Some(exp), None) => {
-            let latest = revocation::unix_now() + state.config.max_ttl + state.config.leeway;
-            if jti.is_empty() || jti.len() > 256 {
-                return Err(OAuthError::InvalidRequest("jti must be 1 to 256 bytes"));
-            }
-            if exp > latest {
+    let config = &state.config;
+    let now = revocation::unix_now();
+    let cutoff = |before: Option<u64>| -> Result<(u64, u64), OAuthError> {
+        // iat has one-second resolution: "now" must cover a token issued earlier this second.
+        let not_before = before.unwrap_or(now + 1);
+        if not_before > now + 1 + config.leeway {
+            return Err(OAuthError::InvalidRequest(
+                "before must not be in the future",
+            ));
+        }
+        // No token issued before the cut-off can outlive it by more than max_ttl.
+        Ok((not_before, not_before + config.max_ttl))
+    };
+    let r = request;
+    let (rule, expires_at) = match (r.jti, r.exp, r.token, r.subject, r.client_id, r.before) {
+        (Some(jti), Some(exp), None, None, None, None) => {
+            if exp > now + config.max_ttl + config.leeway {
                 return Err(OAuthError::InvalidRequest(
                     "exp is later than any token this server issues can live",
                 ));
             }
-            (jti, exp)
+            let jti = identifier(jti, "jti must be 1 to 256 bytes")?;
+            (Rule::Token { jti }, exp)
         }
-        (None, None, Some(token)) => {
-            let claims = verify_own(&state.keys, &state.config.issuer, &token).ok_or(
+        (None, None, Some(token), None, None, None) => {
+            let claims = verify_own(&state.keys, &config.issuer, &token).ok_or(
                 OAuthError::InvalidRequest("token was not issued by this server"),
             )?;
-            (claims.jti, claims.exp)
+            (Rule::Token { jti: claims.jti }, claims.exp)
         }
-        _ => {
-            return Err(OAuthError::InvalidRequest(
-                "give either jti and exp, or token",
-            ))
+        (None, None, None, Some(sub), None, before) => {
+            let sub = identifier(sub, "subject must be 1 to 256 bytes")?;
+            let (not_before, expires_at) = cutoff(before)?;
+            (Rule::Subject { sub, not_before }, expires_at)
         }
+        (None, None, None, None, Some(client_id), before) => {
+            let client_id = identifier(client_id, "client_id must be 1 to 256 bytes")?;
+            let (not_before, expires_at) = cutoff(before)?;
+            (
+                Rule::Client {
+                    client_id,
+                    not_before,
+                },
+                expires_at,
+            )
+        }
+        _ => return Err(OAuthError::InvalidRequest(ADMIN_BODY_HELP)),
     };
-    let event = revoke_token(&state, &jti, exp, request.reason, &client.id).await?;
+    let event = commit_revocation(&state, rule, expires_at, r.reason, &client.id).await?;
     Ok(Json(event).into_response())
 }
 
-/// Commits a token revocation and wakes the relay. Returns the stored event (the existing one
-/// when the token was already revoked).
+/// `GET /admin/revocations?limit=N&after=SEQ`: the rules still in force, oldest first.
+async fn admin_revocations_get(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, OAuthError> {
+    authenticate_admin(&state, &headers).await?;
+    let number = |name: &str, default: i64| -> Result<i64, OAuthError> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or(OAuthError::InvalidRequest(
+                    "limit and after must be non-negative integers",
+                )),
+        }
+    };
+    let limit = number("limit", 100)?.clamp(1, 1000);
+    let after = number("after", 0)?;
+    let rows = state
+        .store
+        .active(revocation::unix_now(), state.config.leeway, after, limit)
+        .await
+        .map_err(OAuthError::internal)?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.seq))
+        .flatten();
+    let items: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|row| {
+            let mut item = serde_json::to_value(&row.event).unwrap_or_default();
+            item["seq"] = row.seq.into();
+            item["requested_by"] = row.requested_by.into();
+            item["published"] = row.published.into();
+            item
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "revocations": items, "next_after": next })).into_response())
+}
+
+/// HTTP Basic credentials of a client marked `admin`.
+async fn authenticate_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Arc<Client>, OAuthError> {
+    let client = authenticate(state, headers, None).await?;
+    if !client.admin {
+        return Err(OAuthError::AccessDenied);
+    }
+    Ok(client)
+}
+
+/// Commits a token revocation for RFC 7009.
 async fn revoke_token(
     state: &AppState,
     jti: &str,
     exp: u64,
+    requested_by: &str,
+) -> Result<RevocationEvent, OAuthError> {
+    let rule = Rule::Token {
+        jti: jti.to_string(),
+    };
+    commit_revocation(state, rule, exp, None, requested_by).await
+}
+
+/// Commits a revocation and wakes the relay. Returns the stored event (the existing one when
+/// the token was already revoked).
+async fn commit_revocation(
+    state: &AppState,
+    rule: Rule,
+    expires_at: u64,
     reason: Option<String>,
     requested_by: &str,
 ) -> Result<RevocationEvent, OAuthError> {
     let event = RevocationEvent {
         v: revocation::event::EVENT_VERSION,
         id: uuid::Uuid::now_v7().to_string(),
-        rule: Rule::Token {
-            jti: jti.to_string(),
-        },
+        rule,
         iss: state.config.issuer.clone(),
-        expires_at: exp,
+        expires_at,
         revoked_at: revocation::unix_now(),
         reason,
     };
@@ -272,7 +373,13 @@ async fn revoke_token(
         .map_err(OAuthError::internal)?;
     state.wake_relay.notify_one();
     state.metrics.revocations.inc();
-    tracing::info!(id = %stored.id, %jti, requested_by, "revocation committed");
+    tracing::info!(
+        id = %stored.id,
+        kind = stored.rule.kind(),
+        requested_by,
+        reason = stored.reason.as_deref().unwrap_or(""),
+        "revocation committed"
+    );
     Ok(stored)
 }
 

@@ -298,3 +298,222 @@ fn claims_of(token: &str) -> serde_json::Value {
         .unwrap_or_default();
     serde_json::from_slice(&bytes).unwrap_or_default()
 }
+
+/// Subject and client rules revoke every token issued before the cut-off on every gateway and
+/// leave later tokens alone; the admin listing pages through the rules in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_and_client_rules() -> anyhow::Result<()> {
+    let stack = Stack::start(2).await?;
+    let http = reqwest::Client::new();
+    let demo_old = stack.authz.token("demo-client", "demo-secret").await?;
+    let other_old = stack.authz.token("other-client", "other-secret").await?;
+
+    let (status, body) = stack
+        .authz
+        .admin_revoke(serde_json::json!({"subject": "demo-client", "reason": "account closed"}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kind"], "subject");
+    assert_eq!(body["sub"], "demo-client");
+    let cutoff = body["not_before"].as_u64().unwrap_or(0);
+    assert_eq!(body["expires_at"].as_u64(), Some(cutoff + 3600));
+    let (status, body) = stack
+        .authz
+        .admin_revoke(serde_json::json!({"client_id": "other-client", "before": cutoff}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kind"], "client");
+
+    for gw in &stack.gateways {
+        for token in [&demo_old, &other_old] {
+            eventually(WAIT, "the cut-off rule", || async {
+                (gw.call(&http, "/echo/", token).await == 401).then_some(())
+            })
+            .await?;
+        }
+    }
+    // Tokens issued after the cut-off (iat has one-second resolution) pass.
+    eventually(WAIT, "the clock to pass the cut-off", || async {
+        (revocation::unix_now() >= cutoff).then_some(())
+    })
+    .await?;
+    let demo_new = stack.authz.token("demo-client", "demo-secret").await?;
+    let other_new = stack.authz.token("other-client", "other-secret").await?;
+    for gw in &stack.gateways {
+        assert_eq!(gw.call(&http, "/echo/", &demo_new).await, 200);
+        assert_eq!(gw.call(&http, "/echo/", &other_new).await, 200);
+    }
+
+    // A future cut-off is refused.
+    let (status, _) = stack
+        .authz
+        .admin_revoke(serde_json::json!({"subject": "x", "before": revocation::unix_now() + 3600}))
+        .await?;
+    assert_eq!(status, 400);
+
+    // The listing pages through every rule in force.
+    let (status, _) = stack
+        .authz
+        .admin_revoke(serde_json::json!({"token": demo_new}))
+        .await?;
+    assert_eq!(status, 200);
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page: serde_json::Value = http
+            .get(format!(
+                "{}/admin/revocations?limit=2&after={after}",
+                stack.authz.url
+            ))
+            .basic_auth("admin", Some("admin-secret"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        for item in page["revocations"].as_array().cloned().unwrap_or_default() {
+            assert_eq!(item["requested_by"], "admin");
+            seen.push(item["kind"].as_str().unwrap_or_default().to_string());
+        }
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["subject", "client", "token"]);
+    let denied = http
+        .get(format!("{}/admin/revocations", stack.authz.url))
+        .basic_auth("demo-client", Some("demo-secret"))
+        .send()
+        .await?;
+    assert_eq!(denied.status(), 403);
+    Ok(())
+}
+
+/// Connects to NATS as `identity`, counting the permission violations the server reports.
+async fn connect_as(
+    url: &str,
+    identity: &str,
+) -> anyhow::Result<(
+    async_nats::Client,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+)> {
+    let pki = system_tests::Pki::get();
+    let violations = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = violations.clone();
+    let client = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(pki.certs.join("ca.pem"))
+        .add_client_certificate(
+            pki.certs.join(format!("{identity}.pem")),
+            pki.certs.join(format!("{identity}-key.pem")),
+        )
+        .custom_inbox_prefix(format!("_INBOX_{identity}"))
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    if e.to_string()
+                        .to_lowercase()
+                        .contains("permissions violation")
+                    {
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok((client, violations))
+}
+
+/// Out-of-order, duplicate and already-expired events, garbage heartbeats, and heartbeats
+/// from a gateway identity never loosen what is enforced and never stop the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_events_never_loosen() -> anyhow::Result<()> {
+    let stack = Stack::start(1).await?;
+    let gw = &stack.gateways[0];
+    let http = reqwest::Client::new();
+    let other = stack.authz.token("other-client", "other-secret").await?;
+    let (authz, _) = connect_as(&stack.nats.url(), "authz").await?;
+    let js = async_nats::jetstream::new(authz.clone());
+    let now = revocation::unix_now();
+    let event = |id: &str, rule: serde_json::Value, expires_at: u64| {
+        let mut e = serde_json::json!({"v": 1, "id": id, "iss": stack.authz.url,
+            "expires_at": expires_at, "revoked_at": now});
+        if let (Some(e), Some(r)) = (e.as_object_mut(), rule.as_object()) {
+            e.extend(r.clone());
+        }
+        serde_json::to_vec(&e).unwrap_or_default()
+    };
+    let newer = event(
+        "e-new",
+        serde_json::json!({"kind": "client", "client_id": "other-client", "not_before": now + 1}),
+        now + 3600,
+    );
+    let older = event(
+        "e-old",
+        serde_json::json!({"kind": "client", "client_id": "other-client", "not_before": now - 1000}),
+        now + 3600,
+    );
+    let expired = event(
+        "e-exp",
+        serde_json::json!({"kind": "token", "jti": "long-gone"}),
+        now - 1000,
+    );
+    for (subject, payload) in [
+        ("authz.revocations.v1.client", newer.clone()),
+        ("authz.revocations.v1.client", older),
+        ("authz.revocations.v1.client", newer),
+        ("authz.revocations.v1.token", expired),
+    ] {
+        js.publish(subject, payload.into()).await?.await?;
+    }
+    eventually(WAIT, "the newer cut-off", || async {
+        (gw.call(&http, "/echo/", &other).await == 401).then_some(())
+    })
+    .await?;
+    eventually(WAIT, "all four events handled", || async {
+        (gw.metric("gateway_revocation_last_sequence").await >= 4.0).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        gw.call(&http, "/echo/", &other).await,
+        401,
+        "the older cut-off loosened the rule"
+    );
+    assert_eq!(
+        gw.metric("gateway_revocation_events_duplicate_total").await,
+        2.0
+    );
+    assert_eq!(
+        gw.metric("gateway_revocation_events_expired_total").await,
+        1.0
+    );
+    assert_eq!(gw.metric("gateway_revocation_rules").await, 1.0);
+
+    // Garbage on the heartbeat subject is skipped; the gateway stays fresh on real heartbeats.
+    authz
+        .publish("authz.heartbeat.v1", "{\"v\":1}".into())
+        .await?;
+    authz.flush().await?;
+    eventually(WAIT, "the bad heartbeat to be counted", || async {
+        (gw.metric("gateway_heartbeats_skipped_total").await == 1.0).then_some(())
+    })
+    .await?;
+    // A gateway identity may not publish heartbeats.
+    let (gateway_id, violations) = connect_as(&stack.nats.url(), "gateway-2").await?;
+    let forged = serde_json::json!({"v": 1, "instance": "x", "epoch": 1, "seq": 0,
+        "covers_until_ms": 0, "sent_at_ms": 0});
+    gateway_id
+        .publish("authz.heartbeat.v1", serde_json::to_vec(&forged)?.into())
+        .await?;
+    gateway_id.flush().await?;
+    eventually(WAIT, "the server to refuse the forged heartbeat", || {
+        let n = violations.load(std::sync::atomic::Ordering::SeqCst);
+        async move { (n > 0).then_some(()) }
+    })
+    .await?;
+    assert_eq!(gw.metric("gateway_heartbeats_skipped_total").await, 1.0);
+    assert_eq!(gw.readyz().await, 200);
+    Ok(())
+}
