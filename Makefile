@@ -7,6 +7,7 @@ run: deps
 
 ## test: formatting, lints and every test (what CI runs)
 test: deps
+	@deploy/ensure-postgres.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test --workspace

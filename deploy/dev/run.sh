@@ -5,8 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# CLUSTER=1 runs three NATS nodes (client ports 14222-14224, routes 16222-16224, mutual TLS
+# on both) and a stream replicated three ways instead of the single node.
+CLUSTER=${CLUSTER:-0}
 NATS_PORT=14222 NATS_HTTP=18222
-for port in $NATS_PORT 8081 8080 9090 9001; do
+ports="$NATS_PORT 8081 8080 9090 9001"
+[ "$CLUSTER" = 1 ] && ports="$ports 14223 14224 16222 16223 16224"
+for port in $ports; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "error: port $port is already in use on 127.0.0.1 (another 'make run'?)" >&2
         exit 1
@@ -16,8 +21,23 @@ done
 cargo build --quiet --bins
 mkdir -p .dev/authz .dev/nats
 certs/make-dev-certs.sh .dev/certs gateway-1 gateway-2
-deploy/nats/render-config.sh --certs .dev/certs --store .dev/nats/store \
-    --port "$NATS_PORT" --http-port "$NATS_HTTP" gateway-1 gateway-2 > .dev/nats/nats.conf
+if [ "$CLUSTER" = 1 ]; then
+    for i in 1 2 3; do
+        routes=$(for j in 1 2 3; do [ "$j" = "$i" ] || printf '127.0.0.1:1622%s,' "$((j + 1))"; done)
+        deploy/nats/render-config.sh --certs .dev/certs --store ".dev/nats/node-$i" \
+            --port "1422$((i + 1))" --http-port "1822$((i + 1))" --server-name "node-$i" \
+            --cluster-port "1622$((i + 1))" --routes "${routes%,}" gateway-1 gateway-2 \
+            > ".dev/nats/node-$i.conf"
+    done
+    # The authz-server keeps its own database per topology: a stream of another size needs
+    # its history republished, which it does by itself, but keep the single-node data apart.
+    export AUTHZ_DATABASE=.dev/authz/authz-cluster.db AUTHZ_STREAM_REPLICAS=3
+    export AUTHZ_NATS__URLS='["tls://127.0.0.1:14222","tls://127.0.0.1:14223","tls://127.0.0.1:14224"]'
+    export GATEWAY_NATS__URLS=$AUTHZ_NATS__URLS
+else
+    deploy/nats/render-config.sh --certs .dev/certs --store .dev/nats/store \
+        --port "$NATS_PORT" --http-port "$NATS_HTTP" gateway-1 gateway-2 > .dev/nats/nats.conf
+fi
 
 NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
 pids=()
@@ -42,9 +62,19 @@ wait_for() {
     exit 1
 }
 
-: > .dev/nats/nats.log
-"$NATS_SERVER" -c .dev/nats/nats.conf -l .dev/nats/nats.log & pids+=($!)
-wait_for "nats-server (log: .dev/nats/nats.log)" "grep -q 'Server is ready' .dev/nats/nats.log"
+if [ "$CLUSTER" = 1 ]; then
+    for i in 1 2 3; do
+        : > ".dev/nats/node-$i.log"
+        "$NATS_SERVER" -c ".dev/nats/node-$i.conf" -l ".dev/nats/node-$i.log" & pids+=($!)
+    done
+    for i in 1 2 3; do
+        wait_for "NATS node-$i (log: .dev/nats/node-$i.log)" "grep -q 'metadata leader' .dev/nats/node-$i.log"
+    done
+else
+    : > .dev/nats/nats.log
+    "$NATS_SERVER" -c .dev/nats/nats.conf -l .dev/nats/nats.log & pids+=($!)
+    wait_for "nats-server (log: .dev/nats/nats.log)" "grep -q 'Server is ready' .dev/nats/nats.log"
+fi
 
 target/debug/demo-upstream --listen 127.0.0.1:9001 & pids+=($!)
 target/debug/authz-server --config deploy/dev/authz.toml & pids+=($!)

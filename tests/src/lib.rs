@@ -600,19 +600,29 @@ fn hashes() -> &'static [(String, String); 3] {
     })
 }
 
-/// The authz-server configuration the tests use.
+/// Drops the lines of `defaults` whose key `extra` sets, so that `extra` replaces them.
+fn without_overridden(defaults: &str, extra: &str) -> String {
+    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    let overridden: Vec<String> = extra.lines().map(key).filter(|k| !k.is_empty()).collect();
+    defaults
+        .lines()
+        .filter(|line| !overridden.contains(&key(line)))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// The authz-server configuration the tests use; keys in `extra` replace the defaults.
 fn authz_config(url: &str, listen: &str, dir: &Path, nats_urls: &[String], extra: &str) -> String {
     let [(demo, demo_hash), (other, other_hash), (admin, admin_hash)] = hashes();
+    let defaults = format!(
+        "listen = \"{listen}\"\nissuer = \"{url}\"\ndatabase = {db:?}\nsigning_key_file = {key:?}\ntoken_ttl = 300\nmax_ttl = 3600\nleeway = 30\n",
+        db = dir.join("authz.db").display().to_string(),
+        key = dir.join("signing-key.pem"),
+    );
+    let defaults = without_overridden(&defaults, extra);
     format!(
         r#"
-listen = "{listen}"
-issuer = "{url}"
-database = {db:?}
-signing_key_file = {key:?}
-token_ttl = 300
-max_ttl = 3600
-leeway = 30
-{extra}
+{defaults}{extra}
 
 [[clients]]
 id = "{demo}"
@@ -634,8 +644,6 @@ audience = "admin-api"
 admin = true
 
 {nats}"#,
-        db = dir.join("authz.db").display().to_string(),
-        key = dir.join("signing-key.pem"),
         nats = Pki::get().nats_section(nats_urls, "authz", "authz"),
     )
 }
@@ -892,16 +900,7 @@ fn gateway_config(
     let defaults = format!(
         "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nissuer = \"{issuer}\"\njwks_url = \"{issuer}/.well-known/jwks.json\"\nleeway = 30\nmax_ttl = 3600\nshutdown_grace = 2\n"
     );
-    let defaults: String = defaults
-        .lines()
-        .filter(|line| {
-            let key = line.split('=').next().unwrap_or("").trim();
-            !extra
-                .lines()
-                .any(|e| e.split('=').next().unwrap_or("").trim() == key)
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
+    let defaults = without_overridden(&defaults, extra);
     format!(
         r#"
 audiences = ["demo-api"]
@@ -1244,4 +1243,60 @@ pub async fn all_refused(gateways: &[String], tokens: &[String], limit: Duration
         }
     }
     Ok(())
+}
+
+/// A PostgreSQL database of its own for one test, dropped afterwards. The server is the one
+/// `deploy/ensure-postgres.sh` makes sure of (or `REVGATE_TEST_POSTGRES`).
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Result<PgDatabase> {
+        use sqlx::Connection;
+        let admin_url = std::env::var("REVGATE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+        let mut conn = sqlx::PgConnection::connect(&admin_url).await.with_context(|| {
+            format!("cannot reach PostgreSQL at {admin_url} (run deploy/ensure-postgres.sh)")
+        })?;
+        let name = format!("revgate_test_{}", uuid_like());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+        Ok(PgDatabase {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        })
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs outside async: use a runtime of its own on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
