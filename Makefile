@@ -1,5 +1,5 @@
 # The two commands the README starts with.
-.PHONY: run test deps
+.PHONY: run test deps bench-revocation
 
 ## run: build and start the whole development stack in the foreground (Ctrl-C stops it)
 run: deps
@@ -14,3 +14,7 @@ test: deps
 
 deps:
 	@deploy/ensure-deps.sh
+
+## bench-revocation: revoke 1,000 tokens while three gateways serve them; print the delays
+bench-revocation: deps
+	cargo run --release --quiet -p system-tests --bin revocation-bench -- --tokens 1000

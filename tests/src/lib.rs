@@ -469,29 +469,35 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT
         .get_or_init(|| {
+            // Tests run from target/<profile>/deps/, binaries such as the benchmark from
+            // target/<profile>/; the services are built with the same profile.
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let mut dir = exe
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or("no target directory")?;
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .current_dir(repo_root())
-                .args([
-                    "build",
-                    "--quiet",
-                    "--bins",
-                    "-p",
-                    "gateway",
-                    "-p",
-                    "authz-server",
-                ])
-                .status()
-                .map_err(|e| e.to_string())?;
+            let mut build = Command::new(cargo);
+            build.current_dir(repo_root()).args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "gateway",
+                "-p",
+                "authz-server",
+            ]);
+            if dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build.status().map_err(|e| e.to_string())?;
             if !status.success() {
                 return Err("cargo build of the service binaries failed".into());
             }
-            // tests run from target/<profile>/deps/
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            exe.parent()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf)
-                .ok_or_else(|| "no target directory".to_string())
+            Ok(dir)
         })
         .clone()
         .map_err(anyhow::Error::msg)?;
@@ -1258,12 +1264,19 @@ impl PgDatabase {
         use sqlx::Connection;
         let admin_url = std::env::var("REVGATE_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
-        let mut conn = sqlx::PgConnection::connect(&admin_url).await.with_context(|| {
-            format!("cannot reach PostgreSQL at {admin_url} (run deploy/ensure-postgres.sh)")
-        })?;
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .with_context(|| {
+                format!("cannot reach PostgreSQL at {admin_url} (run deploy/ensure-postgres.sh)")
+            })?;
         let name = format!("revgate_test_{}", uuid_like());
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
-        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin_url);
         Ok(PgDatabase {
             url: format!("{base}/{name}"),
             admin_url,
@@ -1285,7 +1298,10 @@ impl Drop for PgDatabase {
         let (url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs outside async: use a runtime of its own on a plain thread.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {

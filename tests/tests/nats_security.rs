@@ -197,3 +197,70 @@ fn claim(token: &str, name: &str) -> String {
     let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     value[name].as_str().unwrap_or_default().to_string()
 }
+
+/// Cluster routes are mutual TLS: a server with a certificate from another CA cannot join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_server_cannot_join_the_cluster() -> anyhow::Result<()> {
+    let nodes = Nats::start_cluster()?;
+    let log_value = |log: &str, needle: &str| -> Option<String> {
+        log.lines()
+            .find_map(|l| l.split(needle).nth(1).map(|v| v.trim().to_string()))
+    };
+    let route_port = log_value(
+        &nodes[0].log(),
+        "Listening for route connections on 127.0.0.1:",
+    )
+    .ok_or_else(|| anyhow::anyhow!("no route port in the log"))?;
+    let monitor = log_value(&nodes[0].log(), "Starting http monitor on ")
+        .ok_or_else(|| anyhow::anyhow!("no monitor address in the log"))?;
+
+    let pki = Pki::get();
+    let dir = tempfile::tempdir()?;
+    let rogue_route = system_tests::free_ports(1)?[0];
+    let rendered =
+        std::process::Command::new(system_tests::repo_root().join("deploy/nats/render-config.sh"))
+            .arg("--certs")
+            .arg(&pki.other_ca)
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .args([
+                "--port",
+                "-1",
+                "--server-name",
+                "rogue",
+                "--cluster-port",
+                &rogue_route.to_string(),
+            ])
+            .args(["--routes", &format!("127.0.0.1:{route_port}")])
+            .output()?;
+    anyhow::ensure!(rendered.status.success(), "render-config.sh failed");
+    let config = dir.path().join("rogue.conf");
+    std::fs::write(&config, rendered.stdout)?;
+    let log = dir.path().join("rogue.log");
+    let mut rogue = std::process::Command::new("nats-server")
+        .arg("-c")
+        .arg(&config)
+        .arg("-l")
+        .arg(&log)
+        .spawn()?;
+    let refused = eventually(
+        Duration::from_secs(10),
+        "the route to be refused",
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .find(|l| l.contains("[ERR]") && l.contains("TLS") && l.contains("rid:"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    let routez: serde_json::Value = reqwest::get(format!("http://{monitor}/routez"))
+        .await?
+        .json()
+        .await?;
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+    println!("refused: {}", refused?);
+    assert_eq!(routez["num_routes"], 2, "only the two real peers: {routez}");
+    Ok(())
+}

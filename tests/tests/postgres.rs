@@ -19,7 +19,12 @@ async fn two_replicas_share_one_database() -> anyhow::Result<()> {
     );
     let a = Authz::start_with(dir_a.path(), &[nats.url()], &common).await?;
     // Replicas sit behind one name: same issuer, same signing key.
-    let b = Authz::start_with(dir_b.path(), &[nats.url()], &format!("{common}\nissuer = \"{}\"", a.url)).await?;
+    let b = Authz::start_with(
+        dir_b.path(),
+        &[nats.url()],
+        &format!("{common}\nissuer = \"{}\"", a.url),
+    )
+    .await?;
     let upstream = Upstream::start().await?;
     let mut gateways = Vec::new();
     for id in ["gateway-1", "gateway-2"] {
@@ -35,7 +40,11 @@ async fn two_replicas_share_one_database() -> anyhow::Result<()> {
     }
     let http = reqwest::Client::new();
     for gw in &gateways {
-        assert_eq!(gw.call(&http, "/echo/", &tokens[1]).await, 200, "a token from replica B passes");
+        assert_eq!(
+            gw.call(&http, "/echo/", &tokens[1]).await,
+            200,
+            "a token from replica B passes"
+        );
     }
     // Revoke all twenty at once, half through each replica.
     let revocations = tokens.iter().enumerate().map(|(i, token)| {
@@ -49,7 +58,11 @@ async fn two_replicas_share_one_database() -> anyhow::Result<()> {
     all_refused(&urls, &tokens, Duration::from_secs(20)).await?;
     for gw in &gateways {
         assert_eq!(gw.metric("gateway_revocation_rules").await, 20.0);
-        assert_eq!(gw.metric("gateway_revocation_last_sequence").await, 20.0, "a revocation was stored twice");
+        assert_eq!(
+            gw.metric("gateway_revocation_last_sequence").await,
+            20.0,
+            "a revocation was stored twice"
+        );
         assert_eq!(gw.readyz().await, 200);
     }
     // Both replicas list the same rules: one source of truth.
