@@ -116,6 +116,10 @@ impl Freshness {
         let as_of = received.checked_sub(hb.lag()).unwrap_or(received);
         self.with(|s| {
             s.last_heartbeat = Some(received);
+            if hb.epoch < s.applied.epoch {
+                // About a stream that no longer exists (a late sender): proves nothing.
+                return;
+            }
             if s.applied.epoch == hb.epoch && s.applied.seq >= hb.seq {
                 s.fresh_as_of = Some(s.fresh_as_of.map_or(as_of, |f| f.max(as_of)));
             } else {
@@ -137,8 +141,9 @@ impl Freshness {
                     best = Some(best.map_or(as_of, |b: Instant| b.max(as_of)));
                     false
                 } else {
-                    // Heartbeats of another epoch can never be satisfied by this feed.
-                    epoch == position.epoch || position.epoch == 0
+                    // Epochs are stream creation times: a heartbeat of an older stream can
+                    // never be satisfied; one of a newer stream waits for the feed to move.
+                    epoch >= position.epoch
                 }
             });
             s.fresh_as_of = best;
@@ -146,15 +151,10 @@ impl Freshness {
     }
 
     /// Since when the feed has been known to be behind: the arrival of the oldest heartbeat
-    /// of the feed's epoch that announces a sequence not yet applied.
+    /// not yet satisfied — one announcing a sequence not yet applied, or a newer stream than
+    /// the one the feed follows (the stream was recreated under a live consumer).
     pub fn behind_since(&self) -> Option<Instant> {
-        self.with(|s| {
-            s.pending
-                .iter()
-                .filter(|p| p.0 == s.applied.epoch)
-                .map(|p| p.3)
-                .min()
-        })
+        self.with(|s| s.pending.iter().map(|p| p.3).min())
     }
 
     /// How old the newest proof of freshness is; `None` before the first one.
@@ -226,6 +226,28 @@ mod tests {
         assert_eq!(
             f.staleness(t0 + Duration::from_secs(1)),
             Some(Duration::ZERO)
+        );
+    }
+
+    /// A heartbeat of a newer stream keeps the feed "behind" until it follows that stream;
+    /// one of an older stream is forgotten.
+    #[test]
+    fn behind_on_a_newer_stream() {
+        let f = Freshness::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        f.on_applied(Position { epoch: 7, seq: 10 });
+        f.on_heartbeat(&hb(8, 2, 0), t0);
+        f.on_applied(Position { epoch: 7, seq: 11 });
+        assert_eq!(f.behind_since(), Some(t0));
+        f.on_applied(Position { epoch: 8, seq: 2 });
+        assert_eq!(f.behind_since(), None);
+        assert!(f.is_fresh(t0));
+        f.on_heartbeat(&hb(7, 20, 0), t0);
+        f.on_applied(Position { epoch: 8, seq: 3 });
+        assert_eq!(
+            f.behind_since(),
+            None,
+            "an older stream's heartbeat is dropped"
         );
     }
 
