@@ -1062,6 +1062,17 @@ impl Gateway {
         }
     }
 
+    /// Waits (bounded) until the gateway refuses `token` on `/echo/` with 401.
+    pub async fn wait_refused(&self, token: &str) -> Result<()> {
+        let http = reqwest::Client::new();
+        eventually(
+            Duration::from_secs(30),
+            "the gateway to refuse the token",
+            || async { (self.call(&http, "/echo/", token).await == 401).then_some(()) },
+        )
+        .await
+    }
+
     /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
         match reqwest::get(format!("{}/metrics", self.admin_url)).await {

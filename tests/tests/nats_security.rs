@@ -174,10 +174,7 @@ async fn gateway_identity_cannot_publish_revocations() -> anyhow::Result<()> {
         200
     );
     for gw in &stack.gateways {
-        eventually(Duration::from_secs(10), "the real revocation", || async {
-            (gw.call(&http, "/echo/", &marker).await == 401).then_some(())
-        })
-        .await?;
+        gw.wait_refused(&marker).await?;
         assert_eq!(
             gw.call(&http, "/echo/", &victim).await,
             200,

@@ -171,10 +171,7 @@ async fn es256_and_eddsa_issuers() -> anyhow::Result<()> {
             authz.revoke("demo-client", "demo-secret", &token).await?,
             200
         );
-        eventually(Duration::from_secs(10), "the revocation", || async {
-            (gw.call(&http, "/echo/", &token).await == 401).then_some(())
-        })
-        .await?;
+        gw.wait_refused(&token).await?;
         gw.service_stop().await;
     }
     Ok(())

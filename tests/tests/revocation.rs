@@ -101,10 +101,7 @@ async fn every_gateway_enforces_admin_revocation() -> anyhow::Result<()> {
     assert_eq!(body["jti"], claims["jti"]);
     assert_eq!(body["kind"], "token");
     for (i, gw) in stack.gateways.iter().enumerate() {
-        eventually(WAIT, "gateway to refuse", || async {
-            (gw.call(&http, "/echo/", &token).await == 401).then_some(())
-        })
-        .await?;
+        gw.wait_refused(&token).await?;
         println!(
             "gateway {i} enforces the admin revocation after {:?}",
             started.elapsed()
@@ -218,12 +215,7 @@ async fn authz_restart_while_nats_down_publishes_outbox() -> anyhow::Result<()> 
     stack.nats.restart()?;
     for gw in &stack.gateways {
         for token in &tokens {
-            eventually(
-                Duration::from_secs(20),
-                "the outbox to reach the gateway",
-                || async { (gw.call(&http, "/echo/", token).await == 401).then_some(()) },
-            )
-            .await?;
+            gw.wait_refused(token).await?;
         }
     }
     let fresh = stack.authz.token("demo-client", "demo-secret").await?;
@@ -265,7 +257,6 @@ async fn malformed_events_are_skipped_and_counted() -> anyhow::Result<()> {
             .await?;
     }
     let token = stack.authz.token("demo-client", "demo-secret").await?;
-    let http = reqwest::Client::new();
     assert_eq!(
         stack
             .authz
@@ -273,10 +264,7 @@ async fn malformed_events_are_skipped_and_counted() -> anyhow::Result<()> {
             .await?,
         200
     );
-    eventually(WAIT, "the good revocation after the bad ones", || async {
-        (gw.call(&http, "/echo/", &token).await == 401).then_some(())
-    })
-    .await?;
+    gw.wait_refused(&token).await?;
     for (reason, count) in [
         ("malformed", 1.0),
         ("unknown_version", 1.0),
@@ -326,10 +314,7 @@ async fn subject_and_client_rules() -> anyhow::Result<()> {
 
     for gw in &stack.gateways {
         for token in [&demo_old, &other_old] {
-            eventually(WAIT, "the cut-off rule", || async {
-                (gw.call(&http, "/echo/", token).await == 401).then_some(())
-            })
-            .await?;
+            gw.wait_refused(token).await?;
         }
     }
     // Tokens issued after the cut-off (iat has one-second resolution) pass.
@@ -468,10 +453,7 @@ async fn odd_events_never_loosen() -> anyhow::Result<()> {
     ] {
         js.publish(subject, payload.into()).await?.await?;
     }
-    eventually(WAIT, "the newer cut-off", || async {
-        (gw.call(&http, "/echo/", &other).await == 401).then_some(())
-    })
-    .await?;
+    gw.wait_refused(&other).await?;
     eventually(WAIT, "all four events handled", || async {
         (gw.metric("gateway_revocation_last_sequence").await >= 4.0).then_some(())
     })
