@@ -78,30 +78,40 @@ async fn only_known_certificates_connect() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A gateway whose certificate NATS refuses never becomes ready and fails closed.
+/// A gateway whose certificate NATS refuses, or whose identity may not read the stream and
+/// the heartbeats (mis-permissioned), never becomes ready and fails closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_with_unknown_identity_fails_closed() -> anyhow::Result<()> {
+async fn refused_or_mispermissioned_gateway_fails_closed() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
-    let gw = Gateway::start_as(
-        "gateway-1",
-        "unknown",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-    )
-    .await?;
+    let nats = [stack.nats.url()];
+    let unknown =
+        Gateway::start_as("gateway-1", "unknown", &nats, &stack.authz, &stack.upstream).await?;
+    // The authz identity connects fine but may neither create a consumer nor hear heartbeats.
+    let mispermissioned =
+        Gateway::start_as("authz", "authz", &nats, &stack.authz, &stack.upstream).await?;
     let token = stack.authz.token("demo-client", "demo-secret").await?;
     let http = reqwest::Client::new();
-    // Give it ample time to (fail to) connect and replay.
+    // Give them ample time to (fail to) connect, replay and hear a heartbeat.
     for _ in 0..20 {
-        assert_eq!(gw.readyz().await, 503);
-        assert_eq!(gw.call(&http, "/echo/", &token).await, 503);
+        for gw in [&unknown, &mispermissioned] {
+            assert_eq!(gw.readyz().await, 503);
+            assert_eq!(gw.call(&http, "/echo/", &token).await, 503);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        gw.call(&http, "/public/x", "").await,
-        200,
-        "public routes keep working"
+    for gw in [&unknown, &mispermissioned] {
+        assert_eq!(
+            gw.call(&http, "/public/x", "").await,
+            200,
+            "public routes keep working"
+        );
+    }
+    assert!(
+        mispermissioned
+            .metric("gateway_nats_server_errors_total")
+            .await
+            >= 1.0,
+        "the permission violations are counted"
     );
     Ok(())
 }
