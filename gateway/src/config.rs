@@ -60,10 +60,48 @@ pub struct Config {
     /// the default) or `serve` (keep serving, only report and count).
     #[serde(default)]
     pub on_stale: OnStale,
+    /// Peers (CIDRs, e.g. the load balancer's) whose `X-Forwarded-*` and `Forwarded` headers
+    /// are kept and extended; from anyone else they are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Limits and timeouts of the proxy listener.
+    #[serde(default)]
+    pub limits: Limits,
     /// Routes by path prefix; the longest matching prefix wins.
     pub routes: Vec<RouteConfig>,
     /// The mutual-TLS NATS connection the revocation feed reads from.
     pub nats: NatsConfig,
+}
+
+/// Limits and timeouts, all with safe defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Milliseconds a client gets to send a request's headers (slowloris protection).
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes; larger gets 413.
+    pub max_body_bytes: u64,
+    /// Requests proxied at once; more get 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// Milliseconds to open a connection to an upstream before answering 502.
+    pub upstream_connect_timeout_ms: u64,
+    /// Concurrent streams one HTTP/2 client connection may open.
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout_ms: 10_000,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_concurrent_requests: 1024,
+            upstream_connect_timeout_ms: 5_000,
+            http2_max_concurrent_streams: 128,
+        }
+    }
 }
 
 /// The staleness policy.
@@ -83,14 +121,38 @@ pub enum OnStale {
 pub struct RouteConfig {
     /// Path prefix, starting with `/`.
     pub prefix: String,
-    /// Base URL of the upstream (`http://host:port`); the request path is appended unchanged.
-    pub upstream: String,
+    /// Only requests for this host match (port and case ignored); any host when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Base URL of the upstream (`http://host:port`); the request path is appended.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Several upstreams, used round-robin (instead of `upstream`).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
     /// A public route needs no token; protected is the default.
     #[serde(default)]
     pub public: bool,
     /// Scopes a token must all carry on this route.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Audiences accepted on this route instead of the gateway's `audiences`.
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    /// Remove `prefix` from the path before forwarding (`/svc/x` -> `/x`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Forward the client's bearer token to the upstream; by default the gateway removes it
+    /// and sends the identity headers only.
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+impl RouteConfig {
+    /// `upstream` and `upstreams` together.
+    pub fn upstream_urls(&self) -> Vec<&String> {
+        self.upstream.iter().chain(self.upstreams.iter()).collect()
+    }
 }
 
 fn default_jwks_refresh() -> u64 {
@@ -178,6 +240,17 @@ impl Config {
         if self.max_staleness_ms < 500 {
             return Err("max_staleness_ms: must be at least 500".into());
         }
+        let l = &self.limits;
+        if l.header_read_timeout_ms == 0 || l.upstream_connect_timeout_ms == 0 {
+            return Err("limits: timeouts must be positive".into());
+        }
+        // hyper needs a buffer of at least 8 KiB to parse a request head.
+        if l.max_header_bytes < 8192 {
+            return Err("limits.max_header_bytes: must be at least 8192".into());
+        }
+        if l.max_concurrent_requests == 0 || l.http2_max_concurrent_streams == 0 {
+            return Err("limits: concurrency limits must be positive".into());
+        }
         if self.max_ttl == 0 {
             return Err("max_ttl: must be positive".into());
         }
@@ -188,12 +261,27 @@ impl Config {
             if !route.prefix.starts_with('/') {
                 return Err(format!("routes[{i}].prefix: must start with '/'"));
             }
-            let upstream = url::Url::parse(&route.upstream)
-                .map_err(|e| format!("routes[{i}].upstream: {e}"))?;
-            if upstream.scheme() != "http" || upstream.host_str().is_none() {
+            let upstreams = route.upstream_urls();
+            if upstreams.is_empty() {
+                return Err(format!("routes[{i}]: give upstream or upstreams"));
+            }
+            for upstream in upstreams {
+                let parsed = url::Url::parse(upstream)
+                    .map_err(|e| format!("routes[{i}].upstream {upstream:?}: {e}"))?;
+                if parsed.scheme() != "http" || parsed.host_str().is_none() || parsed.path() != "/"
+                {
+                    return Err(format!(
+                        "routes[{i}].upstream {upstream:?}: must be an http://host:port URL without a path"
+                    ));
+                }
+            }
+            if route.public && route.audiences.is_some() {
                 return Err(format!(
-                    "routes[{i}].upstream: must be an http://host:port URL"
+                    "routes[{i}]: a public route cannot require audiences"
                 ));
+            }
+            if route.audiences.as_ref().is_some_and(Vec::is_empty) {
+                return Err(format!("routes[{i}].audiences: must not be empty"));
             }
             if route.public && !route.scopes.is_empty() {
                 return Err(format!("routes[{i}]: a public route cannot require scopes"));

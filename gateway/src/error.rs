@@ -24,6 +24,12 @@ pub enum GatewayError {
     /// No route matches the path.
     #[error("no route")]
     NoRoute,
+    /// The client's body is larger than the limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// Too many requests in flight; the client may retry (our capacity, not its fault).
+    #[error("overloaded")]
+    Overloaded,
     /// The gateway cannot vouch for its revocation set or keys yet (our side, temporary).
     #[error("not ready: {0}")]
     NotReady(&'static str),
@@ -44,6 +50,8 @@ impl GatewayError {
             GatewayError::InvalidToken(_) => "invalid_token",
             GatewayError::InsufficientScope(_) => "insufficient_scope",
             GatewayError::NoRoute => "no_route",
+            GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::Overloaded => "overloaded",
             GatewayError::NotReady(_) => "not_ready",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
@@ -86,6 +94,18 @@ impl GatewayError {
                 ))),
             ),
             GatewayError::NoRoute => (StatusCode::NOT_FOUND, Some("not_found"), "no route", None),
+            GatewayError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some("payload_too_large"),
+                "the request body is too large",
+                None,
+            ),
+            GatewayError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("overloaded"),
+                "the gateway is at its concurrency limit",
+                None,
+            ),
             GatewayError::NotReady(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some("temporarily_unavailable"),
@@ -115,7 +135,7 @@ impl GatewayError {
         if let Some(www) = www {
             headers.insert(header::WWW_AUTHENTICATE, www);
         }
-        if matches!(self, GatewayError::NotReady(_)) {
+        if matches!(self, GatewayError::NotReady(_) | GatewayError::Overloaded) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

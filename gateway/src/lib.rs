@@ -67,6 +67,9 @@ pub struct Gateway {
     pub registry: Registry,
     realm: String,
     max_token_bytes: usize,
+    max_body_bytes: u64,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// Why the gateway could not start.
@@ -134,7 +137,12 @@ impl Gateway {
         }
         let claims = self
             .verifier
-            .verify(token, &keys, revocation::unix_now())
+            .verify(
+                token,
+                &keys,
+                revocation::unix_now(),
+                route.audiences.as_deref(),
+            )
             .map_err(GatewayError::InvalidToken)?;
         let token_ref = TokenRef {
             iss: &claims.iss,
@@ -157,17 +165,46 @@ impl Gateway {
         request: Request<Body>,
         peer: SocketAddr,
     ) -> Result<Response, GatewayError> {
+        // Shed load before doing any work for it.
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| GatewayError::Overloaded)?;
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host());
         let route = self
             .routes
-            .find(request.uri().path())
+            .find(host, request.uri().path())
             .ok_or(GatewayError::NoRoute)?;
         let identity = if route.public {
             None
         } else {
             Some(self.authenticate(&request, route)?)
         };
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes) {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        // A body without a declared length is cut off at the limit as it streams.
+        let request = request.map(|body| {
+            Body::new(http_body_util::Limited::new(
+                body,
+                self.max_body_bytes as usize,
+            ))
+        });
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
         self.proxy
-            .forward(route, request, identity.as_ref(), peer)
+            .forward(route, request, identity.as_ref(), peer, trusted)
             .await
     }
 }
@@ -276,11 +313,17 @@ pub async fn run(
         freshness,
         on_stale: config.on_stale,
         nats,
-        proxy: proxy::Proxy::new(Duration::from_secs(config.upstream_timeout)),
+        proxy: proxy::Proxy::new(
+            Duration::from_secs(config.upstream_timeout),
+            Duration::from_millis(config.limits.upstream_connect_timeout_ms),
+        ),
         metrics,
         registry,
         realm: config.realm.clone(),
         max_token_bytes: config.max_token_bytes,
+        max_body_bytes: config.limits.max_body_bytes,
+        trusted_proxies: config.trusted_proxies.clone(),
+        in_flight: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
     });
 
     let proxy_app = Router::new()
@@ -294,10 +337,18 @@ pub async fn run(
     let admin = tokio::spawn(serve::serve(
         admin_listener,
         admin_app,
+        config::Limits::default(),
         shutdown.clone(),
         grace,
     ));
-    serve::serve(listener, proxy_app, shutdown.clone(), grace).await;
+    serve::serve(
+        listener,
+        proxy_app,
+        config.limits.clone(),
+        shutdown.clone(),
+        grace,
+    )
+    .await;
     let _ = admin.await;
     tasks.cancel();
     let _ = tokio::join!(

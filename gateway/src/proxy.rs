@@ -41,10 +41,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, connect_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_connect_timeout(Some(connect_timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
@@ -52,23 +52,33 @@ impl Proxy {
         Proxy { client, timeout }
     }
 
-    /// Sends the request to the route's upstream and returns its response.
+    /// Sends the request to the route's upstream and returns its response. `peer` is the
+    /// TCP peer; `trusted` says whether it is a proxy whose forwarding headers are kept.
     pub async fn forward(
         &self,
         route: &Route,
         request: Request<Body>,
         identity: Option<&VerifiedClaims>,
         peer: SocketAddr,
+        trusted: bool,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        parts.uri = upstream_uri(&route.upstream, &parts.uri)?;
-        let host = parts.headers.get(header::HOST).cloned();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        parts.uri = upstream_uri(route, &parts.uri)?;
+        // Upstream connections are HTTP/1.1 whatever the client spoke.
+        parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         for name in [X_AUTH_SUBJECT, X_AUTH_CLIENT_ID, X_AUTH_SCOPE] {
             parts.headers.remove(name);
         }
-        // The gateway consumed the bearer token; the upstream gets the identity instead.
-        if identity.is_some() {
+        // The gateway consumed the bearer token; the upstream gets the identity instead,
+        // unless the route asks for the token too.
+        if identity.is_some() && !route.forward_token {
             parts.headers.remove(header::AUTHORIZATION);
         }
         if let Some(id) = identity {
@@ -76,21 +86,7 @@ impl Proxy {
             set(&mut parts.headers, X_AUTH_CLIENT_ID, &id.client_id);
             set(&mut parts.headers, X_AUTH_SCOPE, &id.scopes.join(" "));
         }
-        let forwarded_for = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prior) => format!("{prior}, {}", peer.ip()),
-            None => peer.ip().to_string(),
-        };
-        set(&mut parts.headers, "x-forwarded-for", &forwarded_for);
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        if let Some(host) = host {
-            parts.headers.insert("x-forwarded-host", host);
-        }
+        set_forwarding(&mut parts.headers, peer, host, trusted);
         // The client sets Host from the upstream URI.
         parts.headers.remove(header::HOST);
 
@@ -98,6 +94,7 @@ impl Proxy {
         let response = match tokio::time::timeout(self.timeout, self.client.request(upstream)).await
         {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) if body_too_large(&e) => return Err(GatewayError::PayloadTooLarge),
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e.to_string())),
             Ok(Ok(response)) => response,
         };
@@ -107,16 +104,93 @@ impl Proxy {
     }
 }
 
+/// Whether the request failed because the client's body passed the size limit.
+fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a trusted proxy the
+/// client's chain is kept and extended; from anyone else it is replaced, so an upstream can
+/// believe the first address.
+fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    host: Option<HeaderValue>,
+    trusted: bool,
+) {
+    let ip = peer.ip();
+    let prior = |headers: &HeaderMap, name: &str| -> Option<String> {
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
+    let xff = match prior(headers, "x-forwarded-for").filter(|_| trusted) {
+        Some(chain) => format!("{chain}, {ip}"),
+        None => ip.to_string(),
+    };
+    let node = if ip.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.to_string()
+    };
+    let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let element = if host_text.is_empty() {
+        format!("for={node};proto=http")
+    } else {
+        format!(
+            "for={node};proto=http;host=\"{}\"",
+            host_text.replace(['"', '\\'], "")
+        )
+    };
+    let forwarded = match prior(headers, "forwarded").filter(|_| trusted) {
+        Some(chain) => format!("{chain}, {element}"),
+        None => element,
+    };
+    if !trusted {
+        headers.remove("x-forwarded-proto");
+        headers.remove("x-forwarded-host");
+    }
+    set(headers, "x-forwarded-for", &xff);
+    set(headers, "forwarded", &forwarded);
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key("x-forwarded-host") {
+            headers.insert("x-forwarded-host", host);
+        }
+    }
+}
+
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }
 }
 
-/// The upstream's scheme and authority with the request's path and query.
-fn upstream_uri(upstream: &Uri, request: &Uri) -> Result<Uri, GatewayError> {
-    let mut parts = upstream.clone().into_parts();
-    parts.path_and_query = request.path_and_query().cloned();
+/// The route's next upstream with the request's path (prefix stripped if asked) and query.
+fn upstream_uri(route: &Route, request: &Uri) -> Result<Uri, GatewayError> {
+    let mut parts = route.upstream().clone().into_parts();
+    let path = route.upstream_path(request.path());
+    let path_and_query = match request.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| GatewayError::InvalidRequest("unusable request target"))?,
+    );
     Uri::from_parts(parts).map_err(|_| GatewayError::InvalidRequest("unusable request target"))
 }
 
@@ -160,14 +234,64 @@ mod tests {
         assert!(headers.contains_key("accept"));
     }
 
-    /// The request's path and query are kept, the authority is the upstream's.
+    /// The request's path and query are kept (prefix stripped when asked), the authority is
+    /// the upstream's.
     #[test]
     fn uri_rewrite() {
-        let up: Uri = "http://10.0.0.1:9001".parse().unwrap();
+        let config = |strip| crate::config::RouteConfig {
+            prefix: "/echo/".into(),
+            host: None,
+            upstream: Some("http://10.0.0.1:9001".into()),
+            upstreams: vec![],
+            public: false,
+            scopes: vec![],
+            audiences: None,
+            strip_prefix: strip,
+            forward_token: false,
+        };
         let req: Uri = "/echo/a?b=c".parse().unwrap();
+        let table = crate::routes::RouteTable::new(&[config(false)]).unwrap();
+        let route = table.find(None, "/echo/a").unwrap();
         assert_eq!(
-            upstream_uri(&up, &req).unwrap().to_string(),
+            upstream_uri(route, &req).unwrap().to_string(),
             "http://10.0.0.1:9001/echo/a?b=c"
+        );
+        let table = crate::routes::RouteTable::new(&[config(true)]).unwrap();
+        let route = table.find(None, "/echo/a").unwrap();
+        assert_eq!(
+            upstream_uri(route, &req).unwrap().to_string(),
+            "http://10.0.0.1:9001/a?b=c"
+        );
+    }
+
+    /// Forwarding headers from an untrusted peer are replaced; from a trusted one, extended.
+    #[test]
+    fn forwarding_headers() {
+        let peer: SocketAddr = "192.0.2.7:1234".parse().unwrap();
+        let spoofed = || {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
+            h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
+            h
+        };
+        let host = Some(HeaderValue::from_static("api.example"));
+        let mut h = spoofed();
+        set_forwarding(&mut h, peer, host.clone(), false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;proto=http;host=\"api.example\""
+        );
+        let mut h = spoofed();
+        set_forwarding(&mut h, peer, host, true);
+        assert_eq!(h["x-forwarded-for"], "10.9.9.9, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.9.9.9, for=192.0.2.7;proto=http;host=\"api.example\""
         );
     }
 }

@@ -15,13 +15,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// Time a client gets to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config::Limits;
 
 /// Serves `router` on `listener` until `shutdown`, then gives in-flight requests `grace`.
+/// HTTP/1.1 and HTTP/2 (prior knowledge, h2c) are both accepted.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -29,9 +30,15 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        // A head larger than the buffer is answered 431 by hyper.
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {

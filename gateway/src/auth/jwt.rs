@@ -87,7 +87,7 @@ enum OneOrMany {
 }
 
 /// The claims as they must appear in the token; a missing or mistyped claim fails here.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct RawClaims {
     iss: String,
     sub: String,
@@ -130,12 +130,14 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Checks the token completely against the keys and `now` (Unix seconds).
+    /// Checks the token completely against the keys and `now` (Unix seconds), accepting the
+    /// route's `audiences` when it names its own.
     pub fn verify(
         &self,
         token: &str,
         keys: &KeySet,
         now: u64,
+        audiences: Option<&[String]>,
     ) -> Result<VerifiedClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         // RFC 9068 §4: typ must be at+jwt (or its full media type); compare case-insensitively.
@@ -176,16 +178,21 @@ impl Verifier {
                 });
             }
         };
-        self.check_claims(claims, now)
+        self.check_claims(claims, now, audiences.unwrap_or(&self.audiences))
     }
 
-    fn check_claims(&self, c: RawClaims, now: u64) -> Result<VerifiedClaims, TokenError> {
+    fn check_claims(
+        &self,
+        c: RawClaims,
+        now: u64,
+        audiences: &[String],
+    ) -> Result<VerifiedClaims, TokenError> {
         if c.iss != self.issuer {
             return Err(TokenError::Issuer);
         }
         let audience_ok = match &c.aud {
-            OneOrMany::One(a) => self.audiences.contains(a),
-            OneOrMany::Many(list) => list.iter().any(|a| self.audiences.contains(a)),
+            OneOrMany::One(a) => audiences.contains(a),
+            OneOrMany::Many(list) => list.iter().any(|a| audiences.contains(a)),
         };
         if !audience_ok {
             return Err(TokenError::Audience);
@@ -256,27 +263,37 @@ mod tests {
     #[test]
     fn time_boundaries() {
         let v = verifier();
-        let ok = v.check_claims(claims(1000, 500, 500), 1009).unwrap();
+        let ok = v
+            .check_claims(claims(1000, 500, 500), 1009, &v.audiences)
+            .unwrap();
         assert_eq!(ok.scopes, vec!["a", "b"]);
         assert_eq!(
-            v.check_claims(claims(1000, 500, 500), 1010).unwrap_err(),
+            v.check_claims(claims(1000, 500, 500), 1010, &v.audiences)
+                .unwrap_err(),
             TokenError::Expired
         );
-        assert!(v.check_claims(claims(1000, 500, 510), 500).is_ok());
+        assert!(v
+            .check_claims(claims(1000, 500, 510), 500, &v.audiences)
+            .is_ok());
         assert_eq!(
-            v.check_claims(claims(1000, 500, 511), 500).unwrap_err(),
+            v.check_claims(claims(1000, 500, 511), 500, &v.audiences)
+                .unwrap_err(),
             TokenError::NotYetValid
         );
         assert_eq!(
-            v.check_claims(claims(1101, 500, 500), 600).unwrap_err(),
+            v.check_claims(claims(1101, 500, 500), 600, &v.audiences)
+                .unwrap_err(),
             TokenError::Lifetime
         );
         assert_eq!(
-            v.check_claims(claims(u64::MAX, 500, 500), 600).unwrap_err(),
+            v.check_claims(claims(u64::MAX, 500, 500), 600, &v.audiences)
+                .unwrap_err(),
             TokenError::Lifetime
         );
         // exp before iat never passes, whichever check catches it first.
-        assert!(v.check_claims(claims(400, 500, 500), 395).is_err());
+        assert!(v
+            .check_claims(claims(400, 500, 500), 395, &v.audiences)
+            .is_err());
     }
 
     /// Issuer and audience must match the policy.
@@ -285,9 +302,17 @@ mod tests {
         let v = verifier();
         let mut c = claims(1000, 500, 500);
         c.iss = "https://evil".into();
-        assert_eq!(v.check_claims(c, 600).unwrap_err(), TokenError::Issuer);
+        assert_eq!(
+            v.check_claims(c, 600, &v.audiences).unwrap_err(),
+            TokenError::Issuer
+        );
         let mut c = claims(1000, 500, 500);
         c.aud = OneOrMany::One("other".into());
-        assert_eq!(v.check_claims(c, 600).unwrap_err(), TokenError::Audience);
+        assert_eq!(
+            v.check_claims(c.clone(), 600, &v.audiences).unwrap_err(),
+            TokenError::Audience
+        );
+        // A route naming its own audiences accepts those instead.
+        assert!(v.check_claims(c, 600, &["other".to_string()]).is_ok());
     }
 }
