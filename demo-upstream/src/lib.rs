@@ -1,6 +1,9 @@
 //! A demo upstream: every request is answered with a JSON echo of its method, path, query and
 //! headers, so that a person (or a test) can see exactly what the gateway forwarded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::Json;
@@ -40,7 +43,24 @@ async fn echo(
 
 /// Serves the echo on `listener` until `shutdown` is cancelled.
 pub async fn run(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let app = axum::Router::new().fallback(echo);
+    run_counting(listener, shutdown, Arc::default()).await
+}
+
+/// Like [`run`], counting every request it receives in `requests` (tests use it to prove that
+/// a refused request never reached the upstream).
+pub async fn run_counting(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    requests: Arc<AtomicU64>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .fallback(echo)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                requests.fetch_add(1, Ordering::SeqCst);
+                next.run(request)
+            },
+        ));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

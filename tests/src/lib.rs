@@ -606,10 +606,16 @@ fn hashes() -> &'static [(String, String); 3] {
     })
 }
 
-/// Drops the lines of `defaults` whose key `extra` sets, so that `extra` replaces them.
+/// Drops the lines of `defaults` whose key `extra` sets at its top level (before its first
+/// table), so that `extra` replaces them.
 fn without_overridden(defaults: &str, extra: &str) -> String {
     let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
-    let overridden: Vec<String> = extra.lines().map(key).filter(|k| !k.is_empty()).collect();
+    let overridden: Vec<String> = extra
+        .lines()
+        .take_while(|line| !line.trim_start().starts_with('['))
+        .map(key)
+        .filter(|k| !k.is_empty())
+        .collect();
     defaults
         .lines()
         .filter(|line| !overridden.contains(&key(line)))
@@ -822,6 +828,8 @@ impl Authz {
 /// The demo upstream, in-process.
 pub struct Upstream {
     pub url: String,
+    /// Requests it has received.
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
     pub service: Service,
 }
 
@@ -831,11 +839,14 @@ impl Upstream {
         let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = requests.clone();
         let task = tokio::spawn(async move {
-            let _ = demo_upstream::run(listener, token).await;
+            let _ = demo_upstream::run_counting(listener, token, counter).await;
         });
         Ok(Upstream {
             url,
+            requests,
             service: Service {
                 shutdown,
                 task: Some(task),
@@ -852,6 +863,7 @@ impl Upstream {
         drop(listener);
         Ok(Upstream {
             url,
+            requests: Arc::default(),
             service: Service {
                 shutdown: CancellationToken::new(),
                 task: None,
@@ -879,11 +891,17 @@ impl Upstream {
         });
         Ok(Upstream {
             url,
+            requests: Arc::default(),
             service: Service {
                 shutdown,
                 task: Some(task),
             },
         })
+    }
+
+    /// Requests received so far.
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -904,14 +922,15 @@ fn gateway_config(
     extra: &str,
 ) -> String {
     let defaults = format!(
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nissuer = \"{issuer}\"\njwks_url = \"{issuer}/.well-known/jwks.json\"\nleeway = 30\nmax_ttl = 3600\nshutdown_grace = 2\n"
+        "audiences = [\"demo-api\"]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nissuer = \"{issuer}\"\njwks_url = \"{issuer}/.well-known/jwks.json\"\nleeway = 30\nmax_ttl = 3600\nshutdown_grace = 2\n"
     );
     let defaults = without_overridden(&defaults, extra);
-    format!(
-        r#"
-audiences = ["demo-api"]
-{defaults}{extra}
-
+    // `extra` may bring its own `[[routes]]` (and other tables, after its top-level keys).
+    let routes = if extra.contains("[[routes]]") {
+        String::new()
+    } else {
+        format!(
+            r#"
 [[routes]]
 prefix = "/echo/"
 upstream = "{upstream}"
@@ -926,8 +945,11 @@ scopes = ["echo:write", "echo:admin"]
 prefix = "/public/"
 upstream = "{upstream}"
 public = true
-
-{nats}"#,
+"#
+        )
+    };
+    format!(
+        "{defaults}{extra}\n{routes}\n{nats}",
         nats = Pki::get().nats_section(nats_urls, id, cert),
     )
 }
