@@ -167,6 +167,14 @@ async fn es256_and_eddsa_issuers() -> anyhow::Result<()> {
         gw.wait_ready().await?;
         let token = authz.token("demo-client", "demo-secret").await?;
         assert_eq!(gw.call(&http, "/echo/", &token).await, 200, "{alg}");
+        // The "psychic signature": r = s = 0 (and an all-zero Ed25519 signature) is refused.
+        let (message, _) = token.rsplit_once('.').unwrap_or_default();
+        let zeroed = format!("{message}.{}", base64_url(&[0u8; 64]));
+        assert_eq!(
+            gw.call(&http, "/echo/", &zeroed).await,
+            401,
+            "{alg} zero signature"
+        );
         assert_eq!(
             authz.revoke("demo-client", "demo-secret", &token).await?,
             200
@@ -175,4 +183,9 @@ async fn es256_and_eddsa_issuers() -> anyhow::Result<()> {
         gw.service_stop().await;
     }
     Ok(())
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

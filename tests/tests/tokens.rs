@@ -61,6 +61,14 @@ impl Forge {
         self.sign(&self.header(), &claims)
     }
 
+    /// Header and payload JSON taken as they are, signed with the real key (RS256).
+    fn raw(&self, header: &str, payload: &str) -> String {
+        let message = format!("{}.{}", B64.encode(header), B64.encode(payload));
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &self.key, Algorithm::RS256)
+            .expect("sign");
+        format!("{message}.{signature}")
+    }
+
     /// A token signed with the real key whose header is changed by `edit`.
     fn with_header(&self, edit: impl FnOnce(&mut Header)) -> String {
         let mut header = self.header();
@@ -227,7 +235,133 @@ async fn bad_tokens_are_refused() -> anyhow::Result<()> {
         ("tampered payload", tampered_payload),
         ("garbage", "garbage".into()),
         ("three garbage parts", "a.b.c".into()),
+        // Key confusion and algorithm games with the real key.
+        (
+            "RS512 with the real key",
+            forge.with_header(|h| h.alg = Algorithm::RS512),
+        ),
+        (
+            "PS256 with the real key",
+            forge.with_header(|h| h.alg = Algorithm::PS256),
+        ),
+        ("HS512 keyed with the RSA public key", {
+            let mut header = Header::new(Algorithm::HS512);
+            header.typ = Some("at+jwt".into());
+            header.kid = Some(kid.clone());
+            jsonwebtoken::encode(
+                &header,
+                &forge.claims(),
+                &EncodingKey::from_secret(&forge.public_pem),
+            )?
+        }),
+        (
+            "x5u header",
+            forge.with_header(|h| h.x5u = Some("https://evil.example/cert.pem".into())),
+        ),
+        (
+            "real key embedded as jwk",
+            forge.with_header(|h| h.jwk = serde_json::from_value(jwks["keys"][0].clone()).ok()),
+        ),
+        (
+            "typ application/jwt",
+            forge.with_header(|h| h.typ = Some("application/jwt".into())),
+        ),
+        // kid injection.
+        (
+            "kid path traversal",
+            forge.with_header(|h| h.kid = Some("../../../../dev/null".into())),
+        ),
+        (
+            "kid SQL injection",
+            forge.with_header(|h| h.kid = Some("' OR '1'='1".into())),
+        ),
+        (
+            "kid empty",
+            forge.with_header(|h| h.kid = Some(String::new())),
+        ),
+        (
+            "kid as a number",
+            forge.raw(
+                &json!({"alg": "RS256", "typ": "at+jwt", "kid": 7}).to_string(),
+                &forge.claims().to_string(),
+            ),
+        ),
+        // Non-canonical encodings.
+        (
+            "standard base64 alphabet",
+            control.replace('-', "+").replace('_', "/"),
+        ),
+        ("non-canonical trailing bits", {
+            // 256 signature bytes end in a character with 4 unused bits: set them.
+            let mut t = control.clone().into_bytes();
+            let last = t.len() - 1;
+            let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let index = alphabet.iter().position(|c| *c == t[last]).unwrap_or(0);
+            t[last] = alphabet[(index & !0x0f) | 0x01];
+            String::from_utf8(t)?
+        }),
+        // Duplicate JSON keys, signed for real.
+        (
+            "duplicate iss in claims",
+            forge.raw(
+                &json!({"alg": "RS256", "typ": "at+jwt", "kid": kid}).to_string(),
+                &forge
+                    .claims()
+                    .to_string()
+                    .replacen('{', "{\"iss\":\"https://evil.example\",", 1),
+            ),
+        ),
+        (
+            "duplicate alg in header",
+            forge.raw(
+                &format!(
+                    "{{\"alg\":\"RS256\",\"alg\":\"none\",\"typ\":\"at+jwt\",\"kid\":\"{kid}\"}}"
+                ),
+                &forge.claims().to_string(),
+            ),
+        ),
+        // Wrong-typed and array claims.
+        (
+            "iss as an array",
+            forge.with_claims(|c| c["iss"] = json!([forge.iss])),
+        ),
+        (
+            "exp as a float",
+            forge.with_claims(|c| c["exp"] = json!((now + 300) as f64 + 0.5)),
+        ),
+        (
+            "scope as an array",
+            forge.with_claims(|c| c["scope"] = json!(["echo:read"])),
+        ),
+        (
+            "sub as a number",
+            forge.with_claims(|c| c["sub"] = json!(42)),
+        ),
+        // aud edge cases.
+        (
+            "aud empty array",
+            forge.with_claims(|c| c["aud"] = json!([])),
+        ),
+        ("aud null", forge.with_claims(|c| c["aud"] = Value::Null)),
+        (
+            "aud nested array",
+            forge.with_claims(|c| c["aud"] = json!([["demo-api"]])),
+        ),
+        (
+            "aud differing in case",
+            forge.with_claims(|c| c["aud"] = json!("Demo-API")),
+        ),
+        // Expiry exactly at the leeway boundary (leeway 30 s): refused.
+        (
+            "exp exactly at the leeway boundary",
+            forge.with_claims(|c| {
+                c["exp"] = json!(now - 30);
+                c["iat"] = json!(now - 300);
+                c["nbf"] = json!(now - 300);
+            }),
+        ),
     ];
+    let upstream_before = stack.upstream.request_count();
     for (name, token) in &cases {
         let response = http
             .get(format!("{}/echo/", gw.url))
@@ -245,7 +379,72 @@ async fn bad_tokens_are_refused() -> anyhow::Result<()> {
         assert_eq!(body["error"], "invalid_token", "{name}");
         assert!(body.get("path").is_none(), "{name} reached the upstream");
     }
+    // Malformed bearer values are malformed requests: 400 invalid_request.
+    let padded = {
+        let parts: Vec<&str> = control.split('.').collect();
+        format!("{}.{}==.{}", parts[0], parts[1], parts[2])
+    };
+    let malformed = [
+        ("padding inside the token", format!("Bearer {padded}")),
+        ("two spaces after the scheme", format!("Bearer  {control}")),
+        ("a space inside the token", "Bearer abc def".to_string()),
+        ("oversized token", format!("Bearer {}", "a".repeat(9000))),
+        ("scheme without a token", "Bearer".to_string()),
+    ];
+    for (name, value) in &malformed {
+        let response = http
+            .get(format!("{}/echo/", gw.url))
+            .header("authorization", value.as_str())
+            .send()
+            .await?;
+        assert_eq!(response.status(), 400, "{name}");
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"gateway\", error=\"invalid_request\"",
+            "{name}"
+        );
+    }
+    // Foreign schemes and empty values are no credentials: 401 with a bare challenge.
+    for value in ["Token abc", "", "Basic Zm9vOmJhcg=="] {
+        let response = http
+            .get(format!("{}/echo/", gw.url))
+            .header("authorization", value)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 401, "{value:?}");
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"gateway\""
+        );
+    }
+    assert_eq!(
+        stack.upstream.request_count(),
+        upstream_before,
+        "a refused token reached the upstream"
+    );
     println!("{} bad tokens refused", cases.len());
+    assert!(cases.len() + malformed.len() + 3 >= 50);
+
+    // Within the leeway the same forged expiry still passes (the boundary is where it should
+    // be), and revoking such a token still refuses it although it has "expired".
+    let grace = forge.with_claims(|c| {
+        c["exp"] = json!(revocation::unix_now() - 10);
+        c["iat"] = json!(revocation::unix_now() - 300);
+        c["nbf"] = json!(revocation::unix_now() - 300);
+    });
+    assert_eq!(
+        gw.call(&http, "/echo/", &grace).await,
+        200,
+        "expired within the leeway"
+    );
+    let grace_claims: Value =
+        serde_json::from_slice(&B64.decode(grace.split('.').nth(1).unwrap_or(""))?)?;
+    let (status, body) = stack
+        .authz
+        .admin_revoke(json!({"jti": grace_claims["jti"], "exp": grace_claims["exp"]}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    gw.wait_refused(&grace).await?;
     Ok(())
 }
 
