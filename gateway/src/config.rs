@@ -48,6 +48,13 @@ pub struct Config {
     /// Seconds to wait for an upstream's response headers before answering 504.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout: u64,
+    /// Milliseconds the proxy keeps serving after SIGTERM while `/readyz` already answers
+    /// 503, so that load balancers take the gateway out before it stops accepting.
+    #[serde(default = "default_drain_delay_ms")]
+    pub drain_delay_ms: u64,
+    /// Log format of the binary: `text` (default) or `json`.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[serde(default = "default_grace")]
     pub shutdown_grace: u64,
@@ -179,6 +186,12 @@ fn default_upstream_timeout() -> u64 {
 fn default_grace() -> u64 {
     10
 }
+fn default_drain_delay_ms() -> u64 {
+    5000
+}
+fn default_log_format() -> String {
+    "text".into()
+}
 fn default_max_staleness_ms() -> u64 {
     5000
 }
@@ -237,6 +250,9 @@ impl Config {
             }
         }
         // Heartbeats come every second by default: a bound much below that would flap.
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err("log_format: must be text or json".into());
+        }
         if self.max_staleness_ms < 500 {
             return Err("max_staleness_ms: must be at least 500".into());
         }

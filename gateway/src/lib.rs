@@ -54,7 +54,10 @@ use routes::{Route, RouteTable};
 
 /// One gateway instance: its policy and the state its tasks share.
 pub struct Gateway {
-    pub routes: RouteTable,
+    /// The route table; replaced whole on reload (SIGHUP).
+    routes: std::sync::RwLock<Arc<RouteTable>>,
+    /// Set on SIGTERM: `/readyz` turns 503 while the listener keeps serving.
+    draining: std::sync::atomic::AtomicBool,
     pub verifier: Verifier,
     pub keys: Arc<KeyStore>,
     pub revocations: Arc<RevocationSet>,
@@ -94,6 +97,9 @@ impl Gateway {
     /// What keeps the gateway from vouching for tokens; empty when ready.
     pub fn not_ready_reasons(&self) -> Vec<&'static str> {
         let mut reasons = Vec::new();
+        if self.is_draining() {
+            reasons.push("draining");
+        }
         match self.keys.snapshot() {
             None => reasons.push("jwks_not_loaded"),
             Some(keys) if keys.is_empty() => reasons.push("jwks_has_no_usable_key"),
@@ -160,8 +166,53 @@ impl Gateway {
         Ok(claims)
     }
 
+    /// The current route table.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        match self.routes.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the routes and their policies with those of `config`; on error the old
+    /// ones stay.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let table = RouteTable::new(&config.routes)?;
+        match self.routes.write() {
+            Ok(mut guard) => *guard = Arc::new(table),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(table),
+        }
+        Ok(())
+    }
+
+    /// Whether SIGTERM has started the drain.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Matches the route and runs the request through it; returns the route's prefix (for
+    /// metrics and the access log) with the outcome.
     async fn handle(
         &self,
+        request: Request<Body>,
+        peer: SocketAddr,
+    ) -> (Option<String>, Result<Response, GatewayError>) {
+        let table = self.routes();
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host());
+        let Some(route) = table.find(host, request.uri().path()) else {
+            return (None, Err(GatewayError::NoRoute));
+        };
+        let prefix = Some(route.prefix.clone());
+        (prefix, self.proxy_route(route, request, peer).await)
+    }
+
+    async fn proxy_route(
+        &self,
+        route: &Route,
         request: Request<Body>,
         peer: SocketAddr,
     ) -> Result<Response, GatewayError> {
@@ -170,15 +221,6 @@ impl Gateway {
             .in_flight
             .try_acquire()
             .map_err(|_| GatewayError::Overloaded)?;
-        let host = request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().host());
-        let route = self
-            .routes
-            .find(host, request.uri().path())
-            .ok_or(GatewayError::NoRoute)?;
         let identity = if route.public {
             None
         } else {
@@ -215,11 +257,16 @@ async fn gateway_handler(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request<Body>,
 ) -> Response {
+    let started = std::time::Instant::now();
     let method = request.method().clone();
+    // The path only: a query string may carry secrets.
     let path = request.uri().path().to_string();
-    let response = match gw.handle(request, peer).await {
+    let (route, outcome) = gw.handle(request, peer).await;
+    let mut error_kind = None;
+    let response = match outcome {
         Ok(response) => response,
         Err(err) => {
+            error_kind = Some(err.kind());
             match &err {
                 GatewayError::InvalidToken(reason) => {
                     gw.metrics.auth_failure(*reason);
@@ -233,7 +280,21 @@ async fn gateway_handler(
             err.into_response_with_realm(&gw.realm)
         }
     };
-    gw.metrics.response(response.status().as_u16());
+    let status = response.status().as_u16();
+    let route = route.as_deref().unwrap_or("none");
+    let elapsed = started.elapsed();
+    gw.metrics.observe(route, status, elapsed, error_kind);
+    // The access log: one line per request, never the token.
+    tracing::info!(
+        target: "access",
+        client = %peer.ip(),
+        %method,
+        %path,
+        route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        error = error_kind.unwrap_or(""),
+    );
     response
 }
 
@@ -243,6 +304,23 @@ pub async fn run(
     listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+    run_with_reload(config, listener, admin_listener, shutdown, reloads).await
+}
+
+/// Like [`run`]; every configuration received on `reloads` replaces the routes and their
+/// policies (an invalid one is logged and ignored).
+///
+/// On `shutdown`: `/readyz` turns 503 at once, the proxy keeps serving for `drain_delay_ms`
+/// so that load balancers notice, then stops accepting and gives in-flight requests
+/// `shutdown_grace` seconds.
+pub async fn run_with_reload(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
 ) -> Result<(), StartError> {
     install_crypto();
     let routes = RouteTable::new(&config.routes).map_err(StartError::Config)?;
@@ -300,7 +378,8 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::default());
     let registry = metrics.registry(&feed_status, &nats);
     let gateway = Arc::new(Gateway {
-        routes,
+        routes: std::sync::RwLock::new(Arc::new(routes)),
+        draining: std::sync::atomic::AtomicBool::new(false),
         verifier: Verifier {
             issuer: config.issuer.clone(),
             audiences: config.audiences.clone(),
@@ -334,21 +413,59 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, "gateway proxy listening");
     tracing::info!(addr = %admin_listener.local_addr()?, "gateway admin listening");
     let grace = Duration::from_secs(config.shutdown_grace);
+    // Drain: report not-ready at once, keep serving for the delay, then stop accepting.
+    let stop_accepting = CancellationToken::new();
+    let drain = {
+        let (gw, stop, shutdown) = (gateway.clone(), stop_accepting.clone(), shutdown.clone());
+        let delay = Duration::from_millis(config.drain_delay_ms);
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            gw.draining
+                .store(true, std::sync::atomic::Ordering::Release);
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "draining: not ready, still serving"
+            );
+            tokio::time::sleep(delay).await;
+            stop.cancel();
+        })
+    };
+    let reload_task = {
+        let (gw, tasks) = (gateway.clone(), tasks.clone());
+        tokio::spawn(async move {
+            loop {
+                let config = tokio::select! {
+                    _ = tasks.cancelled() => return,
+                    next = reloads.recv() => match next { Some(c) => c, None => return },
+                };
+                match gw.reload(&config) {
+                    Ok(()) => {
+                        tracing::info!(routes = config.routes.len(), "configuration reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "new configuration rejected; keeping the old one")
+                    }
+                }
+            }
+        })
+    };
     let admin = tokio::spawn(serve::serve(
         admin_listener,
         admin_app,
         config::Limits::default(),
-        shutdown.clone(),
+        stop_accepting.clone(),
         grace,
     ));
     serve::serve(
         listener,
         proxy_app,
         config.limits.clone(),
-        shutdown.clone(),
+        stop_accepting.clone(),
         grace,
     )
     .await;
+    drain.abort();
+    reload_task.abort();
     let _ = admin.await;
     tasks.cancel();
     let _ = tokio::join!(

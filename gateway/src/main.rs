@@ -30,13 +30,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    tracing_subscriber::fmt()
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
         // Colour codes only for a terminal, never in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+        .with_env_filter(filter);
+    if config.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -57,7 +61,9 @@ fn main() -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));
-        match gateway::run(config, listener, admin, shutdown).await {
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(signal_reload(cli.config.clone(), reload_tx));
+        match gateway::run_with_reload(config, listener, admin, shutdown, reloads).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "gateway failed");
@@ -65,6 +71,29 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// On every SIGHUP, reads the configuration file again and hands a valid one to the gateway
+/// (routes and policies are replaced; listeners and connections stay). An invalid file is
+/// logged and the running configuration kept.
+async fn signal_reload(path: PathBuf, reloads: tokio::sync::mpsc::Sender<gateway::Config>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match gateway::Config::load(&path) {
+            Ok(config) => {
+                if reloads.send(config).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: new configuration rejected; keeping the old one")
+            }
+        }
+    }
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.

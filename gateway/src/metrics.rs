@@ -5,6 +5,7 @@ use std::sync::Arc;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use revocation::feed::FeedStatus;
 use revocation::nats::ConnectionState;
@@ -14,11 +15,38 @@ use crate::auth::jwt::TokenError;
 
 type Labels = Vec<(&'static str, String)>;
 
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            upstream_errors: Family::default(),
+            auth_failures: Family::default(),
+            revocation_rules: Gauge::default(),
+            last_sequence: Gauge::default(),
+            feed_caught_up: Gauge::default(),
+            stale: Gauge::default(),
+            staleness_ms: Gauge::default(),
+            heartbeat_age_ms: Gauge::default(),
+            stale_served: Counter::default(),
+        }
+    }
+}
+
 /// Counters the request path updates.
-#[derive(Default)]
 pub struct Metrics {
-    /// Responses by status code.
+    /// Responses by route and status code.
     pub responses: Family<Labels, Counter>,
+    /// Request latency by route, seconds.
+    pub latency: Family<Labels, Histogram>,
+    /// Upstream failures by route and kind (unavailable, timeout).
+    pub upstream_errors: Family<Labels, Counter>,
     /// Token refusals by reason.
     pub auth_failures: Family<Labels, Counter>,
     /// Revocation rules held (set on scrape).
@@ -38,10 +66,31 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn response(&self, status: u16) {
+    /// Records one finished request.
+    pub fn observe(
+        &self,
+        route: &str,
+        status: u16,
+        elapsed: std::time::Duration,
+        error: Option<&str>,
+    ) {
         self.responses
-            .get_or_create(&vec![("status", status.to_string())])
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("status", status.to_string()),
+            ])
             .inc();
+        self.latency
+            .get_or_create(&vec![("route", route.to_string())])
+            .observe(elapsed.as_secs_f64());
+        if let Some(kind @ ("upstream_unavailable" | "upstream_timeout")) = error {
+            self.upstream_errors
+                .get_or_create(&vec![
+                    ("route", route.to_string()),
+                    ("kind", kind.to_string()),
+                ])
+                .inc();
+        }
     }
 
     pub fn auth_failure(&self, reason: TokenError) {
@@ -63,7 +112,21 @@ impl Metrics {
                 .get_or_create(&vec![("reason", reason.as_str())]);
         }
         let mut r = Registry::with_prefix("gateway");
-        r.register("responses", "Responses by status", self.responses.clone());
+        r.register(
+            "responses",
+            "Responses by route and status",
+            self.responses.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Request latency by route",
+            self.latency.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Upstream failures by route and kind",
+            self.upstream_errors.clone(),
+        );
         r.register(
             "stale",
             "1 while the gateway cannot prove its revocation set is fresh",

@@ -481,17 +481,23 @@ pub fn binary(name: &str) -> Result<PathBuf> {
             }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
-            build.current_dir(repo_root()).args([
-                "build",
-                "--quiet",
-                "--bins",
-                "-p",
-                "gateway",
-                "-p",
-                "authz-server",
-            ]);
+            // Under `cargo test` the binaries are built exactly as `cargo test --workspace`
+            // builds them (dev-dependencies change the feature unification, and any other
+            // build would relink them every time): a no-op in `make test`. The benchmark, a
+            // release binary, builds the release binaries.
+            build.current_dir(repo_root());
+            // Cargo's variables for this test process (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...)
+            // would make build scripts that watch the environment run again.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+                    build.env_remove(key.as_ref());
+                }
+            }
             if dir.ends_with("release") {
-                build.arg("--release");
+                build.args(["build", "--quiet", "--release", "--workspace", "--bins"]);
+            } else {
+                build.args(["test", "--no-run", "--quiet", "--workspace"]);
             }
             let status = build.status().map_err(|e| e.to_string())?;
             if !status.success() {
@@ -521,6 +527,32 @@ impl Process {
             child: Some(child),
             log,
         })
+    }
+
+    /// Sends a signal (`-HUP`, `-TERM`, ...).
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let pid = self.child.as_ref().context("process not running")?.id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {sig} failed");
+        Ok(())
+    }
+
+    /// Waits (bounded) for the process to exit; its exit status.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("process not running")?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the process did not exit within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// SIGKILL, no goodbye.
@@ -877,13 +909,19 @@ impl Upstream {
         let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        // Counts connections accepted (it never reads a request through).
+        let requests: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let counter = requests.clone();
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => held.push(stream),
+                        Ok((stream, _)) => {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            held.push(stream);
+                        }
                         Err(_) => return,
                     },
                 }
@@ -891,7 +929,7 @@ impl Upstream {
         });
         Ok(Upstream {
             url,
-            requests: Arc::default(),
+            requests,
             service: Service {
                 shutdown,
                 task: Some(task),
@@ -1027,10 +1065,18 @@ impl Gateway {
             gateway_config(id, id, nats_urls, &authz.url, &upstream.url, extra),
         )?;
         let process = Process::spawn("gateway", &config, dir.join(format!("{id}.log")))?;
+        // Text logs say `addr=127.0.0.1:1234`, JSON logs `"addr":"127.0.0.1:1234"`.
         let addr = |rest: String| {
-            rest.split("addr=")
+            let value = rest
+                .split("addr=")
                 .nth(1)
                 .and_then(|a| a.split_whitespace().next())
+                .or_else(|| {
+                    rest.split("\"addr\":\"")
+                        .nth(1)
+                        .and_then(|a| a.split('"').next())
+                });
+            value
                 .map(|a| format!("http://{a}"))
                 .context("no address in the log line")
         };
@@ -1041,6 +1087,14 @@ impl Gateway {
             admin_url,
             runner: Runner::Process(process),
         })
+    }
+
+    /// The process of a process-run gateway.
+    pub fn process(&mut self) -> Result<&mut Process> {
+        match &mut self.runner {
+            Runner::Process(process) => Ok(process),
+            Runner::Task(_) => bail!("this gateway runs in-process"),
+        }
     }
 
     /// SIGKILLs a process-run gateway.

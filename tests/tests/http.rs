@@ -355,12 +355,15 @@ public = true
                 .unwrap_or(0)
         }
     });
-    system_tests::eventually(Duration::from_secs(5), "the slot to fill", || async {
-        let r = http.get(url("/public/x")).send().await.ok()?;
-        (r.status() == 503).then_some(r)
-    })
-    .await
-    .map(|r| assert_eq!(r.headers()["retry-after"], "1"))?;
+    system_tests::eventually(
+        Duration::from_secs(5),
+        "the held request upstream",
+        || async { (silent.request_count() == 1).then_some(()) },
+    )
+    .await?;
+    let r = http.get(url("/public/x")).send().await?;
+    assert_eq!(r.status(), 503, "over the concurrency limit");
+    assert_eq!(r.headers()["retry-after"], "1");
     held.abort();
 
     // Slowloris: a client that never finishes its headers is closed after the timeout, and

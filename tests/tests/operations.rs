@@ -1,0 +1,201 @@
+//! Operating the gateway binary: drain on SIGTERM, reload on SIGHUP, metrics by route, one
+//! access-log line per request (never the token), JSON logs.
+
+use std::time::{Duration, Instant};
+
+use system_tests::{eventually, Gateway, Stack};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An upstream that answers every request after `delay`.
+async fn slow_upstream(delay: Duration) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow",
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok(url)
+}
+
+fn routes(echo: &str, slow: &str, extra_route: bool) -> String {
+    let mut text = format!(
+        r#"drain_delay_ms = 1500
+shutdown_grace = 5
+
+[[routes]]
+prefix = "/echo/"
+upstream = "{echo}"
+scopes = ["echo:read"]
+
+[[routes]]
+prefix = "/public/"
+upstream = "{echo}"
+public = true
+
+[[routes]]
+prefix = "/slow/"
+upstream = "{slow}"
+public = true
+"#
+    );
+    if extra_route {
+        text.push_str(&format!(
+            "\n[[routes]]\nprefix = \"/extra/\"\nupstream = \"{echo}\"\npublic = true\n"
+        ));
+    }
+    text
+}
+
+/// SIGTERM: /readyz turns 503 at once, the listener keeps serving through the drain delay,
+/// the in-flight request finishes, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let slow = slow_upstream(Duration::from_millis(1000)).await?;
+    let mut gw = Gateway::spawn_process(
+        stack.dir.path(),
+        "gateway-1",
+        &[stack.nats.url()],
+        &stack.authz,
+        &stack.upstream,
+        &routes(&stack.upstream.url, &slow, false),
+    )
+    .await?;
+    gw.wait_ready().await?;
+    let http = reqwest::Client::new();
+    let in_flight = tokio::spawn({
+        let url = format!("{}/slow/x", gw.url);
+        async move {
+            reqwest::get(url)
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let signalled = Instant::now();
+    gw.process()?.signal("-TERM")?;
+    eventually(Duration::from_secs(1), "/readyz 503 at once", || async {
+        (gw.readyz().await == 503).then_some(())
+    })
+    .await?;
+    println!("not ready {:?} after SIGTERM", signalled.elapsed());
+    // Still serving during the drain delay.
+    assert_eq!(gw.call(&http, "/public/during-drain", "").await, 200);
+    assert_eq!(in_flight.await?, 200, "the in-flight request was cut");
+    let status = gw.process()?.wait_exit(Duration::from_secs(10)).await?;
+    assert!(status.success(), "exit status {status}");
+    let took = signalled.elapsed();
+    println!("exited {took:?} after SIGTERM");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "exited before the drain delay"
+    );
+    Ok(())
+}
+
+/// SIGHUP reloads routes and policies from the file; an invalid file is rejected with a log
+/// line and the running routes stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let slow = slow_upstream(Duration::from_millis(10)).await?;
+    let mut gw = Gateway::spawn_process(
+        stack.dir.path(),
+        "gateway-1",
+        &[stack.nats.url()],
+        &stack.authz,
+        &stack.upstream,
+        &routes(&stack.upstream.url, &slow, false),
+    )
+    .await?;
+    gw.wait_ready().await?;
+    let http = reqwest::Client::new();
+    assert_eq!(gw.call(&http, "/extra/x", "").await, 404);
+
+    let config_path = stack.dir.path().join("gateway-1.toml");
+    let original = std::fs::read_to_string(&config_path)?;
+    let extended = original.replace(
+        "prefix = \"/slow/\"",
+        &format!("prefix = \"/extra/\"\nupstream = \"{}\"\npublic = true\n\n[[routes]]\nprefix = \"/slow/\"", stack.upstream.url),
+    );
+    std::fs::write(&config_path, &extended)?;
+    gw.process()?.signal("-HUP")?;
+    eventually(Duration::from_secs(5), "the new route", || async {
+        (gw.call(&http, "/extra/x", "").await == 200).then_some(())
+    })
+    .await?;
+
+    std::fs::write(&config_path, format!("colour = \"blue\"\n{extended}"))?;
+    gw.process()?.signal("-HUP")?;
+    let line = gw
+        .process()?
+        .wait_for_line("new configuration rejected")
+        .await?;
+    assert!(line.contains("colour"), "the log names the problem: {line}");
+    assert_eq!(
+        gw.call(&http, "/extra/x", "").await,
+        200,
+        "the old routes stay"
+    );
+    assert_eq!(gw.readyz().await, 200);
+    Ok(())
+}
+
+/// Metrics by route and status with latencies and upstream errors; one access-log line per
+/// request, without the token; JSON logs when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_access_log() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let refused = system_tests::Upstream::unreachable().await?;
+    let mut gw = Gateway::spawn_process(
+        stack.dir.path(),
+        "gateway-1",
+        &[stack.nats.url()],
+        &stack.authz,
+        &stack.upstream,
+        &format!(
+            "log_format = \"json\"\n{}",
+            routes(&stack.upstream.url, &refused.url, false)
+        ),
+    )
+    .await?;
+    gw.wait_ready().await?;
+    let token = stack.authz.token("demo-client", "demo-secret").await?;
+    let http = reqwest::Client::new();
+    assert_eq!(gw.call(&http, "/echo/a", &token).await, 200);
+    assert_eq!(gw.call(&http, "/echo/b", "garbage").await, 401);
+    assert_eq!(gw.call(&http, "/slow/c", "").await, 502);
+    let metrics = gw.metrics().await;
+    for line in [
+        "gateway_responses_total{route=\"/echo/\",status=\"200\"} 1",
+        "gateway_responses_total{route=\"/echo/\",status=\"401\"} 1",
+        "gateway_responses_total{route=\"/slow/\",status=\"502\"} 1",
+        "gateway_upstream_errors_total{route=\"/slow/\",kind=\"upstream_unavailable\"} 1",
+        "gateway_request_duration_seconds_count{route=\"/echo/\"} 2",
+    ] {
+        assert!(metrics.contains(line), "missing {line}");
+    }
+    let output = gw.process()?.output();
+    let access: Vec<serde_json::Value> = output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 3, "one access line per request");
+    assert_eq!(access[0]["fields"]["route"], "/echo/");
+    assert_eq!(access[0]["fields"]["status"], 200);
+    assert_eq!(access[1]["fields"]["status"], 401);
+    assert!(!output.contains(&token), "the token appears in the log");
+    Ok(())
+}
