@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the system tools the project runs are installed: nats-server (the product's
-# NATS), openssl (the development PKI) and curl (readiness checks, the README walk-through).
+# NATS), openssl (the development PKI), curl (readiness checks, the README walk-through) and
+# haproxy (the load-balancer test and deployment example).
 # Installs them with apt-get where it exists; elsewhere stops with one line saying what to
 # install. Everything else comes from Cargo.
 set -euo pipefail
@@ -9,6 +10,8 @@ missing=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The load-balancer test runs a real HAProxy in front of two gateways.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed; install the Rust toolchain (https://rustup.rs)" >&2; exit 1; }
 [ ${#missing[@]} -eq 0 ] && exit 0
 
