@@ -71,6 +71,9 @@ pub struct Config {
     /// are kept and extended; from anyone else they are replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serve the proxy listener over TLS (HTTP/2 and HTTP/1.1 by ALPN) instead of cleartext.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Limits and timeouts of the proxy listener.
     #[serde(default)]
     pub limits: Limits,
@@ -78,6 +81,16 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The mutual-TLS NATS connection the revocation feed reads from.
     pub nats: NatsConfig,
+}
+
+/// The proxy listener's certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// Limits and timeouts, all with safe defaults.
@@ -250,6 +263,19 @@ impl Config {
             }
         }
         // Heartbeats come every second by default: a bound much below that would flap.
+        if let Some(tls) = &self.tls {
+            for (field, path) in [
+                ("tls.cert_file", &tls.cert_file),
+                ("tls.key_file", &tls.key_file),
+            ] {
+                if !path.is_file() {
+                    return Err(format!(
+                        "{field}: {} is not a readable file",
+                        path.display()
+                    ));
+                }
+            }
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("log_format: must be text or json".into());
         }

@@ -324,6 +324,12 @@ pub async fn run_with_reload(
 ) -> Result<(), StartError> {
     install_crypto();
     let routes = RouteTable::new(&config.routes).map_err(StartError::Config)?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(serve::tls_acceptor)
+        .transpose()
+        .map_err(StartError::Config)?;
     let algorithms = config
         .algorithms
         .iter()
@@ -395,6 +401,11 @@ pub async fn run_with_reload(
         proxy: proxy::Proxy::new(
             Duration::from_secs(config.upstream_timeout),
             Duration::from_millis(config.limits.upstream_connect_timeout_ms),
+            if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         ),
         metrics,
         registry,
@@ -453,6 +464,7 @@ pub async fn run_with_reload(
         admin_listener,
         admin_app,
         config::Limits::default(),
+        None,
         stop_accepting.clone(),
         grace,
     ));
@@ -460,6 +472,7 @@ pub async fn run_with_reload(
         listener,
         proxy_app,
         config.limits.clone(),
+        tls,
         stop_accepting.clone(),
         grace,
     )

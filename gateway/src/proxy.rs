@@ -38,10 +38,12 @@ const X_AUTH_SCOPE: &str = "x-auth-scope";
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
     timeout: Duration,
+    /// `http` or `https`: how clients reach the gateway, for `X-Forwarded-Proto`.
+    proto: &'static str,
 }
 
 impl Proxy {
-    pub fn new(timeout: Duration, connect_timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, connect_timeout: Duration, proto: &'static str) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -49,7 +51,11 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Proxy { client, timeout }
+        Proxy {
+            client,
+            timeout,
+            proto,
+        }
     }
 
     /// Sends the request to the route's upstream and returns its response. `peer` is the
@@ -86,7 +92,7 @@ impl Proxy {
             set(&mut parts.headers, X_AUTH_CLIENT_ID, &id.client_id);
             set(&mut parts.headers, X_AUTH_SCOPE, &id.scopes.join(" "));
         }
-        set_forwarding(&mut parts.headers, peer, host, trusted);
+        set_forwarding(&mut parts.headers, peer, host, trusted, self.proto);
         // The client sets Host from the upstream URI.
         parts.headers.remove(header::HOST);
 
@@ -124,6 +130,7 @@ fn set_forwarding(
     peer: SocketAddr,
     host: Option<HeaderValue>,
     trusted: bool,
+    proto: &'static str,
 ) {
     let ip = peer.ip();
     let prior = |headers: &HeaderMap, name: &str| -> Option<String> {
@@ -145,10 +152,10 @@ fn set_forwarding(
     };
     let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let element = if host_text.is_empty() {
-        format!("for={node};proto=http")
+        format!("for={node};proto={proto}")
     } else {
         format!(
-            "for={node};proto=http;host=\"{}\"",
+            "for={node};proto={proto};host=\"{}\"",
             host_text.replace(['"', '\\'], "")
         )
     };
@@ -163,7 +170,7 @@ fn set_forwarding(
     set(headers, "x-forwarded-for", &xff);
     set(headers, "forwarded", &forwarded);
     if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     if let Some(host) = host {
         if !headers.contains_key("x-forwarded-host") {
@@ -277,7 +284,7 @@ mod tests {
         };
         let host = Some(HeaderValue::from_static("api.example"));
         let mut h = spoofed();
-        set_forwarding(&mut h, peer, host.clone(), false);
+        set_forwarding(&mut h, peer, host.clone(), false, "http");
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example");
@@ -286,7 +293,7 @@ mod tests {
             "for=192.0.2.7;proto=http;host=\"api.example\""
         );
         let mut h = spoofed();
-        set_forwarding(&mut h, peer, host, true);
+        set_forwarding(&mut h, peer, host, true, "http");
         assert_eq!(h["x-forwarded-for"], "10.9.9.9, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(

@@ -383,3 +383,52 @@ public = true
     println!("slowloris connection closed after {:?}", started.elapsed());
     Ok(())
 }
+
+/// Over TLS the gateway speaks HTTP/2 and HTTP/1.1 (ALPN) and tells upstreams the client
+/// came over https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_with_http2() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let certs = &system_tests::Pki::get().certs;
+    let gw = ready(
+        &stack,
+        "gateway-1",
+        &format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            certs.join("nats-server.pem"),
+            certs.join("nats-server-key.pem")
+        ),
+    )
+    .await?;
+    let token = stack.authz.token("demo-client", "demo-secret").await?;
+    let url = format!("{}/echo/tls", gw.url.replace("http://", "https://"));
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem"))?)?;
+    for (client, version) in [
+        (
+            reqwest::Client::builder()
+                .add_root_certificate(ca.clone())
+                .build()?,
+            reqwest::Version::HTTP_2,
+        ),
+        (
+            reqwest::Client::builder()
+                .add_root_certificate(ca.clone())
+                .http1_only()
+                .build()?,
+            reqwest::Version::HTTP_11,
+        ),
+    ] {
+        let r = client.get(&url).bearer_auth(&token).send().await?;
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 200);
+        let echo: Value = r.json().await?;
+        assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+        assert_eq!(echo["headers"]["x-auth-subject"], "demo-client");
+    }
+    // Cleartext on the TLS port is refused.
+    assert_eq!(
+        gw.call(&reqwest::Client::new(), "/echo/tls", &token).await,
+        0
+    );
+    Ok(())
+}
