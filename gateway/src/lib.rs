@@ -16,6 +16,7 @@
 //! - [`admin`]: health, readiness and metrics on the admin listener.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`serve`]: the HTTP server loop with header-read timeout and graceful drain.
+//! - [`framing`]: the guard that refuses requests framed two ways (request smuggling).
 //!
 //! The revocation set and the feed that fills it live in the shared `revocation` crate.
 
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod framing;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
@@ -197,6 +199,19 @@ impl Gateway {
         request: Request<Body>,
         peer: SocketAddr,
     ) -> (Option<String>, Result<Response, GatewayError>) {
+        // Framed by both Content-Length and Transfer-Encoding (see `framing`): refuse it.
+        if request
+            .extensions()
+            .get::<framing::AmbiguousFraming>()
+            .is_some_and(framing::AmbiguousFraming::is_raised)
+        {
+            return (
+                None,
+                Err(GatewayError::InvalidRequest(
+                    "both Content-Length and Transfer-Encoding",
+                )),
+            );
+        }
         let table = self.routes();
         let host = request
             .headers()
@@ -258,6 +273,12 @@ async fn gateway_handler(
     request: Request<Body>,
 ) -> Response {
     let started = std::time::Instant::now();
+    // RFC 9112 §6.3: after a request with Transfer-Encoding the connection closes, so
+    // nothing smuggled behind a chunked body is ever read (and `framing` can follow request
+    // boundaries exactly).
+    let close_after = request
+        .headers()
+        .contains_key(http::header::TRANSFER_ENCODING);
     let method = request.method().clone();
     // The path only: a query string may carry secrets.
     let path = request.uri().path().to_string();
@@ -280,6 +301,13 @@ async fn gateway_handler(
             err.into_response_with_realm(&gw.realm)
         }
     };
+    let mut response = response;
+    if close_after {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     let status = response.status().as_u16();
     let route = route.as_deref().unwrap_or("none");
     let elapsed = started.elapsed();

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::{Limits, TlsConfig};
+use crate::framing::{AmbiguousFraming, FramingGuard};
 
 /// Builds the TLS acceptor of the proxy listener: ALPN offers h2, then http/1.1.
 pub fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, String> {
@@ -73,16 +74,19 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let framing = AmbiguousFraming::default();
+        let flag = framing.clone();
         let service = TowerToHyperService::new(router.map_request(
             move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                req.extensions_mut().insert(flag.clone());
                 req
             },
         ));
         match &tls {
             None => {
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let io = TokioIo::new(FramingGuard::new(stream, framing));
+                let connection = builder.serve_connection_with_upgrades(io, service);
                 let connection = graceful.watch(connection.into_owned());
                 tokio::spawn(async move {
                     let _ = connection.await;
@@ -100,8 +104,8 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let io = TokioIo::new(FramingGuard::new(stream, framing));
+                    let connection = builder.serve_connection_with_upgrades(io, service);
                     let _ = watcher.watch(connection.into_owned()).await;
                 });
             }

@@ -1,0 +1,209 @@
+//! A guard below hyper's HTTP/1 parser that notices a request carrying both `Content-Length`
+//! and `Transfer-Encoding` — the classic request-smuggling input. hyper frames such a request
+//! by `Transfer-Encoding` and drops the `Content-Length` before the gateway could see it, so
+//! the guard reads the raw bytes as they arrive and raises a per-connection flag that the
+//! request path turns into a 400 and a closed connection.
+//!
+//! It can follow request boundaries exactly because the gateway closes every connection after
+//! a request with `Transfer-Encoding`: each head is followed either by nothing, by exactly
+//! `Content-Length` bytes, or (chunked) by the end of what the guard needs to read. Anything it
+//! cannot follow (HTTP/2, an upgraded connection, a head hyper would refuse anyway) ends its
+//! watch without raising the flag; hyper's own checks still apply.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Raised when the connection carried a request with both framing headers.
+#[derive(Debug, Clone, Default)]
+pub struct AmbiguousFraming(pub Arc<AtomicBool>);
+
+impl AmbiguousFraming {
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Largest request head the guard buffers; hyper refuses larger ones itself.
+const MAX_HEAD: usize = 64 * 1024;
+/// More than hyper's 100-header limit, so that every head hyper accepts parses here.
+const MAX_HEADERS: usize = 128;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Default)]
+struct Tracker {
+    head: Vec<u8>,
+    skip: u64,
+    done: bool,
+}
+
+impl Tracker {
+    fn feed(&mut self, data: &[u8], flag: &AmbiguousFraming) {
+        if self.done {
+            return;
+        }
+        // Body bytes of the current request pass straight through.
+        let n = (self.skip as usize).min(data.len());
+        self.skip -= n as u64;
+        self.head.extend_from_slice(&data[n..]);
+        while !self.done && !self.head.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip as usize).min(self.head.len());
+                self.skip -= n as u64;
+                self.head.drain(..n);
+                continue;
+            }
+            if self.head.len() >= H2_PREFACE.len() && self.head.starts_with(H2_PREFACE) {
+                self.done = true;
+                break;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(&self.head) {
+                Ok(httparse::Status::Complete(end)) => {
+                    let has = |name: &str| {
+                        request
+                            .headers
+                            .iter()
+                            .any(|h| h.name.eq_ignore_ascii_case(name))
+                    };
+                    if has("transfer-encoding") {
+                        if has("content-length") {
+                            flag.0.store(true, Ordering::Release);
+                        }
+                        // The connection closes after this request.
+                        self.done = true;
+                        break;
+                    }
+                    let length = request
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .map(|h| {
+                            std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse::<u64>().ok())
+                        });
+                    match length {
+                        // hyper refuses an unreadable length itself.
+                        Some(None) => self.done = true,
+                        Some(Some(n)) => self.skip = n,
+                        None => self.skip = 0,
+                    }
+                    self.head.drain(..end);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if self.head.len() > MAX_HEAD {
+                        self.done = true;
+                    }
+                    break;
+                }
+                Err(_) => self.done = true,
+            }
+        }
+        if self.done {
+            self.head = Vec::new();
+        }
+    }
+}
+
+/// The connection's I/O with the guard on its read side.
+pub struct FramingGuard<IO> {
+    inner: IO,
+    tracker: Tracker,
+    flag: AmbiguousFraming,
+}
+
+impl<IO> FramingGuard<IO> {
+    pub fn new(inner: IO, flag: AmbiguousFraming) -> Self {
+        FramingGuard {
+            inner,
+            tracker: Tracker::default(),
+            flag,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let this = &mut *self;
+            if !this.tracker.done {
+                this.tracker.feed(&buf.filled()[before..], &this.flag);
+            }
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raised(chunks: &[&[u8]]) -> bool {
+        let flag = AmbiguousFraming::default();
+        let mut tracker = Tracker::default();
+        for chunk in chunks {
+            tracker.feed(chunk, &flag);
+        }
+        flag.is_raised()
+    }
+
+    /// Both framing headers raise the flag, in any order, split anywhere, after a body.
+    #[test]
+    fn detects_both_framings() {
+        let cl_te = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(raised(&[cl_te]));
+        assert!(raised(&[&cl_te[..20], &cl_te[20..]]));
+        let te_cl = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 5\r\n\r\n";
+        assert!(raised(&[te_cl]));
+        // Behind a first request with a body.
+        let first = b"POST /a HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody";
+        assert!(raised(&[first, cl_te]));
+        // A body that merely looks like headers is skipped, not parsed.
+        let tricky = b"POST /a HTTP/1.1\r\nContent-Length: 59\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n";
+        assert!(!raised(&[tricky]));
+        assert!(!raised(&[
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+        ]));
+        assert!(!raised(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ]));
+        assert!(!raised(&[H2_PREFACE]));
+    }
+}
