@@ -394,12 +394,16 @@ public = true
     // An idle keep-alive connection is closed after the same timeout (hyper starts it as soon
     // as it waits for the next request head).
     let mut idle = tokio::net::TcpStream::connect(&addr).await?;
-    idle.write_all(b"GET /public/keep HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    idle.write_all(b"GET /public/keep HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
     let started = Instant::now();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut answer)).await??;
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
-    println!("idle keep-alive connection closed after {:?}", started.elapsed());
+    println!(
+        "idle keep-alive connection closed after {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -449,5 +453,46 @@ async fn tls_listener_with_http2() -> anyhow::Result<()> {
         gw.call(&reqwest::Client::new(), "/echo/tls", &token).await,
         0
     );
+    Ok(())
+}
+
+/// An HTTP/2 client gets at most `http2_max_concurrent_streams` requests in flight on one
+/// connection: with a limit of 1, a second stream waits while the first is held upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_stream_limit() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let silent = Upstream::silent().await?;
+    let gw = ready(
+        &stack,
+        "gateway-1",
+        &format!(
+            "upstream_timeout = 30\n[limits]\nhttp2_max_concurrent_streams = 1\n\n[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\npublic = true\n",
+            silent.url
+        ),
+    )
+    .await?;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build()?;
+    let requests: Vec<_> = (0..2)
+        .map(|i| {
+            let (h2, url) = (h2.clone(), format!("{}/held/{i}", gw.url));
+            tokio::spawn(async move { h2.get(url).send().await.map(|r| r.status()) })
+        })
+        .collect();
+    system_tests::eventually(
+        Duration::from_secs(5),
+        "the first stream upstream",
+        || async { (silent.request_count() == 1).then_some(()) },
+    )
+    .await?;
+    // Give a second stream ample time to (wrongly) get through.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        silent.request_count(),
+        1,
+        "a second concurrent stream was served"
+    );
+    for r in requests {
+        r.abort();
+    }
     Ok(())
 }
