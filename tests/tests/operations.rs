@@ -122,6 +122,12 @@ async fn sighup_reloads_routes() -> anyhow::Result<()> {
     gw.wait_ready().await?;
     let http = reqwest::Client::new();
     assert_eq!(gw.call(&http, "/extra/x", "").await, 404);
+    // A keep-alive connection opened before the reload serves after it.
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut kept = tokio::net::TcpStream::connect(&addr).await?;
+    assert!(one_request(&mut kept, "/public/before")
+        .await?
+        .starts_with("HTTP/1.1 200"));
 
     let config_path = stack.dir.path().join("gateway-1.toml");
     let original = std::fs::read_to_string(&config_path)?;
@@ -135,6 +141,11 @@ async fn sighup_reloads_routes() -> anyhow::Result<()> {
         (gw.call(&http, "/extra/x", "").await == 200).then_some(())
     })
     .await?;
+    let answer = one_request(&mut kept, "/extra/on-the-old-connection").await?;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the kept connection: {answer}"
+    );
 
     std::fs::write(&config_path, format!("colour = \"blue\"\n{extended}"))?;
     gw.process()?.signal("-HUP")?;
@@ -198,4 +209,34 @@ async fn metrics_and_access_log() -> anyhow::Result<()> {
     assert_eq!(access[1]["fields"]["status"], 401);
     assert!(!output.contains(&token), "the token appears in the log");
     Ok(())
+}
+
+/// Sends one keep-alive GET on `stream` and reads exactly its response (head and
+/// Content-Length body).
+async fn one_request(stream: &mut tokio::net::TcpStream, path: &str) -> anyhow::Result<String> {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "the connection was closed");
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return Ok(text);
+            }
+        }
+    }
 }
