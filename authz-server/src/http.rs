@@ -3,7 +3,9 @@
 //! ```text
 //! POST /oauth2/token            client_credentials grant (RFC 6749 §4.4)
 //! POST /oauth2/revoke           token revocation (RFC 7009)
+//! POST /oauth2/introspect       token introspection (RFC 7662)
 //! GET  /.well-known/jwks.json   public keys (RFC 7517)
+//! GET  /.well-known/oauth-authorization-server   metadata (RFC 8414)
 //! POST /admin/revocations       revoke a token (jti or token), a subject or a client (admins)
 //! GET  /admin/revocations       list the rules in force, paged (admins)
 //! GET  /healthz /readyz /metrics
@@ -38,6 +40,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(
             "/admin/revocations",
             post(admin_revocations_post).get(admin_revocations_get),
+        )
+        .route("/oauth2/introspect", post(oauth2_introspect_post))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(well_known_metadata_get),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_get))
@@ -381,6 +388,91 @@ async fn commit_revocation(
         "revocation committed"
     );
     Ok(stored)
+}
+
+/// RFC 8414 metadata: exactly what this server supports.
+async fn well_known_metadata_get(State(state): State<Arc<AppState>>) -> Response {
+    let issuer = state.config.issuer.trim_end_matches('/');
+    let mut scopes: Vec<&str> = state
+        .config
+        .clients
+        .iter()
+        .flat_map(|c| c.scopes.iter().map(String::as_str))
+        .collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    let mut response = Json(serde_json::json!({
+        "issuer": state.config.issuer,
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "grant_types_supported": ["client_credentials"],
+        // No authorization endpoint: client_credentials needs none.
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "scopes_supported": scopes,
+        "token_signing_alg_values_supported": [state.config.signing_alg],
+    }))
+    .into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+/// RFC 7662 for authenticated clients: `active: false` for anything not a live, unrevoked
+/// token of this server, without saying why.
+async fn oauth2_introspect_post(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let form = FormParams::parse(&headers, &body)?;
+    let client = authenticate(&state, &headers, Some(&form)).await?;
+    let token = form
+        .get("token")
+        .ok_or(OAuthError::InvalidRequest("token is required"))?;
+    let inactive = || no_store(serde_json::json!({ "active": false }));
+    let Some(claims) = verify_own(&state.keys, &state.config.issuer, token) else {
+        return Ok(inactive());
+    };
+    let now = revocation::unix_now();
+    if now >= claims.exp || claims.nbf > now {
+        return Ok(inactive());
+    }
+    let revoked = state
+        .store
+        .is_revoked(
+            &claims.iss,
+            &claims.jti,
+            &claims.sub,
+            &claims.client_id,
+            claims.iat,
+        )
+        .await
+        .map_err(OAuthError::internal)?;
+    if revoked {
+        return Ok(inactive());
+    }
+    tracing::debug!(client_id = %client.id, jti = %claims.jti, "token introspected");
+    Ok(no_store(serde_json::json!({
+        "active": true,
+        "scope": claims.scope,
+        "client_id": claims.client_id,
+        "token_type": "Bearer",
+        "exp": claims.exp,
+        "iat": claims.iat,
+        "nbf": claims.nbf,
+        "sub": claims.sub,
+        "aud": claims.aud,
+        "iss": claims.iss,
+        "jti": claims.jti,
+    })))
 }
 
 async fn jwks_get(State(state): State<Arc<AppState>>) -> Response {

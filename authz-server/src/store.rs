@@ -171,6 +171,34 @@ impl Store {
             .collect()
     }
 
+    /// Whether any committed rule revokes this token: its `jti`, or a subject or client
+    /// cut-off later than its `iat`.
+    pub async fn is_revoked(
+        &self,
+        iss: &str,
+        jti: &str,
+        sub: &str,
+        client_id: &str,
+        iat: u64,
+    ) -> Result<bool, sqlx::Error> {
+        let count: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM revocations WHERE iss = $1 AND (
+                (kind = 'token' AND rule_key = $2)
+                OR (kind = 'subject' AND rule_key = $3 AND not_before > $4)
+                OR (kind = 'client' AND rule_key = $5 AND not_before > $6))",
+        )
+        .bind(iss)
+        .bind(jti)
+        .bind(sub)
+        .bind(iat as i64)
+        .bind(client_id)
+        .bind(iat as i64)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        Ok(count > 0)
+    }
+
     /// Rules still in force at `now` (kept `leeway` past their expiry), after `after_seq`.
     pub async fn active(
         &self,

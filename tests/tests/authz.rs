@@ -279,3 +279,123 @@ async fn admin_revocation_api() -> anyhow::Result<()> {
     assert_eq!(status, 200);
     Ok(())
 }
+
+/// RFC 8414 metadata lists exactly what the server supports, and every URL in it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_metadata() -> anyhow::Result<()> {
+    let (_nats, _dir, authz) = start().await?;
+    let http = reqwest::Client::new();
+    let meta: Value = http
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            authz.url
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(meta["issuer"], authz.url);
+    assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        meta["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post"])
+    );
+    assert_eq!(meta["scopes_supported"], json!(["echo:read", "echo:write"]));
+    assert_eq!(meta["token_signing_alg_values_supported"], json!(["RS256"]));
+    let jwks = http
+        .get(meta["jwks_uri"].as_str().unwrap_or(""))
+        .send()
+        .await?;
+    assert_eq!(jwks.status(), 200);
+    for endpoint in [
+        "token_endpoint",
+        "revocation_endpoint",
+        "introspection_endpoint",
+    ] {
+        let url = meta[endpoint].as_str().unwrap_or("");
+        assert!(url.starts_with(&authz.url), "{endpoint}: {url}");
+        // Each answers a POST without credentials as an OAuth endpoint would: 401.
+        let r = http
+            .post(url)
+            .form(&[("grant_type", "client_credentials"), ("token", "x")])
+            .send()
+            .await?;
+        assert_eq!(r.status(), 401, "{endpoint}");
+        assert_eq!(
+            r.json::<Value>().await?["error"],
+            "invalid_client",
+            "{endpoint}"
+        );
+    }
+    Ok(())
+}
+
+/// RFC 7662: an active token shows its claims; revoked (by any rule), foreign and malformed
+/// tokens are inactive; the caller must authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection() -> anyhow::Result<()> {
+    let (_nats, _dir, authz) = start().await?;
+    let http = reqwest::Client::new();
+    let introspect = |token: String| {
+        let http = http.clone();
+        let url = format!("{}/oauth2/introspect", authz.url);
+        async move {
+            let r = http
+                .post(url)
+                .basic_auth("other-client", Some("other-secret"))
+                .form(&[("token", token.as_str())])
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == 200, "introspection answered {}", r.status());
+            Ok::<Value, anyhow::Error>(r.json().await?)
+        }
+    };
+    let token = authz.token("demo-client", "demo-secret").await?;
+    let active = introspect(token.clone()).await?;
+    assert_eq!(active["active"], true);
+    assert_eq!(active["client_id"], "demo-client");
+    assert_eq!(active["sub"], "demo-client");
+    assert_eq!(active["scope"], "echo:read echo:write");
+    assert_eq!(active["token_type"], "Bearer");
+    assert_eq!(active["iss"], authz.url);
+    assert_eq!(active["aud"], "demo-api");
+    assert!(active["exp"].as_u64().is_some() && active["jti"].as_str().is_some());
+
+    assert_eq!(
+        introspect("garbage".into()).await?,
+        json!({"active": false})
+    );
+    assert_eq!(
+        introspect("e30.e30.c2ln".into()).await?,
+        json!({"active": false})
+    );
+    assert_eq!(
+        authz.revoke("demo-client", "demo-secret", &token).await?,
+        200
+    );
+    assert_eq!(
+        introspect(token).await?,
+        json!({"active": false}),
+        "revoked by jti"
+    );
+
+    let other = authz.token("other-client", "other-secret").await?;
+    assert_eq!(introspect(other.clone()).await?["active"], true);
+    let (status, _) = authz
+        .admin_revoke(json!({"client_id": "other-client"}))
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        introspect(other).await?,
+        json!({"active": false}),
+        "revoked by client rule"
+    );
+
+    let r = http
+        .post(format!("{}/oauth2/introspect", authz.url))
+        .form(&[("token", "x")])
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401, "introspection needs client authentication");
+    Ok(())
+}
