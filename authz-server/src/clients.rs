@@ -30,16 +30,59 @@ pub struct Credentials {
     basic: bool,
 }
 
+/// Failed client authentications, counted per client id and per source address in fixed
+/// windows. Past the limit, attempts are answered 429 before any Argon2 work is spent on
+/// them, which also bounds how fast a secret can be guessed.
+pub struct FailureLimiter {
+    max_failures: u32,
+    window: std::time::Duration,
+    counts: dashmap::DashMap<String, (u32, std::time::Instant)>,
+}
+
+impl FailureLimiter {
+    pub fn new(max_failures: u32, window: std::time::Duration) -> Self {
+        FailureLimiter {
+            max_failures,
+            window,
+            counts: dashmap::DashMap::new(),
+        }
+    }
+
+    /// Seconds until `key` may try again, if it is over the limit.
+    fn blocked(&self, key: &str, now: std::time::Instant) -> Option<u64> {
+        let entry = self.counts.get(key)?;
+        let (count, start) = *entry;
+        let elapsed = now.saturating_duration_since(start);
+        (count >= self.max_failures && elapsed < self.window)
+            .then(|| (self.window - elapsed).as_secs().max(1))
+    }
+
+    fn record_failure(&self, key: String, now: std::time::Instant) {
+        // Bounded memory: an attacker cycling through ids and addresses cannot grow the map
+        // past this; stale windows are dropped first.
+        if self.counts.len() > 100_000 {
+            self.counts
+                .retain(|_, (_, start)| now.saturating_duration_since(*start) < self.window);
+        }
+        let mut entry = self.counts.entry(key).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= self.window {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+}
+
 /// The registry of clients.
 pub struct Clients {
     by_id: HashMap<String, Arc<Client>>,
+    limiter: FailureLimiter,
     /// Verified against when the client id is unknown, so that an unknown id costs as long as
     /// a wrong secret and response times do not reveal which ids exist.
     dummy_hash: String,
 }
 
 impl Clients {
-    pub fn new(configured: &[ClientConfig]) -> Self {
+    pub fn new(configured: &[ClientConfig], limiter: FailureLimiter) -> Self {
         let by_id = configured
             .iter()
             .map(|c| {
@@ -55,12 +98,23 @@ impl Clients {
             .collect();
         Clients {
             by_id,
+            limiter,
             dummy_hash: hash_secret("not a real secret").unwrap_or_default(),
         }
     }
 
     /// Checks the credentials; the Argon2 work runs off the async workers.
-    pub async fn authenticate(&self, credentials: Credentials) -> Result<Arc<Client>, OAuthError> {
+    pub async fn authenticate(
+        &self,
+        credentials: Credentials,
+        source: std::net::IpAddr,
+    ) -> Result<Arc<Client>, OAuthError> {
+        let now = std::time::Instant::now();
+        let keys = [format!("client:{}", credentials.id), format!("ip:{source}")];
+        if let Some(retry_after) = keys.iter().find_map(|k| self.limiter.blocked(k, now)) {
+            tracing::warn!(client_id = %credentials.id, %source, "client authentication rate-limited");
+            return Err(OAuthError::TooManyFailures { retry_after });
+        }
         let client = self.by_id.get(&credentials.id).cloned();
         let hash = client
             .as_ref()
@@ -73,7 +127,10 @@ impl Clients {
         match client {
             Some(client) if matches => Ok(client),
             _ => {
-                tracing::info!(client_id = %credentials.id, "client authentication failed");
+                for key in keys {
+                    self.limiter.record_failure(key, now);
+                }
+                tracing::info!(client_id = %credentials.id, %source, "client authentication failed");
                 Err(OAuthError::InvalidClient {
                     basic: credentials.basic,
                 })

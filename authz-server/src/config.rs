@@ -41,6 +41,13 @@ pub struct Config {
     /// Milliseconds between heartbeats; gateways' `max_staleness_ms` must be well above it.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+    /// Failed client authentications allowed per client id, and per source address, in each
+    /// `auth_failure_window`; past it the server answers 429 with `Retry-After`.
+    #[serde(default = "default_auth_failure_limit")]
+    pub auth_failure_limit: u32,
+    /// Length of the failure-counting window, seconds.
+    #[serde(default = "default_auth_failure_window")]
+    pub auth_failure_window: u64,
     /// The mutual-TLS NATS connection the outbox relay publishes on.
     pub nats: NatsConfig,
     /// Clients allowed to obtain tokens (development and static clients).
@@ -77,6 +84,12 @@ fn default_max_ttl() -> u64 {
 }
 fn default_leeway() -> u64 {
     30
+}
+fn default_auth_failure_limit() -> u32 {
+    10
+}
+fn default_auth_failure_window() -> u64 {
+    60
 }
 fn default_heartbeat_interval_ms() -> u64 {
     1000
@@ -122,6 +135,9 @@ impl Config {
         }
         if self.token_ttl == 0 || self.token_ttl > self.max_ttl {
             return Err("token_ttl: must be between 1 and max_ttl".into());
+        }
+        if self.auth_failure_limit == 0 || self.auth_failure_window == 0 {
+            return Err("auth_failure_limit, auth_failure_window: must be positive".into());
         }
         if !(50..=60_000).contains(&self.heartbeat_interval_ms) {
             return Err("heartbeat_interval_ms: must be between 50 and 60000".into());

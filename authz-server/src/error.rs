@@ -20,6 +20,9 @@ pub enum OAuthError {
     /// The client authenticated but may not use this endpoint (a non-admin on `/admin`).
     #[error("access_denied")]
     AccessDenied,
+    /// Too many failed authentications from this client id or address (429).
+    #[error("too many failed attempts")]
+    TooManyFailures { retry_after: u64 },
     /// Only `client_credentials` is supported.
     #[error("unsupported_grant_type")]
     UnsupportedGrantType,
@@ -56,6 +59,11 @@ impl OAuthError {
                 "access_denied",
                 Some("this client may not use the admin API"),
             ),
+            OAuthError::TooManyFailures { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                Some("too many failed client authentications; retry later"),
+            ),
             OAuthError::UnsupportedGrantType => (
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -89,6 +97,11 @@ impl IntoResponse for OAuthError {
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let OAuthError::TooManyFailures { retry_after } = self {
+            if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+                headers.insert(header::RETRY_AFTER, value);
+            }
+        }
         if let OAuthError::InvalidClient { basic: true } = self {
             headers.insert(
                 header::WWW_AUTHENTICATE,

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -95,13 +97,14 @@ async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     form: Option<&FormParams>,
+    source: IpAddr,
 ) -> Result<Arc<Client>, OAuthError> {
     let credentials = clients::credentials(
         headers,
         form.and_then(|f| f.get("client_id")),
         form.and_then(|f| f.get("client_secret")),
     )?;
-    state.clients.authenticate(credentials).await
+    state.clients.authenticate(credentials, source).await
 }
 
 /// RFC 6749 §5.1: token responses must not be cached.
@@ -115,6 +118,7 @@ fn no_store(body: serde_json::Value) -> Response {
 
 async fn oauth2_token_post(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
@@ -122,7 +126,7 @@ async fn oauth2_token_post(
     let grant_type = form
         .get("grant_type")
         .ok_or(OAuthError::InvalidRequest("grant_type is required"))?;
-    let client = authenticate(&state, &headers, Some(&form)).await?;
+    let client = authenticate(&state, &headers, Some(&form), peer.ip()).await?;
     if grant_type != "client_credentials" {
         return Err(OAuthError::UnsupportedGrantType);
     }
@@ -163,11 +167,12 @@ async fn oauth2_token_post(
 
 async fn oauth2_revoke_post(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = FormParams::parse(&headers, &body)?;
-    let client = authenticate(&state, &headers, Some(&form)).await?;
+    let client = authenticate(&state, &headers, Some(&form), peer.ip()).await?;
     let token = form
         .get("token")
         .ok_or(OAuthError::InvalidRequest("token is required"))?;
@@ -216,10 +221,11 @@ fn identifier(value: String, what: &'static str) -> Result<String, OAuthError> {
 
 async fn admin_revocations_post(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
-    let client = authenticate_admin(&state, &headers).await?;
+    let client = authenticate_admin(&state, &headers, peer.ip()).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -291,10 +297,11 @@ async fn admin_revocations_post(
 /// `GET /admin/revocations?limit=N&after=SEQ`: the rules still in force, oldest first.
 async fn admin_revocations_get(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, OAuthError> {
-    authenticate_admin(&state, &headers).await?;
+    authenticate_admin(&state, &headers, peer.ip()).await?;
     let number = |name: &str, default: i64| -> Result<i64, OAuthError> {
         match query.get(name) {
             None => Ok(default),
@@ -334,8 +341,9 @@ async fn admin_revocations_get(
 async fn authenticate_admin(
     state: &AppState,
     headers: &HeaderMap,
+    source: IpAddr,
 ) -> Result<Arc<Client>, OAuthError> {
-    let client = authenticate(state, headers, None).await?;
+    let client = authenticate(state, headers, None, source).await?;
     if !client.admin {
         return Err(OAuthError::AccessDenied);
     }
@@ -429,11 +437,12 @@ async fn well_known_metadata_get(State(state): State<Arc<AppState>>) -> Response
 /// token of this server, without saying why.
 async fn oauth2_introspect_post(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = FormParams::parse(&headers, &body)?;
-    let client = authenticate(&state, &headers, Some(&form)).await?;
+    let client = authenticate(&state, &headers, Some(&form), peer.ip()).await?;
     let token = form
         .get("token")
         .ok_or(OAuthError::InvalidRequest("token is required"))?;

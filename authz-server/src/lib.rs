@@ -159,7 +159,13 @@ pub async fn run(
     .spawn(relay_shutdown.clone());
 
     let state = Arc::new(AppState {
-        clients: clients::Clients::new(&config.clients),
+        clients: clients::Clients::new(
+            &config.clients,
+            clients::FailureLimiter::new(
+                config.auth_failure_limit,
+                Duration::from_secs(config.auth_failure_window),
+            ),
+        ),
         config,
         keys,
         store: store.clone(),
@@ -169,9 +175,12 @@ pub async fn run(
         registry,
     });
     tracing::info!(addr = %listener.local_addr()?, issuer = %state.config.issuer, kid = state.keys.kid(), "authz-server listening");
-    axum::serve(listener, http::app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    axum::serve(
+        listener,
+        http::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
     // Requests have drained; whatever they committed and the relay has not published yet
     // stays in the outbox for the next start.
     relay_shutdown.cancel();

@@ -399,3 +399,42 @@ async fn introspection() -> anyhow::Result<()> {
     assert_eq!(r.status(), 401, "introspection needs client authentication");
     Ok(())
 }
+
+/// Failed client authentications are limited per client and per source address: past the
+/// limit the answer is 429 with Retry-After, even for the right secret, until the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_rate_limited() -> anyhow::Result<()> {
+    let nats = Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    let authz = Authz::start_with(
+        dir.path(),
+        &[nats.url()],
+        "auth_failure_limit = 3\nauth_failure_window = 2",
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/oauth2/token", authz.url);
+    let attempt = |secret: &'static str| {
+        http.post(&url)
+            .basic_auth("demo-client", Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("wrong").await?.status(), 401);
+    }
+    let r = attempt("demo-secret").await?;
+    assert_eq!(r.status(), 429, "the right secret is refused while limited");
+    let retry: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(r.json::<Value>().await?["error"], "temporarily_unavailable");
+    // The source address is limited too.
+    assert!(authz.token("other-client", "other-secret").await.is_err());
+    system_tests::eventually(
+        std::time::Duration::from_secs(5),
+        "the window to pass",
+        || async { (attempt("demo-secret").await.ok()?.status() == 200).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
