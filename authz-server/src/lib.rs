@@ -121,6 +121,11 @@ pub async fn run(
         relay_metrics.publish_failures.clone(),
     );
     registry.register(
+        "publish_latency_seconds",
+        "From sending a revocation to JetStream's ack",
+        relay_metrics.publish_latency.clone(),
+    );
+    registry.register(
         "nats_server_errors",
         "Errors reported by the NATS server",
         nats.server_errors.clone(),

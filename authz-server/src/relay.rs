@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use revocation::stream;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -26,10 +27,24 @@ pub struct StreamSettings {
 }
 
 /// Counters the relay keeps for `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RelayMetrics {
     pub published: Counter,
     pub publish_failures: Counter,
+    /// Seconds from sending an event to JetStream's ack.
+    pub publish_latency: Histogram,
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        RelayMetrics {
+            published: Counter::default(),
+            publish_failures: Counter::default(),
+            publish_latency: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+            ]),
+        }
+    }
 }
 
 /// Starts the relay; it runs until `shutdown` is cancelled.
@@ -115,6 +130,7 @@ impl Relay {
         let pending = self.store.unpublished(BATCH).await?;
         for row in &pending {
             let subject = stream::subject_for(row.event.rule.kind());
+            let sent = std::time::Instant::now();
             let ack = self
                 .js
                 .send_publish(
@@ -125,6 +141,9 @@ impl Relay {
                 )
                 .await?
                 .await?;
+            self.metrics
+                .publish_latency
+                .observe(sent.elapsed().as_secs_f64());
             self.store
                 .mark_published(row.seq, revocation::unix_now())
                 .await?;

@@ -152,6 +152,15 @@ async fn late_gateway_replays_before_serving() -> anyhow::Result<()> {
         text.contains("authz_outbox_backlog 0").then_some(())
     };
     eventually(WAIT, "the outbox to drain", backlog_empty).await?;
+    let authz_metrics = reqwest::get(format!("{}/metrics", stack.authz.url))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        authz_metrics.contains("authz_publish_latency_seconds_count 51"),
+        "publish latency recorded"
+    );
+    assert!(authz_metrics.contains("authz_revocations_published_total 51"));
 
     let gw = Gateway::start(
         "gateway-3",
