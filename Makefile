@@ -8,6 +8,7 @@ run: deps
 ## test: formatting, lints and every test (what CI runs)
 test: deps
 	@deploy/ensure-postgres.sh
+	@deploy/ensure-interop-venv.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test --workspace
