@@ -136,6 +136,19 @@ impl Nats {
     /// Starts a three-node cluster with mutual TLS on client connections and routes. The
     /// nodes are returned once JetStream has elected a metadata leader.
     pub fn start_cluster() -> Result<Vec<Nats>> {
+        // Ports are picked free, then released and bound by the servers: on a busy machine
+        // another process can take one in between. Start again on fresh ports if so.
+        let mut last_error = None;
+        for _ in 0..3 {
+            match Self::try_start_cluster() {
+                Ok(nodes) => return Ok(nodes),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no cluster attempt was made")))
+    }
+
+    fn try_start_cluster() -> Result<Vec<Nats>> {
         let client_ports = free_ports(3)?;
         let route_ports = free_ports(3)?;
         let mut nodes = Vec::new();
@@ -160,9 +173,12 @@ impl Nats {
             node.spawn(&client_ports[i].to_string())?;
             nodes.push(node);
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while !nodes.iter().all(|n| n.log().contains("metadata leader")) {
-            if Instant::now() > deadline {
+            let exited = nodes
+                .iter_mut()
+                .any(|n| n.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))));
+            if exited || Instant::now() > deadline {
                 let logs: Vec<String> = nodes.iter().map(Nats::log).collect();
                 bail!(
                     "the NATS cluster did not elect a metadata leader:\n{}",
