@@ -175,9 +175,11 @@ impl Nats {
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         while !nodes.iter().all(|n| n.log().contains("metadata leader")) {
-            let exited = nodes
-                .iter_mut()
-                .any(|n| n.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))));
+            let exited = nodes.iter_mut().any(|n| {
+                n.child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            });
             if exited || Instant::now() > deadline {
                 let logs: Vec<String> = nodes.iter().map(Nats::log).collect();
                 bail!(
