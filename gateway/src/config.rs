@@ -30,6 +30,9 @@ pub struct Config {
     /// Seconds between JWKS refreshes; the last good set is kept when a refresh fails.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh: u64,
+    /// Least seconds between two JWKS fetches triggered by tokens naming an unknown `kid`.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh: u64,
     /// Signature algorithms accepted; each key is pinned to one of them.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
@@ -177,6 +180,9 @@ impl RouteConfig {
 
 fn default_jwks_refresh() -> u64 {
     300
+}
+fn default_jwks_min_refresh() -> u64 {
+    10
 }
 fn default_algorithms() -> Vec<String> {
     vec!["RS256".into()]

@@ -151,7 +151,13 @@ impl Gateway {
                 revocation::unix_now(),
                 route.audiences.as_deref(),
             )
-            .map_err(GatewayError::InvalidToken)?;
+            .map_err(|reason| {
+                if reason == auth::jwt::TokenError::UnknownKey {
+                    // A key may have been added since the last refresh.
+                    self.keys.unknown_kid_seen();
+                }
+                GatewayError::InvalidToken(reason)
+            })?;
         let token_ref = TokenRef {
             iss: &claims.iss,
             jti: &claims.jti,
@@ -381,6 +387,7 @@ pub async fn run_with_reload(
         source,
         algorithms,
         Duration::from_secs(config.jwks_refresh),
+        Duration::from_secs(config.jwks_min_refresh),
         tasks.clone(),
     );
 

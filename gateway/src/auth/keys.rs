@@ -100,9 +100,17 @@ pub enum JwksSource {
 #[derive(Default)]
 pub struct KeyStore {
     current: RwLock<Option<Arc<KeySet>>>,
+    /// Woken when a token names a `kid` the set does not have (a key may have been added).
+    unknown_kid: tokio::sync::Notify,
 }
 
 impl KeyStore {
+    /// Asks for an early refresh because a token named an unknown `kid`. Cheap and
+    /// non-blocking; the refresher rate-limits the fetches.
+    pub fn unknown_kid_seen(&self) {
+        self.unknown_kid.notify_one();
+    }
+
     /// The current keys, or `None` before the first successful load.
     pub fn snapshot(&self) -> Option<Arc<KeySet>> {
         self.current.read().ok().and_then(|g| g.clone())
@@ -115,13 +123,15 @@ impl KeyStore {
     }
 }
 
-/// Loads the JWK Set until it succeeds, then refreshes it every `refresh`; a failed refresh
-/// keeps the last good set.
+/// Loads the JWK Set until it succeeds, then refreshes it every `refresh`, and early when a
+/// token names an unknown `kid` — at most once per `min_interval`, so a flood of made-up
+/// kids costs one fetch per interval. A failed refresh keeps the last good set.
 pub fn spawn_refresher(
     store: Arc<KeyStore>,
     source: JwksSource,
     allowed: Vec<Algorithm>,
     refresh: Duration,
+    min_interval: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -131,6 +141,7 @@ pub fn spawn_refresher(
             .unwrap_or_default();
         let mut retry = Duration::from_millis(100);
         loop {
+            let fetched_at = tokio::time::Instant::now();
             let pause = match fetch(&http, &source).await {
                 Ok(jwks) => {
                     let keys = KeySet::from_jwks(&jwks, &allowed);
@@ -150,9 +161,18 @@ pub fn spawn_refresher(
                     pause
                 }
             };
+            let next = fetched_at + pause;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep_until(next) => {}
+                _ = store.unknown_kid.notified() => {
+                    // Early, but never sooner than min_interval after the last fetch.
+                    let earliest = (fetched_at + min_interval).min(next);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep_until(earliest) => {}
+                    }
+                }
             }
         }
     })
