@@ -27,6 +27,21 @@ async fn slow_upstream(delay: Duration) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// The gateway binary as process `gateway-1` of `stack`, ready.
+async fn ready_process(stack: &Stack, extra: &str) -> anyhow::Result<Gateway> {
+    let gw = Gateway::spawn_process(
+        stack.dir.path(),
+        "gateway-1",
+        &[stack.nats.url()],
+        &stack.authz,
+        &stack.upstream,
+        extra,
+    )
+    .await?;
+    gw.wait_ready().await?;
+    Ok(gw)
+}
+
 fn routes(echo: &str, slow: &str, extra_route: bool) -> String {
     let mut text = format!(
         r#"drain_delay_ms = 1500
@@ -62,16 +77,7 @@ public = true
 async fn sigterm_drains() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
     let slow = slow_upstream(Duration::from_millis(1000)).await?;
-    let mut gw = Gateway::spawn_process(
-        stack.dir.path(),
-        "gateway-1",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        &routes(&stack.upstream.url, &slow, false),
-    )
-    .await?;
-    gw.wait_ready().await?;
+    let mut gw = ready_process(&stack, &routes(&stack.upstream.url, &slow, false)).await?;
     let http = reqwest::Client::new();
     let in_flight = tokio::spawn({
         let url = format!("{}/slow/x", gw.url);
@@ -110,16 +116,7 @@ async fn sigterm_drains() -> anyhow::Result<()> {
 async fn sighup_reloads_routes() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
     let slow = slow_upstream(Duration::from_millis(10)).await?;
-    let mut gw = Gateway::spawn_process(
-        stack.dir.path(),
-        "gateway-1",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        &routes(&stack.upstream.url, &slow, false),
-    )
-    .await?;
-    gw.wait_ready().await?;
+    let mut gw = ready_process(&stack, &routes(&stack.upstream.url, &slow, false)).await?;
     let http = reqwest::Client::new();
     assert_eq!(gw.call(&http, "/extra/x", "").await, 404);
     // A keep-alive connection opened before the reload serves after it.
@@ -169,19 +166,14 @@ async fn sighup_reloads_routes() -> anyhow::Result<()> {
 async fn metrics_and_access_log() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
     let refused = system_tests::Upstream::unreachable().await?;
-    let mut gw = Gateway::spawn_process(
-        stack.dir.path(),
-        "gateway-1",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
+    let mut gw = ready_process(
+        &stack,
         &format!(
             "log_format = \"json\"\n{}",
             routes(&stack.upstream.url, &refused.url, false)
         ),
     )
     .await?;
-    gw.wait_ready().await?;
     let token = stack.authz.token("demo-client", "demo-secret").await?;
     let http = reqwest::Client::new();
     assert_eq!(gw.call(&http, "/echo/a", &token).await, 200);
