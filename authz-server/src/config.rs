@@ -25,6 +25,10 @@ pub struct Config {
     /// Signing algorithm: `RS256` (default), `ES256` or `EdDSA`.
     #[serde(default = "default_alg")]
     pub signing_alg: String,
+    /// Seconds between a key rotation and the new key's first signature; the new key is in
+    /// the JWKS at once, so this must exceed the gateways' `jwks_refresh`.
+    #[serde(default = "default_key_publish_delay")]
+    pub key_publish_delay: u64,
     /// Lifetime of issued access tokens, in seconds.
     #[serde(default = "default_token_ttl")]
     pub token_ttl: u64,
@@ -75,6 +79,9 @@ pub struct ClientConfig {
 
 fn default_alg() -> String {
     "RS256".into()
+}
+fn default_key_publish_delay() -> u64 {
+    600
 }
 fn default_token_ttl() -> u64 {
     300

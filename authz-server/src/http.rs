@@ -39,6 +39,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/oauth2/token", post(oauth2_token_post))
         .route("/oauth2/revoke", post(oauth2_revoke_post))
         .route("/.well-known/jwks.json", get(jwks_get))
+        .route("/admin/keys", get(admin_keys_get))
+        .route("/admin/keys/rotate", post(admin_keys_rotate_post))
         .route(
             "/admin/revocations",
             post(admin_revocations_post).get(admin_revocations_get),
@@ -154,7 +156,11 @@ async fn oauth2_token_post(
         revocation::unix_now(),
         config.token_ttl,
     );
-    let token = state.keys.sign(&claims).map_err(OAuthError::internal)?;
+    let key = state
+        .keys
+        .signing_key(claims.iat)
+        .ok_or_else(|| OAuthError::internal("no signing key"))?;
+    let token = key.key.sign(&claims).map_err(OAuthError::internal)?;
     state.metrics.tokens_issued.inc();
     tracing::info!(client_id = %client.id, jti = %claims.jti, "token issued");
     Ok(no_store(serde_json::json!({
@@ -398,6 +404,98 @@ async fn commit_revocation(
     Ok(stored)
 }
 
+/// Algorithms of the keys in the JWKS.
+fn signing_algs(state: &AppState) -> Vec<String> {
+    let now = revocation::unix_now();
+    let mut algs: Vec<String> = state
+        .keys
+        .list()
+        .iter()
+        .filter(|k| k.retire_after.is_none_or(|r| r > now))
+        .map(|k| format!("{:?}", k.key.alg()))
+        .collect();
+    algs.sort();
+    algs.dedup();
+    algs
+}
+
+/// `POST /admin/keys/rotate`: a new key of `signing_alg`, published at once in the JWKS,
+/// signing after `key_publish_delay` (gateways fetch it meanwhile); the keys in service
+/// until then retire once the last token they can have signed has expired.
+async fn admin_keys_rotate_post(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, OAuthError> {
+    let client = authenticate_admin(&state, &headers, peer.ip()).await?;
+    let config = &state.config;
+    let alg: jsonwebtoken::Algorithm = config.signing_alg.parse().map_err(OAuthError::internal)?;
+    let pem = crate::keys::generate_pem(alg).map_err(OAuthError::internal)?;
+    let key =
+        crate::keys::KeyObject::from_pem(pem.as_bytes(), alg).map_err(OAuthError::internal)?;
+    let now = revocation::unix_now();
+    let signs_from = now + config.key_publish_delay;
+    let retire_after = signs_from + config.max_ttl + config.leeway;
+    let stored = crate::store::StoredKey {
+        kid: key.kid().to_string(),
+        alg: config.signing_alg.clone(),
+        pem,
+        signs_from,
+        retire_after: None,
+    };
+    state
+        .store
+        .add_signing_key(&stored, now, Some(retire_after))
+        .await
+        .map_err(OAuthError::internal)?;
+    crate::load_keys(&state.store, &state.keys)
+        .await
+        .map_err(OAuthError::internal)?;
+    tracing::info!(kid = %stored.kid, signs_from, previous_retire_after = retire_after, requested_by = %client.id, "signing key rotated");
+    Ok(Json(serde_json::json!({
+        "kid": stored.kid,
+        "alg": stored.alg,
+        "signs_from": signs_from,
+        "previous_retire_after": retire_after,
+    }))
+    .into_response())
+}
+
+/// `GET /admin/keys`: every key with its schedule.
+async fn admin_keys_get(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, OAuthError> {
+    authenticate_admin(&state, &headers, peer.ip()).await?;
+    let now = revocation::unix_now();
+    let signing = state.keys.signing_key(now).map(|k| k.key.kid().to_string());
+    let keys: Vec<serde_json::Value> = state
+        .keys
+        .list()
+        .iter()
+        .map(|k| {
+            let status = if Some(k.key.kid()) == signing.as_deref() {
+                "signing"
+            } else if k.signs_from > now {
+                "published"
+            } else if k.retire_after.is_some_and(|r| r <= now) {
+                "retired"
+            } else {
+                "verifying"
+            };
+            serde_json::json!({
+                "kid": k.key.kid(),
+                "alg": format!("{:?}", k.key.alg()),
+                "signs_from": k.signs_from,
+                "retire_after": k.retire_after,
+                "status": status,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "keys": keys })).into_response())
+}
+
 /// RFC 8414 metadata: exactly what this server supports.
 async fn well_known_metadata_get(State(state): State<Arc<AppState>>) -> Response {
     let issuer = state.config.issuer.trim_end_matches('/');
@@ -423,7 +521,7 @@ async fn well_known_metadata_get(State(state): State<Arc<AppState>>) -> Response
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "scopes_supported": scopes,
-        "token_signing_alg_values_supported": [state.config.signing_alg],
+        "token_signing_alg_values_supported": signing_algs(&state),
     }))
     .into_response();
     response.headers_mut().insert(
@@ -485,7 +583,7 @@ async fn oauth2_introspect_post(
 }
 
 async fn jwks_get(State(state): State<Arc<AppState>>) -> Response {
-    let mut response = Json(state.keys.jwks()).into_response();
+    let mut response = Json(state.keys.jwks(revocation::unix_now())).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=60"),

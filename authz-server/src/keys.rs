@@ -34,7 +34,8 @@ impl KeyObject {
         Self::from_pem(&pem, alg)
     }
 
-    fn from_pem(pem: &[u8], alg: Algorithm) -> Result<Self, StartError> {
+    /// A key from its PKCS#8 PEM.
+    pub fn from_pem(pem: &[u8], alg: Algorithm) -> Result<Self, StartError> {
         let bad = |e: jsonwebtoken::errors::Error| {
             StartError::Key(format!("signing key does not fit {alg:?}: {e}"))
         };
@@ -87,11 +88,16 @@ impl KeyObject {
         &self.decoding
     }
 
-    /// The public JWK Set.
+    /// The public JWK Set of this key alone.
     pub fn jwks(&self) -> JwkSet {
         JwkSet {
             keys: vec![self.jwk.clone()],
         }
+    }
+
+    /// The public JWK.
+    pub fn jwk(&self) -> &Jwk {
+        &self.jwk
     }
 }
 
@@ -103,7 +109,8 @@ fn key_algorithm(alg: Algorithm) -> KeyAlgorithm {
     }
 }
 
-fn generate_pem(alg: Algorithm) -> Result<String, StartError> {
+/// A new private key of type `alg`, as PKCS#8 PEM.
+pub fn generate_pem(alg: Algorithm) -> Result<String, StartError> {
     let fail = |what: &str| StartError::Key(format!("could not generate a {what} key"));
     let der: Vec<u8> = match alg {
         Algorithm::RS256 => {
@@ -145,6 +152,72 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
         .open(path)
         .map_err(io)?;
     file.write_all(bytes).map_err(io)
+}
+
+/// A key of the ring with its schedule.
+pub struct RingKey {
+    pub key: KeyObject,
+    /// Unix time from which it signs (the newest such key signs).
+    pub signs_from: u64,
+    /// Unix time after which it leaves the JWKS; `None` while it is current or next.
+    pub retire_after: Option<u64>,
+}
+
+/// Every key the server knows, loaded from the database (so that replicas agree) and
+/// reloaded periodically: the one that signs now, the next one already published, and the
+/// previous ones until the longest token they signed has expired.
+#[derive(Default)]
+pub struct KeyRing {
+    keys: std::sync::RwLock<std::sync::Arc<Vec<std::sync::Arc<RingKey>>>>,
+}
+
+impl KeyRing {
+    /// Replaces the keys.
+    pub fn set(&self, keys: Vec<RingKey>) {
+        let keys = std::sync::Arc::new(keys.into_iter().map(std::sync::Arc::new).collect());
+        match self.keys.write() {
+            Ok(mut guard) => *guard = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
+        }
+    }
+
+    fn all(&self) -> std::sync::Arc<Vec<std::sync::Arc<RingKey>>> {
+        match self.keys.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The key that signs at `now`: the newest whose `signs_from` has come.
+    pub fn signing_key(&self, now: u64) -> Option<std::sync::Arc<RingKey>> {
+        self.all()
+            .iter()
+            .filter(|k| k.signs_from <= now)
+            .max_by_key(|k| k.signs_from)
+            .cloned()
+    }
+
+    /// The key with this `kid`, retired or not (tokens it signed may still be revoked).
+    pub fn get(&self, kid: &str) -> Option<std::sync::Arc<RingKey>> {
+        self.all().iter().find(|k| k.key.kid() == kid).cloned()
+    }
+
+    /// The public keys at `now`: all but the retired ones.
+    pub fn jwks(&self, now: u64) -> JwkSet {
+        JwkSet {
+            keys: self
+                .all()
+                .iter()
+                .filter(|k| k.retire_after.is_none_or(|r| r > now))
+                .map(|k| k.key.jwk().clone())
+                .collect(),
+        }
+    }
+
+    /// Every key, for the admin listing.
+    pub fn list(&self) -> Vec<std::sync::Arc<RingKey>> {
+        self.all().iter().cloned().collect()
+    }
 }
 
 #[cfg(test)]

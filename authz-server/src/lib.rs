@@ -45,7 +45,7 @@ pub use error::StartError;
 /// Everything a request handler can reach.
 pub struct AppState {
     pub config: Config,
-    pub keys: keys::KeyObject,
+    pub keys: Arc<keys::KeyRing>,
     pub clients: clients::Clients,
     pub store: store::Store,
     pub wake_relay: Arc<Notify>,
@@ -69,6 +69,46 @@ pub fn install_crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// On the first start, the key ring is empty: take the key file (generating it when absent)
+/// as the first signing key.
+async fn init_keys(config: &Config, store: &store::Store) -> Result<(), StartError> {
+    if !store.signing_keys().await?.is_empty() {
+        return Ok(());
+    }
+    let key = keys::KeyObject::load_or_generate(&config.signing_key_file, &config.signing_alg)?;
+    let pem = std::fs::read_to_string(&config.signing_key_file)
+        .map_err(|e| StartError::Key(format!("{}: {e}", config.signing_key_file.display())))?;
+    let stored = store::StoredKey {
+        kid: key.kid().to_string(),
+        alg: config.signing_alg.clone(),
+        pem,
+        signs_from: 0,
+        retire_after: None,
+    };
+    store
+        .add_signing_key(&stored, revocation::unix_now(), None)
+        .await?;
+    Ok(())
+}
+
+/// Loads every signing key from the database into the ring.
+pub async fn load_keys(store: &store::Store, ring: &keys::KeyRing) -> Result<(), StartError> {
+    let mut loaded = Vec::new();
+    for stored in store.signing_keys().await? {
+        let alg = stored
+            .alg
+            .parse()
+            .map_err(|_| StartError::Key(format!("key {}: unknown algorithm", stored.kid)))?;
+        loaded.push(keys::RingKey {
+            key: keys::KeyObject::from_pem(stored.pem.as_bytes(), alg)?,
+            signs_from: stored.signs_from,
+            retire_after: stored.retire_after,
+        });
+    }
+    ring.set(loaded);
+    Ok(())
+}
+
 /// Runs the server on `listener` until `shutdown` is cancelled, then drains in-flight
 /// requests and stops the relay.
 pub async fn run(
@@ -77,8 +117,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     install_crypto();
-    let keys = keys::KeyObject::load_or_generate(&config.signing_key_file, &config.signing_alg)?;
     let store = store::Store::open(&config.database).await?;
+    let keys = Arc::new(keys::KeyRing::default());
+    init_keys(&config, &store).await?;
+    load_keys(&store, &keys).await?;
     tracing::info!(
         backend = if config.database.starts_with("postgres") {
             "postgres"
@@ -179,7 +221,31 @@ pub async fn run(
         metrics,
         registry,
     });
-    tracing::info!(addr = %listener.local_addr()?, issuer = %state.config.issuer, kid = state.keys.kid(), "authz-server listening");
+    let kid = state
+        .keys
+        .signing_key(revocation::unix_now())
+        .map(|k| k.key.kid().to_string())
+        .unwrap_or_default();
+    tracing::info!(addr = %listener.local_addr()?, issuer = %state.config.issuer, %kid, "authz-server listening");
+    let key_reload = {
+        let (store, keys, stop) = (store.clone(), state.keys.clone(), relay_shutdown.clone());
+        tokio::spawn(async move {
+            // Replicas share the keys through the database; a rotation on one reaches the
+            // others' JWKS within this period, long before the new key signs.
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        if let Err(e) = load_keys(&store, &keys).await {
+                            tracing::warn!(error = %e, "cannot reload the signing keys");
+                        }
+                    }
+                }
+            }
+        })
+    };
     axum::serve(
         listener,
         http::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -189,7 +255,7 @@ pub async fn run(
     // Requests have drained; whatever they committed and the relay has not published yet
     // stays in the outbox for the next start.
     relay_shutdown.cancel();
-    let _ = tokio::join!(relay, heartbeat);
+    let _ = tokio::join!(relay, heartbeat, key_reload);
     drop(client);
     store.close().await;
     tracing::info!("authz-server stopped");

@@ -29,12 +29,14 @@ enum Command {
     HashSecret,
     /// Revokes against a running server through its admin API; prints the stored rule.
     Revoke(RevokeArgs),
+    /// Rotates the signing key of a running server through its admin API: the new key is
+    /// published at once and signs after `key_publish_delay`.
+    RotateKey(AdminArgs),
 }
 
-/// What to revoke: exactly one of --jti (with --exp), --token, --subject or --client.
+/// How to reach a running server's admin API.
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "token", "subject", "client"])))]
-struct RevokeArgs {
+struct AdminArgs {
     /// Base URL of the authz-server.
     #[arg(long, env = "AUTHZ_URL", default_value = "http://127.0.0.1:8081")]
     url: String,
@@ -44,6 +46,14 @@ struct RevokeArgs {
     /// Admin client secret (better given in the environment than on the command line).
     #[arg(long, env = "AUTHZ_ADMIN_SECRET", hide_env_values = true)]
     admin_secret: String,
+}
+
+/// What to revoke: exactly one of --jti (with --exp), --token, --subject or --client.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "token", "subject", "client"])))]
+struct RevokeArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
     /// One token by its jti (needs --exp).
     #[arg(long, requires = "exp")]
     jti: Option<String>,
@@ -94,6 +104,11 @@ fn revoke(args: RevokeArgs) -> ExitCode {
     if let Some(reason) = args.reason {
         put("reason", reason.into());
     }
+    admin_call(&args.admin, "/admin/revocations", &body.into())
+}
+
+/// One POST to the admin API; prints the answer.
+fn admin_call(admin: &AdminArgs, path: &str, body: &serde_json::Value) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,12 +119,12 @@ fn revoke(args: RevokeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let url = format!("{}/admin/revocations", args.url.trim_end_matches('/'));
+    let url = format!("{}{path}", admin.url.trim_end_matches('/'));
     let result = runtime.block_on(async {
         let response = reqwest::Client::new()
             .post(&url)
-            .basic_auth(&args.admin_client, Some(&args.admin_secret))
-            .json(&body)
+            .basic_auth(&admin.admin_client, Some(&admin.admin_secret))
+            .json(body)
             .send()
             .await?;
         let status = response.status();
@@ -140,6 +155,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Revoke(args)) = cli.command {
         return revoke(args);
+    }
+    if let Some(Command::RotateKey(admin)) = cli.command {
+        return admin_call(&admin, "/admin/keys/rotate", &serde_json::json!({}));
     }
     if let Some(Command::HashSecret) = cli.command {
         let mut secret = String::new();

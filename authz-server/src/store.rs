@@ -32,7 +32,25 @@ CREATE UNIQUE INDEX IF NOT EXISTS revocations_one_per_token
 CREATE INDEX IF NOT EXISTS revocations_unpublished
     ON revocations (seq) WHERE published_at IS NULL;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid TEXT PRIMARY KEY,
+    alg TEXT NOT NULL,
+    pem TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    signs_from BIGINT NOT NULL,
+    retire_after BIGINT
+);
 ";
+
+/// A signing key as stored: the private key's PEM with its schedule.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub kid: String,
+    pub alg: String,
+    pub pem: String,
+    pub signs_from: u64,
+    pub retire_after: Option<u64>,
+}
 
 /// A committed revocation waiting in (or drained from) the outbox.
 #[derive(Debug, Clone)]
@@ -284,6 +302,57 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(requeued)
+    }
+
+    /// Every signing key: (kid, alg, pem, signs_from, retire_after).
+    pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, sqlx::Error> {
+        sqlx::query(
+            "SELECT kid, alg, pem, signs_from, retire_after FROM signing_keys ORDER BY signs_from",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(StoredKey {
+                kid: row.try_get("kid")?,
+                alg: row.try_get("alg")?,
+                pem: row.try_get("pem")?,
+                signs_from: row.try_get::<i64, _>("signs_from")?.max(0) as u64,
+                retire_after: row
+                    .try_get::<Option<i64>, _>("retire_after")?
+                    .map(|r| r.max(0) as u64),
+            })
+        })
+        .collect()
+    }
+
+    /// Adds a key that signs from `signs_from`; every other key still in service retires at
+    /// `retire_others_after`. One transaction.
+    pub async fn add_signing_key(
+        &self,
+        key: &StoredKey,
+        now: u64,
+        retire_others_after: Option<u64>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(retire) = retire_others_after {
+            sqlx::query("UPDATE signing_keys SET retire_after = $1 WHERE retire_after IS NULL")
+                .bind(retire as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, pem, created_at, signs_from) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(&key.pem)
+        .bind(now as i64)
+        .bind(key.signs_from as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
     }
 
     /// Whether the database answers.

@@ -4,7 +4,7 @@
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::keys::KeyObject;
+use crate::keys::KeyRing;
 
 /// RFC 9068 §2.2 claims.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,9 +46,11 @@ impl AccessClaims {
 
 /// Verifies that `token` is one this server signed for `issuer`, whatever its expiry, and
 /// returns its claims. Anything else (garbage, another issuer's token) is `None`.
-pub fn verify_own(keys: &KeyObject, issuer: &str, token: &str) -> Option<AccessClaims> {
+pub fn verify_own(ring: &KeyRing, issuer: &str, token: &str) -> Option<AccessClaims> {
     let header = jsonwebtoken::decode_header(token).ok()?;
-    if header.kid.as_deref() != Some(keys.kid()) || header.alg != keys.alg() {
+    let ring_key = ring.get(header.kid.as_deref()?)?;
+    let keys = &ring_key.key;
+    if header.alg != keys.alg() {
         return None;
     }
     let mut validation = Validation::new(keys.alg());
