@@ -17,9 +17,23 @@ use crate::error::OAuthError;
 pub struct Client {
     pub id: String,
     pub scopes: Vec<String>,
-    pub audience: String,
+    /// Audiences its tokens may carry; the first is the default, RFC 8707 `resource`
+    /// selects another.
+    pub audiences: Vec<String>,
     pub admin: bool,
     secret_hash: String,
+}
+
+impl From<crate::store::StoredClient> for Client {
+    fn from(c: crate::store::StoredClient) -> Self {
+        Client {
+            id: c.id,
+            scopes: c.scopes,
+            audiences: c.audiences,
+            admin: c.admin,
+            secret_hash: c.secret_hash,
+        }
+    }
 }
 
 /// Credentials as presented, before they are checked.
@@ -74,7 +88,10 @@ impl FailureLimiter {
 
 /// The registry of clients.
 pub struct Clients {
+    /// Clients from the configuration file; they cannot be changed at run time.
     by_id: HashMap<String, Arc<Client>>,
+    /// Clients registered at run time (CLI, admin API).
+    store: crate::store::Store,
     limiter: FailureLimiter,
     /// Verified against when the client id is unknown, so that an unknown id costs as long as
     /// a wrong secret and response times do not reveal which ids exist.
@@ -82,14 +99,20 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new(configured: &[ClientConfig], limiter: FailureLimiter) -> Self {
+    pub fn new(
+        configured: &[ClientConfig],
+        store: crate::store::Store,
+        limiter: FailureLimiter,
+    ) -> Self {
         let by_id = configured
             .iter()
             .map(|c| {
                 let client = Client {
                     id: c.id.clone(),
                     scopes: c.scopes.clone(),
-                    audience: c.audience.clone(),
+                    audiences: std::iter::once(c.audience.clone())
+                        .chain(c.audiences.iter().cloned())
+                        .collect(),
                     admin: c.admin,
                     secret_hash: c.secret_hash.clone(),
                 };
@@ -98,9 +121,26 @@ impl Clients {
             .collect();
         Clients {
             by_id,
+            store,
             limiter,
             dummy_hash: hash_secret("not a real secret").unwrap_or_default(),
         }
+    }
+
+    /// Whether `id` comes from the configuration file (and so cannot be changed at run time).
+    pub fn is_configured(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Every client: the configured ones, then the registered ones.
+    pub async fn list(&self) -> Result<Vec<(Arc<Client>, bool)>, OAuthError> {
+        let mut all: Vec<(Arc<Client>, bool)> =
+            self.by_id.values().map(|c| (c.clone(), true)).collect();
+        all.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        for c in self.store.clients().await.map_err(OAuthError::internal)? {
+            all.push((Arc::new(Client::from(c)), false));
+        }
+        Ok(all)
     }
 
     /// Checks the credentials; the Argon2 work runs off the async workers.
@@ -115,7 +155,15 @@ impl Clients {
             tracing::warn!(client_id = %credentials.id, %source, "client authentication rate-limited");
             return Err(OAuthError::TooManyFailures { retry_after });
         }
-        let client = self.by_id.get(&credentials.id).cloned();
+        let client = match self.by_id.get(&credentials.id) {
+            Some(client) => Some(client.clone()),
+            None => self
+                .store
+                .client(&credentials.id)
+                .await
+                .map_err(OAuthError::internal)?
+                .map(|c| Arc::new(Client::from(c))),
+        };
         let hash = client
             .as_ref()
             .map(|c| c.secret_hash.clone())
@@ -202,6 +250,14 @@ fn parse_basic(value: &[u8]) -> Result<(String, String), OAuthError> {
             .unwrap_or_default()
     };
     Ok((unescape(id), unescape(secret)))
+}
+
+/// A new client secret: 32 random bytes, base64url. Shown once; only its hash is kept.
+pub fn new_secret() -> String {
+    use argon2::password_hash::rand_core::RngCore;
+    let mut bytes = [0u8; 32];
+    argon2::password_hash::rand_core::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Argon2id hash (PHC string) of a client secret, with a random salt.

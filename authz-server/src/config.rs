@@ -72,6 +72,9 @@ pub struct ClientConfig {
     pub scopes: Vec<String>,
     /// The `aud` of the client's tokens.
     pub audience: String,
+    /// Further audiences the client may ask for with RFC 8707 `resource`.
+    #[serde(default)]
+    pub audiences: Vec<String>,
     /// Whether the client may use the `/admin` API.
     #[serde(default)]
     pub admin: bool,

@@ -26,6 +26,16 @@ pub enum OAuthError {
     /// Only `client_credentials` is supported.
     #[error("unsupported_grant_type")]
     UnsupportedGrantType,
+    /// RFC 8707: the requested `resource` is not one the client may get tokens for.
+    #[error("invalid_target")]
+    InvalidTarget,
+    /// An admin request names a client that does not exist (404), or one that cannot be
+    /// changed at run time.
+    #[error("not_found")]
+    NotFound(&'static str),
+    /// The client id is already taken (409).
+    #[error("conflict")]
+    Conflict(&'static str),
     /// A requested scope is not allowed for the client.
     #[error("invalid_scope")]
     InvalidScope,
@@ -69,6 +79,13 @@ impl OAuthError {
                 "unsupported_grant_type",
                 Some("only client_credentials is supported"),
             ),
+            OAuthError::InvalidTarget => (
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                Some("the resource is not an audience this client may use"),
+            ),
+            OAuthError::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", Some(d)),
+            OAuthError::Conflict(d) => (StatusCode::CONFLICT, "conflict", Some(d)),
             OAuthError::InvalidScope => (
                 StatusCode::BAD_REQUEST,
                 "invalid_scope",

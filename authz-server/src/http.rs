@@ -40,6 +40,15 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/oauth2/revoke", post(oauth2_revoke_post))
         .route("/.well-known/jwks.json", get(jwks_get))
         .route("/admin/keys", get(admin_keys_get))
+        .route(
+            "/admin/clients",
+            get(admin_clients_get).post(admin_clients_post),
+        )
+        .route(
+            "/admin/clients/{id}",
+            axum::routing::delete(admin_client_delete),
+        )
+        .route("/admin/clients/{id}/secret", post(admin_client_secret_post))
         .route("/admin/keys/rotate", post(admin_keys_rotate_post))
         .route(
             "/admin/revocations",
@@ -147,11 +156,20 @@ async fn oauth2_token_post(
             granted.join(" ")
         }
     };
+    // RFC 8707: `resource` picks one of the client's audiences; the first is the default.
+    let audience = match form.get("resource") {
+        None => client.audiences.first().ok_or(OAuthError::InvalidTarget)?,
+        Some(resource) => client
+            .audiences
+            .iter()
+            .find(|a| *a == resource)
+            .ok_or(OAuthError::InvalidTarget)?,
+    };
     let config = &state.config;
     let claims = AccessClaims::new(
         &config.issuer,
         &client.id,
-        &client.audience,
+        audience,
         scope,
         revocation::unix_now(),
         config.token_ttl,
@@ -404,6 +422,155 @@ async fn commit_revocation(
     Ok(stored)
 }
 
+/// Body of `POST /admin/clients`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewClient {
+    id: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    audiences: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+fn valid_word(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && s.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// `POST /admin/clients`: registers a client and answers its secret, once.
+async fn admin_clients_post(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let admin = authenticate_admin(&state, &headers, peer.ip()).await?;
+    let request: NewClient = serde_json::from_slice(&body).map_err(|_| {
+        OAuthError::InvalidRequest("body must be {\"id\",\"audiences\"[,\"scopes\",\"admin\"]}")
+    })?;
+    let words_ok = |w: &[String]| w.iter().all(|s| valid_word(s));
+    let id_ok = request
+        .id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if !id_ok
+        || !valid_word(&request.id)
+        || request.audiences.is_empty()
+        || !words_ok(&request.audiences)
+        || !words_ok(&request.scopes)
+    {
+        return Err(OAuthError::InvalidRequest(
+            "id, scopes and audiences must be non-empty printable words",
+        ));
+    }
+    if state.clients.is_configured(&request.id) {
+        return Err(OAuthError::Conflict("a client with this id exists"));
+    }
+    let secret = clients::new_secret();
+    let stored = crate::store::StoredClient {
+        id: request.id,
+        secret_hash: clients::hash_secret(&secret).map_err(OAuthError::internal)?,
+        scopes: request.scopes,
+        audiences: request.audiences,
+        admin: request.admin,
+    };
+    let added = state
+        .store
+        .add_client(&stored, revocation::unix_now())
+        .await
+        .map_err(OAuthError::internal)?;
+    if !added {
+        return Err(OAuthError::Conflict("a client with this id exists"));
+    }
+    tracing::info!(client_id = %stored.id, requested_by = %admin.id, "client registered");
+    let mut response = no_store(serde_json::json!({
+        "client_id": stored.id,
+        "client_secret": secret,
+        "scopes": stored.scopes,
+        "audiences": stored.audiences,
+        "admin": stored.admin,
+    }));
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
+}
+
+/// `GET /admin/clients`: every client, without secrets.
+async fn admin_clients_get(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, OAuthError> {
+    authenticate_admin(&state, &headers, peer.ip()).await?;
+    let clients: Vec<serde_json::Value> = state
+        .clients
+        .list()
+        .await?
+        .iter()
+        .map(|(c, configured)| {
+            serde_json::json!({
+                "client_id": c.id, "scopes": c.scopes, "audiences": c.audiences,
+                "admin": c.admin, "source": if *configured { "config" } else { "database" },
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "clients": clients })).into_response())
+}
+
+/// `DELETE /admin/clients/{id}`.
+async fn admin_client_delete(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, OAuthError> {
+    let admin = authenticate_admin(&state, &headers, peer.ip()).await?;
+    if state.clients.is_configured(&id) {
+        return Err(OAuthError::Conflict(
+            "clients from the configuration file change there",
+        ));
+    }
+    if !state
+        .store
+        .remove_client(&id)
+        .await
+        .map_err(OAuthError::internal)?
+    {
+        return Err(OAuthError::NotFound("no such client"));
+    }
+    tracing::info!(client_id = %id, requested_by = %admin.id, "client removed");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /admin/clients/{id}/secret`: a new secret, answered once; the old one stops working.
+async fn admin_client_secret_post(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, OAuthError> {
+    let admin = authenticate_admin(&state, &headers, peer.ip()).await?;
+    if state.clients.is_configured(&id) {
+        return Err(OAuthError::Conflict(
+            "clients from the configuration file change there",
+        ));
+    }
+    let secret = clients::new_secret();
+    let hash = clients::hash_secret(&secret).map_err(OAuthError::internal)?;
+    if !state
+        .store
+        .set_client_secret(&id, &hash)
+        .await
+        .map_err(OAuthError::internal)?
+    {
+        return Err(OAuthError::NotFound("no such client"));
+    }
+    tracing::info!(client_id = %id, requested_by = %admin.id, "client secret rotated");
+    Ok(no_store(
+        serde_json::json!({ "client_id": id, "client_secret": secret }),
+    ))
+}
+
 /// Algorithms of the keys in the JWKS.
 fn signing_algs(state: &AppState) -> Vec<String> {
     let now = revocation::unix_now();
@@ -499,11 +666,10 @@ async fn admin_keys_get(
 /// RFC 8414 metadata: exactly what this server supports.
 async fn well_known_metadata_get(State(state): State<Arc<AppState>>) -> Response {
     let issuer = state.config.issuer.trim_end_matches('/');
-    let mut scopes: Vec<&str> = state
-        .config
-        .clients
+    let registered = state.clients.list().await.unwrap_or_default();
+    let mut scopes: Vec<&str> = registered
         .iter()
-        .flat_map(|c| c.scopes.iter().map(String::as_str))
+        .flat_map(|(c, _)| c.scopes.iter().map(String::as_str))
         .collect();
     scopes.sort_unstable();
     scopes.dedup();

@@ -208,6 +208,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         clients: clients::Clients::new(
             &config.clients,
+            store.clone(),
             clients::FailureLimiter::new(
                 config.auth_failure_limit,
                 Duration::from_secs(config.auth_failure_window),

@@ -32,6 +32,37 @@ enum Command {
     /// Rotates the signing key of a running server through its admin API: the new key is
     /// published at once and signs after `key_publish_delay`.
     RotateKey(AdminArgs),
+    /// Manages the clients registered in the database of a running server.
+    Clients {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: ClientAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientAction {
+    /// Registers a client; prints its secret, which is shown this once.
+    Add {
+        /// The client id.
+        id: String,
+        /// A scope it may request (repeat for several).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// An audience its tokens may carry (repeat; the first is the default).
+        #[arg(long = "audience", required = true)]
+        audiences: Vec<String>,
+        /// May use the admin API.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Lists every client (without secrets).
+    List,
+    /// Removes a client.
+    Remove { id: String },
+    /// Gives a client a new secret, printed this once; the old one stops working.
+    RotateSecret { id: String },
 }
 
 /// How to reach a running server's admin API.
@@ -109,6 +140,16 @@ fn revoke(args: RevokeArgs) -> ExitCode {
 
 /// One POST to the admin API; prints the answer.
 fn admin_call(admin: &AdminArgs, path: &str, body: &serde_json::Value) -> ExitCode {
+    admin_request(admin, reqwest::Method::POST, path, Some(body))
+}
+
+/// One request to the admin API; prints the answer.
+fn admin_request(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -121,12 +162,13 @@ fn admin_call(admin: &AdminArgs, path: &str, body: &serde_json::Value) -> ExitCo
     };
     let url = format!("{}{path}", admin.url.trim_end_matches('/'));
     let result = runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(&url)
-            .basic_auth(&admin.admin_client, Some(&admin.admin_secret))
-            .json(body)
-            .send()
-            .await?;
+        let mut request = reqwest::Client::new()
+            .request(method, &url)
+            .basic_auth(&admin.admin_client, Some(&admin.admin_secret));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
         let status = response.status();
         let text = response.text().await?;
         Ok::<_, reqwest::Error>((status, text))
@@ -155,6 +197,33 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Revoke(args)) = cli.command {
         return revoke(args);
+    }
+    if let Some(Command::Clients { admin, action }) = cli.command {
+        use reqwest::Method;
+        return match action {
+            ClientAction::Add {
+                id,
+                scopes,
+                audiences,
+                admin: is_admin,
+            } => {
+                let body = serde_json::json!({"id": id, "scopes": scopes, "audiences": audiences, "admin": is_admin});
+                admin_request(&admin, Method::POST, "/admin/clients", Some(&body))
+            }
+            ClientAction::List => admin_request(&admin, Method::GET, "/admin/clients", None),
+            ClientAction::Remove { id } => admin_request(
+                &admin,
+                Method::DELETE,
+                &format!("/admin/clients/{id}"),
+                None,
+            ),
+            ClientAction::RotateSecret { id } => admin_request(
+                &admin,
+                Method::POST,
+                &format!("/admin/clients/{id}/secret"),
+                None,
+            ),
+        };
     }
     if let Some(Command::RotateKey(admin)) = cli.command {
         return admin_call(&admin, "/admin/keys/rotate", &serde_json::json!({}));

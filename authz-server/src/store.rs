@@ -32,6 +32,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS revocations_one_per_token
 CREATE INDEX IF NOT EXISTS revocations_unpublished
     ON revocations (seq) WHERE published_at IS NULL;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clients (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    audiences TEXT NOT NULL,
+    admin BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS signing_keys (
     kid TEXT PRIMARY KEY,
     alg TEXT NOT NULL,
@@ -41,6 +49,32 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     retire_after BIGINT
 );
 ";
+
+/// A client registered in the database. Scopes and audiences are stored space-separated.
+#[derive(Debug, Clone)]
+pub struct StoredClient {
+    pub id: String,
+    pub secret_hash: String,
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    pub admin: bool,
+}
+
+fn client_from_row(row: &AnyRow) -> Result<StoredClient, sqlx::Error> {
+    let words = |s: String| {
+        s.split(' ')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    Ok(StoredClient {
+        id: row.try_get("id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        scopes: words(row.try_get("scopes")?),
+        audiences: words(row.try_get("audiences")?),
+        admin: row.try_get::<i64, _>("admin")? != 0,
+    })
+}
 
 /// A signing key as stored: the private key's PEM with its schedule.
 #[derive(Debug, Clone)]
@@ -353,6 +387,70 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await
+    }
+
+    /// The client with this id, if registered in the database.
+    pub async fn client(&self, id: &str) -> Result<Option<StoredClient>, sqlx::Error> {
+        sqlx::query("SELECT * FROM clients WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(client_from_row)
+            .transpose()
+    }
+
+    /// Every client registered in the database.
+    pub async fn clients(&self) -> Result<Vec<StoredClient>, sqlx::Error> {
+        sqlx::query("SELECT * FROM clients ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(client_from_row)
+            .collect()
+    }
+
+    /// Registers a client; `false` if the id is taken.
+    pub async fn add_client(&self, client: &StoredClient, now: u64) -> Result<bool, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO clients (id, secret_hash, scopes, audiences, admin, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&client.id)
+        .bind(&client.secret_hash)
+        .bind(client.scopes.join(" "))
+        .bind(client.audiences.join(" "))
+        .bind(i64::from(client.admin))
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Replaces a client's secret hash; `false` if there is no such client.
+    pub async fn set_client_secret(
+        &self,
+        id: &str,
+        secret_hash: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let updated = sqlx::query("UPDATE clients SET secret_hash = $1 WHERE id = $2")
+            .bind(secret_hash)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// Removes a client; `false` if there is no such client.
+    pub async fn remove_client(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let removed = sqlx::query("DELETE FROM clients WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(removed == 1)
     }
 
     /// Whether the database answers.

@@ -512,3 +512,108 @@ async fn revoke_cli() -> anyhow::Result<()> {
     assert_eq!(items[1]["kind"], "subject");
     Ok(())
 }
+
+/// Clients in the database, managed with the CLI (add, list, rotate-secret, remove): the
+/// secret is shown once, RFC 8707 `resource` picks one of the client's audiences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_in_the_database() -> anyhow::Result<()> {
+    let (_nats, _dir, authz) = start().await?;
+    let bin = system_tests::binary("authz-server")?;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(["clients", "--url", &authz.url])
+            .args(args)
+            .env("AUTHZ_ADMIN_SECRET", "admin-secret")
+            .output()
+    };
+    let out = cli(&[
+        "add",
+        "batch-job",
+        "--scope",
+        "echo:read",
+        "--audience",
+        "demo-api",
+        "--audience",
+        "reports-api",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: Value = serde_json::from_slice(&out.stdout)?;
+    let secret = added["client_secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(secret.len() >= 40, "a strong secret: {secret}");
+
+    let token = authz.token("batch-job", &secret).await?;
+    assert_eq!(decode_part(&token, 1)["aud"], "demo-api");
+    assert_eq!(decode_part(&token, 1)["scope"], "echo:read");
+    let http = reqwest::Client::new();
+    let with_resource = |resource: &'static str, secret: String| {
+        http.post(format!("{}/oauth2/token", authz.url))
+            .basic_auth("batch-job", Some(secret))
+            .form(&[("grant_type", "client_credentials"), ("resource", resource)])
+            .send()
+    };
+    let r: Value = with_resource("reports-api", secret.clone())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        decode_part(r["access_token"].as_str().unwrap_or(""), 1)["aud"],
+        "reports-api"
+    );
+    let r = with_resource("https://elsewhere.example", secret.clone()).await?;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await?["error"], "invalid_target");
+
+    let listed: Value = serde_json::from_slice(&cli(&["list"])?.stdout)?;
+    let source = |id: &str| {
+        listed["clients"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["client_id"] == id))
+            .map(|c| c["source"].clone())
+    };
+    assert_eq!(source("batch-job"), Some(json!("database")));
+    assert_eq!(source("demo-client"), Some(json!("config")));
+    assert!(
+        !String::from_utf8_lossy(&cli(&["list"])?.stdout).contains("argon2"),
+        "no hashes listed"
+    );
+
+    let rotated: Value = serde_json::from_slice(&cli(&["rotate-secret", "batch-job"])?.stdout)?;
+    let new_secret = rotated["client_secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        authz.token("batch-job", &secret).await.is_err(),
+        "the old secret still works"
+    );
+    authz.token("batch-job", &new_secret).await?;
+
+    let duplicate = cli(&["add", "batch-job", "--audience", "demo-api"])?;
+    assert!(!duplicate.status.success());
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("409"));
+    let configured = cli(&["add", "demo-client", "--audience", "demo-api"])?;
+    assert!(String::from_utf8_lossy(&configured.stderr).contains("409"));
+
+    assert!(cli(&["remove", "batch-job"])?.status.success());
+    assert!(
+        authz.token("batch-job", &new_secret).await.is_err(),
+        "a removed client still works"
+    );
+    let again = cli(&["remove", "batch-job"])?;
+    assert!(String::from_utf8_lossy(&again.stderr).contains("404"));
+
+    let r = http
+        .get(format!("{}/admin/clients", authz.url))
+        .basic_auth("demo-client", Some("demo-secret"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
+    Ok(())
+}
