@@ -617,3 +617,86 @@ async fn clients_in_the_database() -> anyhow::Result<()> {
     assert_eq!(r.status(), 403);
     Ok(())
 }
+
+/// Wrong methods get 405 and wrong content types 400 `invalid_request`, on every endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_and_content_types() -> anyhow::Result<()> {
+    let (_nats, _dir, authz) = start().await?;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", authz.url);
+    for (method, path) in [
+        (reqwest::Method::GET, "/oauth2/token"),
+        (reqwest::Method::PUT, "/oauth2/token"),
+        (reqwest::Method::GET, "/oauth2/revoke"),
+        (reqwest::Method::GET, "/oauth2/introspect"),
+        (reqwest::Method::POST, "/.well-known/jwks.json"),
+        (
+            reqwest::Method::POST,
+            "/.well-known/oauth-authorization-server",
+        ),
+        (reqwest::Method::DELETE, "/admin/revocations"),
+        (reqwest::Method::PUT, "/admin/keys/rotate"),
+        (reqwest::Method::PATCH, "/admin/clients"),
+    ] {
+        let r = http.request(method.clone(), url(path)).send().await?;
+        assert_eq!(r.status(), 405, "{method} {path}");
+    }
+    for path in ["/oauth2/token", "/oauth2/revoke", "/oauth2/introspect"] {
+        let r = http
+            .post(url(path))
+            .basic_auth("demo-client", Some("demo-secret"))
+            .header("content-type", "text/plain")
+            .body("token=x&grant_type=client_credentials")
+            .send()
+            .await?;
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(
+            r.json::<Value>().await?["error"],
+            "invalid_request",
+            "{path}"
+        );
+    }
+    let r = http
+        .post(url("/admin/revocations"))
+        .basic_auth("admin", Some("admin-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("jti=x")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    Ok(())
+}
+
+/// `/readyz` reports the database and NATS; the binary stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_sigterm() -> anyhow::Result<()> {
+    let mut nats = Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    let port = system_tests::free_ports(1)?[0];
+    let mut authz = Authz::spawn_process(dir.path(), port, &[nats.url()], "").await?;
+    let readyz = || async {
+        let r = reqwest::get(format!("{}/readyz", authz.url)).await.ok()?;
+        Some((r.status().as_u16(), r.json::<Value>().await.ok()?))
+    };
+    system_tests::eventually(std::time::Duration::from_secs(10), "ready", || async {
+        readyz().await.filter(|(s, _)| *s == 200)
+    })
+    .await?;
+    nats.kill();
+    let (status, body) = system_tests::eventually(
+        std::time::Duration::from_secs(10),
+        "not ready without NATS",
+        || async { readyz().await.filter(|(s, _)| *s == 503) },
+    )
+    .await?;
+    assert_eq!(status, 503);
+    assert_eq!(body, json!({"database": true, "nats": false}));
+    let system_tests::Runner::Process(process) = &mut authz.runner else {
+        anyhow::bail!("expected a process");
+    };
+    assert!(
+        process.terminate(),
+        "SIGTERM did not stop the server cleanly"
+    );
+    Ok(())
+}
