@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
 use revocation::nats::NatsConfig;
 use serde::Deserialize;
 
@@ -111,21 +109,14 @@ fn default_replicas() -> usize {
 impl Config {
     /// Reads the file, applies `AUTHZ_*` overrides and validates the result.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let config: Config = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(Env::prefixed("AUTHZ_").split("__").ignore(&["config"]))
-            .extract()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: Config = startup::load_config(path, "AUTHZ_")?;
         config.validate()?;
         Ok(config)
     }
 
     /// Parses a TOML string (tests) and validates it.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        let config: Config = Figment::new()
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(|e| e.to_string())?;
+        let config: Config = startup::parse_config(text)?;
         config.validate()?;
         Ok(config)
     }

@@ -279,7 +279,7 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal_shutdown(shutdown.clone()));
+        tokio::spawn(startup::shutdown_on_signal(shutdown.clone()));
         match authz_server::run(config, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -288,22 +288,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
-async fn signal_shutdown(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }

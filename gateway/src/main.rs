@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal_shutdown(shutdown.clone()));
+        tokio::spawn(startup::shutdown_on_signal(shutdown.clone()));
         let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
         tokio::spawn(signal_reload(cli.config.clone(), reload_tx));
         match gateway::run_with_reload(config, listener, admin, shutdown, reloads).await {
@@ -94,22 +94,4 @@ async fn signal_reload(path: PathBuf, reloads: tokio::sync::mpsc::Sender<gateway
             }
         }
     }
-}
-
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
-async fn signal_shutdown(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }
