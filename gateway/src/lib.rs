@@ -528,7 +528,7 @@ pub async fn run_with_reload(
     Ok(())
 }
 
-/// Reports every change between fresh and stale once, in the log and the `stale` gauge: the
+/// Reports every change between fresh and stale once, in the log: the
 /// alarm that `on_stale = "serve"` relies on.
 fn spawn_staleness_watch(
     gw: Arc<Gateway>,
@@ -545,7 +545,6 @@ fn spawn_staleness_watch(
             }
             let now = std::time::Instant::now();
             let fresh = gw.freshness.is_fresh(now);
-            gw.metrics.stale.set(i64::from(!fresh));
             if was_fresh != Some(fresh) {
                 let staleness_ms = gw.freshness.staleness(now).map(|s| s.as_millis() as u64);
                 if fresh {

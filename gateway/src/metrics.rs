@@ -55,7 +55,7 @@ pub struct Metrics {
     pub last_sequence: Gauge,
     /// 1 when the feed has caught up with the stream (set on scrape).
     pub feed_caught_up: Gauge,
-    /// 1 while the gateway cannot prove it is fresh.
+    /// 1 while the gateway cannot prove it is fresh (set on scrape).
     pub stale: Gauge,
     /// Milliseconds of staleness (set on scrape; -1 before the first proof).
     pub staleness_ms: Gauge,
