@@ -166,6 +166,19 @@ impl Feed {
             self.status.last_sequence.store(0, Ordering::Release);
             self.freshness.on_applied(Position { epoch, seq: 0 });
         }
+        // Messages before the stream's first sequence aged out (MaxAge is the longest token
+        // lifetime plus leeway): nothing in them can still matter, so count them as applied —
+        // otherwise a heartbeat announcing such a sequence could never be satisfied.
+        let first = info.state.first_sequence;
+        if first > self.status.last_sequence() + 1 {
+            self.status
+                .last_sequence
+                .store(first - 1, Ordering::Release);
+            self.freshness.on_applied(Position {
+                epoch,
+                seq: first - 1,
+            });
+        }
         // Everything up to here must be applied before the gateway may call itself ready.
         let target = info.state.last_sequence;
         let next = self.status.last_sequence() + 1;

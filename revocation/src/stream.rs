@@ -37,7 +37,8 @@ pub fn config(max_age: Duration, replicas: usize) -> Config {
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,
         max_age,
-        duplicate_window: DUPLICATE_WINDOW,
+        // NATS refuses a duplicate window longer than MaxAge (short token lifetimes).
+        duplicate_window: DUPLICATE_WINDOW.min(max_age),
         num_replicas: replicas,
         ..Default::default()
     }

@@ -508,3 +508,42 @@ async fn odd_events_never_loosen() -> anyhow::Result<()> {
     assert_eq!(gw.readyz().await, 200);
     Ok(())
 }
+
+/// A gateway starting when every message of the stream has aged out (MaxAge) is ready at
+/// once: the sequences the heartbeat announces are gone, not missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aged_out_stream_is_not_a_gap() -> anyhow::Result<()> {
+    let nats = system_tests::Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    // Stream MaxAge = max_ttl + leeway = 2 s.
+    let authz = system_tests::Authz::start_with(
+        dir.path(),
+        &[nats.url()],
+        "token_ttl = 1\nmax_ttl = 1\nleeway = 1\nheartbeat_interval_ms = 200",
+    )
+    .await?;
+    let upstream = system_tests::Upstream::start().await?;
+    let token = authz.token("demo-client", "demo-secret").await?;
+    assert_eq!(
+        authz.revoke("demo-client", "demo-secret", &token).await?,
+        200
+    );
+    let (client, _) = connect_as(&nats.url(), "authz").await?;
+    let js = async_nats::jetstream::new(client);
+    eventually(
+        Duration::from_secs(10),
+        "the revocation to age out of the stream",
+        || {
+            let js = js.clone();
+            async move {
+                let stream = js.get_stream("AUTHZ_REVOCATIONS").await.ok()?;
+                let state = &stream.cached_info().state;
+                (state.last_sequence >= 1 && state.messages == 0).then_some(())
+            }
+        },
+    )
+    .await?;
+    let gw = Gateway::start("gateway-1", &[nats.url()], &authz, &upstream).await?;
+    gw.wait_ready().await?;
+    Ok(())
+}
