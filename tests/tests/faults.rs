@@ -16,6 +16,16 @@ fn gateway_extra() -> String {
     format!("max_staleness_ms = {MAX_STALENESS_MS}")
 }
 
+/// A gateway as identity `id` with this file's staleness bound; not yet ready.
+async fn bounded_gateway(
+    id: &str,
+    nats_urls: &[String],
+    authz: &Authz,
+    upstream: &Upstream,
+) -> anyhow::Result<Gateway> {
+    Gateway::start_with(id, id, nats_urls, authz, upstream, &gateway_extra()).await
+}
+
 /// Issues a token, watches it, and returns its probe index.
 async fn watched(authz: &Authz, probe: &Probe) -> anyhow::Result<(String, usize)> {
     let token = authz.token("demo-client", "demo-secret").await?;
@@ -64,8 +74,7 @@ async fn nats_killed_and_restarted() -> anyhow::Result<()> {
     let upstream = Upstream::start().await?;
     let mut gws = Vec::new();
     for id in ["gateway-1", "gateway-2"] {
-        let gw =
-            Gateway::start_with(id, id, &[nats.url()], &authz, &upstream, &gateway_extra()).await?;
+        let gw = bounded_gateway(id, &[nats.url()], &authz, &upstream).await?;
         gw.wait_ready().await?;
         gws.push(gw);
     }
@@ -107,7 +116,7 @@ async fn cluster_node_killed() -> anyhow::Result<()> {
     let upstream = Upstream::start().await?;
     let mut gws = Vec::new();
     for id in ["gateway-1", "gateway-2", "gateway-3"] {
-        let gw = Gateway::start_with(id, id, &urls, &authz, &upstream, &gateway_extra()).await?;
+        let gw = bounded_gateway(id, &urls, &authz, &upstream).await?;
         gw.wait_ready().await?;
         gws.push(gw);
     }
@@ -224,15 +233,7 @@ async fn authz_killed_between_commit_and_publish() -> anyhow::Result<()> {
     let port = system_tests::free_ports(1)?[0];
     let mut authz = Authz::spawn_process(dir.path(), port, &[to_nats.url()], AUTHZ_EXTRA).await?;
     let upstream = Upstream::start().await?;
-    let gw = Gateway::start_with(
-        "gateway-1",
-        "gateway-1",
-        &[nats.url()],
-        &authz,
-        &upstream,
-        &gateway_extra(),
-    )
-    .await?;
+    let gw = bounded_gateway("gateway-1", &[nats.url()], &authz, &upstream).await?;
     gw.wait_ready().await?;
     let urls = vec![gw.url.clone()];
     let probe = Probe::start(urls.clone(), "/echo/", BOUND);
@@ -277,15 +278,7 @@ async fn gateway_partitioned_from_nats() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let authz = Authz::start_with(dir.path(), &[nats.url()], AUTHZ_EXTRA).await?;
     let upstream = Upstream::start().await?;
-    let cut_off = Gateway::start_with(
-        "gateway-1",
-        "gateway-1",
-        &[to_nats.url()],
-        &authz,
-        &upstream,
-        &gateway_extra(),
-    )
-    .await?;
+    let cut_off = bounded_gateway("gateway-1", &[to_nats.url()], &authz, &upstream).await?;
     let serving = Gateway::start_with(
         "gateway-2",
         "gateway-2",
@@ -295,15 +288,7 @@ async fn gateway_partitioned_from_nats() -> anyhow::Result<()> {
         &format!("{}\non_stale = \"serve\"", gateway_extra()),
     )
     .await?;
-    let healthy = Gateway::start_with(
-        "gateway-3",
-        "gateway-3",
-        &[nats.url()],
-        &authz,
-        &upstream,
-        &gateway_extra(),
-    )
-    .await?;
+    let healthy = bounded_gateway("gateway-3", &[nats.url()], &authz, &upstream).await?;
     for gw in [&cut_off, &serving, &healthy] {
         gw.wait_ready().await?;
     }
@@ -379,15 +364,7 @@ async fn stream_history_lost() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let authz = Authz::start_with(dir.path(), &[nats.url()], AUTHZ_EXTRA).await?;
     let upstream = Upstream::start().await?;
-    let gw = Gateway::start_with(
-        "gateway-1",
-        "gateway-1",
-        &[nats.url()],
-        &authz,
-        &upstream,
-        &gateway_extra(),
-    )
-    .await?;
+    let gw = bounded_gateway("gateway-1", &[nats.url()], &authz, &upstream).await?;
     gw.wait_ready().await?;
     let probe = Probe::start(vec![gw.url.clone()], "/echo/", BOUND);
     let (a, i_a) = watched(&authz, &probe).await?;
@@ -409,15 +386,7 @@ async fn stream_history_lost() -> anyhow::Result<()> {
     )
     .await?;
     // A gateway that never saw the old stream learns the old revocations too.
-    let late = Gateway::start_with(
-        "gateway-2",
-        "gateway-2",
-        &[nats.url()],
-        &authz,
-        &upstream,
-        &gateway_extra(),
-    )
-    .await?;
+    let late = bounded_gateway("gateway-2", &[nats.url()], &authz, &upstream).await?;
     late.wait_ready().await?;
     let http = reqwest::Client::new();
     for token in [&a, &b, &c] {
