@@ -86,6 +86,149 @@ impl FailureLimiter {
     }
 }
 
+/// Remembers, for a short while, that a client's secret was verified, so that a client
+/// calling several times a second (a revocation batch, a busy token consumer) pays for Argon2
+/// once per `ttl` instead of once per request: Argon2id at its default cost takes about
+/// 20 ms of CPU, which alone would cap a two-core server near 100 authentications a second.
+///
+/// What is kept, and why it is safe:
+///
+/// - Never the secret. An entry holds HMAC-SHA256 of the secret under a key drawn at random
+///   when the process starts and never written anywhere: the tag cannot be reversed, cannot
+///   be tested against guesses without that key, and means nothing to any other process.
+///   (Whoever can read this process's whole memory has the key too, and could test guesses
+///   at HMAC speed; such a reader also sees every secret of the requests in flight, and the
+///   secrets this server generates are 32 random bytes.)
+/// - The exact PHC string the secret was verified against. The client record is still read
+///   on every request (configuration or database, as without the cache), and an entry only
+///   counts while that record's hash is byte-for-byte the one it was made with: a secret
+///   rotated or a client removed on this replica or any other sharing the database stops
+///   matching at once, with no invalidation message to lose.
+/// - Only successes. A failed verification neither adds nor refreshes an entry, and the
+///   presented secret is compared with the stored tag in constant time (`hmac::verify`). The
+///   failure limiter is consulted before the cache, exactly as before.
+///
+/// Entries expire `ttl` after the verification that made them (not after their last use), and
+/// the map holds at most `capacity` of them: when full, expired entries are dropped first,
+/// then the oldest one. A capacity of zero turns the cache off.
+pub struct CredentialCache {
+    capacity: usize,
+    ttl: std::time::Duration,
+    /// The per-process HMAC key.
+    key: aws_lc_rs::hmac::Key,
+    entries: std::sync::Mutex<HashMap<String, VerifiedCredential>>,
+}
+
+/// One remembered verification.
+struct VerifiedCredential {
+    /// HMAC-SHA256 of the secret under the cache's key.
+    tag: Vec<u8>,
+    /// The PHC string the secret was verified against.
+    secret_hash: String,
+    verified_at: std::time::Instant,
+}
+
+impl CredentialCache {
+    /// A cache of at most `capacity` clients whose entries live `ttl`; `capacity == 0`
+    /// disables it. Fails only if the system's random number generator does.
+    pub fn new(
+        capacity: usize,
+        ttl: std::time::Duration,
+    ) -> Result<Self, aws_lc_rs::error::Unspecified> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        Ok(CredentialCache {
+            capacity,
+            ttl,
+            key: aws_lc_rs::hmac::Key::generate(aws_lc_rs::hmac::HMAC_SHA256, &rng)?,
+            entries: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A cache that remembers nothing.
+    pub fn disabled() -> Result<Self, aws_lc_rs::error::Unspecified> {
+        Self::new(0, std::time::Duration::ZERO)
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, VerifiedCredential>> {
+        // The map is consistent after any panic (each operation is a single insert or
+        // remove), so a poisoned lock is still usable.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `secret` was verified for `id` against exactly `secret_hash` less than `ttl`
+    /// ago.
+    fn is_verified(
+        &self,
+        id: &str,
+        secret: &str,
+        secret_hash: &str,
+        now: std::time::Instant,
+    ) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        let tag = {
+            let entries = self.entries();
+            match entries.get(id) {
+                Some(entry)
+                    if now.saturating_duration_since(entry.verified_at) < self.ttl
+                        && entry.secret_hash == secret_hash =>
+                {
+                    entry.tag.clone()
+                }
+                _ => return false,
+            }
+        };
+        // The HMAC runs outside the lock; the comparison is constant-time.
+        aws_lc_rs::hmac::verify(&self.key, secret.as_bytes(), &tag).is_ok()
+    }
+
+    /// Records that `secret` verified for `id` against `secret_hash`. Call only after a
+    /// successful Argon2 verification.
+    fn remember(&self, id: &str, secret: &str, secret_hash: &str, now: std::time::Instant) {
+        if self.capacity == 0 {
+            return;
+        }
+        let tag = aws_lc_rs::hmac::sign(&self.key, secret.as_bytes())
+            .as_ref()
+            .to_vec();
+        let mut entries = self.entries();
+        if entries.len() >= self.capacity && !entries.contains_key(id) {
+            let ttl = self.ttl;
+            entries.retain(|_, e| now.saturating_duration_since(e.verified_at) < ttl);
+            if entries.len() >= self.capacity {
+                // Inserts follow a 20 ms Argon2 verification, so this scan of a few thousand
+                // entries is never the cost that matters.
+                let oldest = entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.verified_at)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    entries.remove(&oldest);
+                }
+            }
+        }
+        entries.insert(
+            id.to_string(),
+            VerifiedCredential {
+                tag,
+                secret_hash: secret_hash.to_string(),
+                verified_at: now,
+            },
+        );
+    }
+
+    /// Number of entries held (expired ones included until they are pushed out).
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The registry of clients.
 pub struct Clients {
     /// Clients from the configuration file; they cannot be changed at run time.
@@ -93,6 +236,8 @@ pub struct Clients {
     /// Clients registered at run time (CLI, admin API).
     store: crate::store::Store,
     limiter: FailureLimiter,
+    /// Recent successful verifications, so that repeat requests skip Argon2.
+    cache: CredentialCache,
     /// Verified against when the client id is unknown, so that an unknown id costs as long as
     /// a wrong secret and response times do not reveal which ids exist.
     dummy_hash: String,
@@ -103,6 +248,7 @@ impl Clients {
         configured: &[ClientConfig],
         store: crate::store::Store,
         limiter: FailureLimiter,
+        cache: CredentialCache,
     ) -> Self {
         let by_id = configured
             .iter()
@@ -123,6 +269,7 @@ impl Clients {
             by_id,
             store,
             limiter,
+            cache,
             dummy_hash: hash_secret("not a real secret").unwrap_or_default(),
         }
     }
@@ -164,16 +311,34 @@ impl Clients {
                 .map_err(OAuthError::internal)?
                 .map(|c| Arc::new(Client::from(c))),
         };
+        // A recent verification of this very secret against the client's current hash
+        // stands in for Argon2; anything else (no entry, expired, rotated secret, another
+        // secret) takes the full verification below.
+        if let Some(client) = &client {
+            if self
+                .cache
+                .is_verified(&client.id, &credentials.secret, &client.secret_hash, now)
+            {
+                return Ok(client.clone());
+            }
+        }
         let hash = client
             .as_ref()
             .map(|c| c.secret_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
         let secret = credentials.secret;
-        let matches = tokio::task::spawn_blocking(move || verify_secret(&secret, &hash))
-            .await
-            .map_err(OAuthError::internal)?;
+        let (matches, secret) = tokio::task::spawn_blocking(move || {
+            let matches = verify_secret(&secret, &hash);
+            (matches, secret)
+        })
+        .await
+        .map_err(OAuthError::internal)?;
         match client {
-            Some(client) if matches => Ok(client),
+            Some(client) if matches => {
+                self.cache
+                    .remember(&client.id, &secret, &client.secret_hash, now);
+                Ok(client)
+            }
             _ => {
                 for key in keys {
                     self.limiter.record_failure(key, now);
@@ -322,5 +487,160 @@ mod tests {
         assert!(verify_secret("s3cret", &hash));
         assert!(!verify_secret("s3cret!", &hash));
         assert!(!verify_secret("s3cret", "not a hash"));
+    }
+
+    use std::time::{Duration, Instant};
+
+    fn cache(capacity: usize) -> CredentialCache {
+        CredentialCache::new(capacity, Duration::from_secs(300)).unwrap()
+    }
+
+    /// A cached verification counts only for the same id, the same secret and the same
+    /// stored hash; a rotated hash or another secret never hits.
+    #[test]
+    fn cache_needs_same_secret_and_hash() {
+        let c = cache(16);
+        let now = Instant::now();
+        c.remember("app", "s3cret", "$hash-1", now);
+        assert!(c.is_verified("app", "s3cret", "$hash-1", now));
+        assert!(!c.is_verified("app", "s3cret!", "$hash-1", now));
+        assert!(!c.is_verified("app", "", "$hash-1", now));
+        assert!(!c.is_verified("app", "s3cret", "$hash-2", now));
+        assert!(!c.is_verified("other", "s3cret", "$hash-1", now));
+    }
+
+    /// The entry holds neither the secret nor anything equal to an unkeyed digest of it.
+    #[test]
+    fn cache_keeps_no_secret() {
+        let c = cache(16);
+        c.remember("app", "s3cret", "$hash", Instant::now());
+        let entries = c.entries();
+        let entry = entries.get("app").unwrap();
+        assert_eq!(entry.tag.len(), 32);
+        assert_ne!(entry.tag.as_slice(), b"s3cret");
+        let plain = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"s3cret");
+        assert_ne!(entry.tag.as_slice(), plain.as_ref());
+        // Another process (another key) would not accept this tag.
+        let other = cache(16);
+        assert!(aws_lc_rs::hmac::verify(&other.key, b"s3cret", &entry.tag).is_err());
+    }
+
+    /// Entries stop counting `ttl` after the verification that made them.
+    #[test]
+    fn cache_entries_expire() {
+        let c = CredentialCache::new(16, Duration::from_secs(60)).unwrap();
+        let then = Instant::now();
+        c.remember("app", "s3cret", "$hash", then);
+        assert!(c.is_verified("app", "s3cret", "$hash", then + Duration::from_secs(59)));
+        assert!(!c.is_verified("app", "s3cret", "$hash", then + Duration::from_secs(60)));
+    }
+
+    /// The cache never holds more than its capacity: expired entries go first, then the
+    /// oldest; a capacity of zero remembers nothing.
+    #[test]
+    fn cache_is_bounded() {
+        let c = CredentialCache::new(3, Duration::from_secs(60)).unwrap();
+        let t0 = Instant::now();
+        for (i, id) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            c.remember(id, "s", "$h", t0 + Duration::from_secs(i as u64));
+        }
+        assert_eq!(c.len(), 3);
+        let now = t0 + Duration::from_secs(5);
+        assert!(!c.is_verified("a", "s", "$h", now));
+        assert!(!c.is_verified("b", "s", "$h", now));
+        assert!(c.is_verified("e", "s", "$h", now));
+        // Much later every entry has expired: all make way, not only the oldest.
+        let later = t0 + Duration::from_secs(120);
+        c.remember("f", "s", "$h", later);
+        assert_eq!(c.len(), 1);
+
+        let off = CredentialCache::disabled().unwrap();
+        off.remember("a", "s", "$h", t0);
+        assert!(off.is_empty());
+        assert!(!off.is_verified("a", "s", "$h", t0));
+    }
+
+    async fn registry(dir: &std::path::Path) -> (Clients, crate::store::Store) {
+        let store = crate::store::Store::open(dir.join("t.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let clients = Clients::new(
+            &[],
+            store.clone(),
+            FailureLimiter::new(100, Duration::from_secs(60)),
+            cache(16),
+        );
+        (clients, store)
+    }
+
+    fn presented(id: &str, secret: &str) -> Credentials {
+        Credentials {
+            id: id.into(),
+            secret: secret.into(),
+            basic: true,
+        }
+    }
+
+    const SOURCE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Through `authenticate`: a failure never populates the cache; after a success a wrong
+    /// secret is still refused; rotating the secret in the database (as another replica
+    /// would) refuses the old secret at once; removing the client refuses it too.
+    #[tokio::test]
+    async fn cached_authentication_follows_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clients, store) = registry(dir.path()).await;
+        let client = crate::store::StoredClient {
+            id: "app".into(),
+            secret_hash: hash_secret("old").unwrap(),
+            scopes: vec![],
+            audiences: vec!["api".into()],
+            admin: false,
+        };
+        assert!(store.add_client(&client, 0).await.unwrap());
+
+        let refused =
+            |r: Result<Arc<Client>, OAuthError>| matches!(r, Err(OAuthError::InvalidClient { .. }));
+        assert!(refused(
+            clients
+                .authenticate(presented("app", "guess"), SOURCE)
+                .await
+        ));
+        assert!(clients.cache.is_empty(), "a failure populated the cache");
+
+        assert_eq!(
+            clients
+                .authenticate(presented("app", "old"), SOURCE)
+                .await
+                .unwrap()
+                .id,
+            "app"
+        );
+        assert_eq!(clients.cache.len(), 1);
+        // A hit (no Argon2) and a miss that must still fail.
+        assert!(clients
+            .authenticate(presented("app", "old"), SOURCE)
+            .await
+            .is_ok());
+        assert!(refused(
+            clients.authenticate(presented("app", "old!"), SOURCE).await
+        ));
+
+        assert!(store
+            .set_client_secret("app", &hash_secret("new").unwrap())
+            .await
+            .unwrap());
+        assert!(refused(
+            clients.authenticate(presented("app", "old"), SOURCE).await
+        ));
+        assert!(clients
+            .authenticate(presented("app", "new"), SOURCE)
+            .await
+            .is_ok());
+
+        assert!(store.remove_client("app").await.unwrap());
+        assert!(refused(
+            clients.authenticate(presented("app", "new"), SOURCE).await
+        ));
     }
 }

@@ -50,6 +50,16 @@ pub struct Config {
     /// Length of the failure-counting window, seconds.
     #[serde(default = "default_auth_failure_window")]
     pub auth_failure_window: u64,
+    /// Clients whose last successful authentication is remembered, so that their next
+    /// requests skip the Argon2 verification (about 20 ms of CPU each); 0 turns it off. Only
+    /// a keyed hash of the secret (HMAC-SHA256 under a per-process random key) is kept, with
+    /// the stored hash it was checked against: a rotated secret or removed client stops
+    /// matching at once, on every replica.
+    #[serde(default = "default_credential_cache_entries")]
+    pub credential_cache_entries: usize,
+    /// Seconds a remembered authentication counts before Argon2 runs again.
+    #[serde(default = "default_credential_cache_ttl")]
+    pub credential_cache_ttl: u64,
     /// The mutual-TLS NATS connection the outbox relay publishes on.
     pub nats: NatsConfig,
     /// Clients allowed to obtain tokens (development and static clients).
@@ -99,6 +109,12 @@ fn default_auth_failure_limit() -> u32 {
 fn default_auth_failure_window() -> u64 {
     60
 }
+fn default_credential_cache_entries() -> usize {
+    4096
+}
+fn default_credential_cache_ttl() -> u64 {
+    300
+}
 fn default_heartbeat_interval_ms() -> u64 {
     1000
 }
@@ -139,6 +155,12 @@ impl Config {
         }
         if self.auth_failure_limit == 0 || self.auth_failure_window == 0 {
             return Err("auth_failure_limit, auth_failure_window: must be positive".into());
+        }
+        if self.credential_cache_entries > 1_000_000 {
+            return Err("credential_cache_entries: must be at most 1000000".into());
+        }
+        if self.credential_cache_ttl > 86_400 {
+            return Err("credential_cache_ttl: must be at most 86400 seconds".into());
         }
         if !(50..=60_000).contains(&self.heartbeat_interval_ms) {
             return Err("heartbeat_interval_ms: must be between 50 and 60000".into());

@@ -138,6 +138,9 @@ pub enum StartError {
     Database(#[from] sqlx::Error),
     #[error("NATS: {0}")]
     Nats(String),
+    /// The system's random number generator failed (keys of in-memory caches come from it).
+    #[error("random number generator: {0}")]
+    Random(&'static str),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -213,6 +213,11 @@ pub async fn run(
                 config.auth_failure_limit,
                 Duration::from_secs(config.auth_failure_window),
             ),
+            clients::CredentialCache::new(
+                config.credential_cache_entries,
+                Duration::from_secs(config.credential_cache_ttl),
+            )
+            .map_err(|_| StartError::Random("cannot key the credential cache"))?,
         ),
         config,
         keys,

@@ -125,13 +125,31 @@ impl Relay {
     }
 
     /// Publishes one batch; returns whether a full batch was sent (more may wait).
+    ///
+    /// The batch is pipelined: every event is sent before the first ack is awaited, so a
+    /// batch costs about one round trip rather than one per event, and the acknowledged
+    /// events are marked published in one statement (one commit). JetStream stores the
+    /// messages of one connection in the order they were sent, so the stream keeps commit
+    /// order. If an ack fails, the events acknowledged are still marked (they are in the
+    /// stream) and the rest are sent again on the next attempt; `Nats-Msg-Id` makes the
+    /// stream drop any that had in fact been stored, and one that had not lands after the
+    /// later events of its batch. Gateways apply the stream as a set of rules, so that order
+    /// changes nothing they enforce.
+    ///
+    /// An event is marked published only after its ack, so the heartbeat's reading (the
+    /// oldest unpublished commit time, then the stream's last sequence) stays true.
     async fn drain(&self) -> Result<bool, async_nats::Error> {
-        const BATCH: i64 = 256;
+        const BATCH: i64 = 512;
         let pending = self.store.unpublished(BATCH).await?;
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let sent = std::time::Instant::now();
+        let mut acks = Vec::with_capacity(pending.len());
+        let mut failure = None;
         for row in &pending {
             let subject = stream::subject_for(row.event.rule.kind());
-            let sent = std::time::Instant::now();
-            let ack = self
+            let publish = self
                 .js
                 .send_publish(
                     subject,
@@ -139,23 +157,45 @@ impl Relay {
                         .message_id(&row.event.id)
                         .payload(row.event.to_json().into()),
                 )
-                .await?
-                .await?;
-            self.metrics
-                .publish_latency
-                .observe(sent.elapsed().as_secs_f64());
-            self.store
-                .mark_published(row.seq, revocation::unix_now())
-                .await?;
-            self.metrics.published.inc();
-            tracing::info!(
-                id = %row.event.id,
-                kind = row.event.rule.kind(),
-                stream_sequence = ack.sequence,
-                duplicate = ack.duplicate,
-                "revocation published"
-            );
+                .await;
+            match publish {
+                Ok(ack) => acks.push((row, ack)),
+                Err(err) => {
+                    failure = Some(async_nats::Error::from(err));
+                    break;
+                }
+            }
         }
-        Ok(pending.len() as i64 == BATCH)
+        let mut published = Vec::with_capacity(acks.len());
+        for (row, ack) in acks {
+            match ack.await {
+                Ok(ack) => {
+                    self.metrics
+                        .publish_latency
+                        .observe(sent.elapsed().as_secs_f64());
+                    tracing::info!(
+                        id = %row.event.id,
+                        kind = row.event.rule.kind(),
+                        stream_sequence = ack.sequence,
+                        duplicate = ack.duplicate,
+                        "revocation published"
+                    );
+                    published.push(row.seq);
+                }
+                Err(err) => {
+                    failure.get_or_insert(async_nats::Error::from(err));
+                }
+            }
+        }
+        if !published.is_empty() {
+            self.store
+                .mark_published(&published, revocation::unix_now())
+                .await?;
+            self.metrics.published.inc_by(published.len() as u64);
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(pending.len() as i64 == BATCH),
+        }
     }
 }

@@ -1,0 +1,246 @@
+//! Throughput of the revoke API: issues N tokens to the demo client, then revokes them through
+//! RFC 7009 (`POST /oauth2/revoke`, client_secret_basic) from C concurrent HTTP clients against
+//! a release-build authz-server process on its default SQLite database, and prints the
+//! revocations per second, the latency of the revoke call (p50, p99, max), and whether the
+//! outbox relay got every revocation into the JetStream stream. A benchmark, not a test: it
+//! checks only that the run was sane (every revoke answered 200, every event in the stream)
+//! and prints figures.
+//!
+//! Usage: revoke-bench [--tokens N] [--concurrency C] [--seconds S]
+//!   --tokens N        tokens issued, then revoked (default 20000)
+//!   --concurrency C   concurrent HTTP clients, for issuing and for revoking (default 64)
+//!   --seconds S       stop revoking after S seconds even if tokens remain (default 120)
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use system_tests::{eventually, Authz, Nats, Pki};
+
+const USAGE: &str = "usage: revoke-bench [--tokens N] [--concurrency C] [--seconds S]";
+
+struct Options {
+    tokens: usize,
+    concurrency: usize,
+    seconds: u64,
+}
+
+fn options() -> Result<Options> {
+    let mut options = Options {
+        tokens: 20_000,
+        concurrency: 64,
+        seconds: 120,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| -> Result<u64> {
+            let v = args
+                .next()
+                .with_context(|| format!("{name} needs a value ({USAGE})"))?;
+            let n: u64 = v
+                .parse()
+                .with_context(|| format!("{name} {v}: not a number ({USAGE})"))?;
+            anyhow::ensure!(n > 0, "{name} must be positive ({USAGE})");
+            Ok(n)
+        };
+        match arg.as_str() {
+            "--tokens" => options.tokens = value("--tokens")? as usize,
+            "--concurrency" => options.concurrency = value("--concurrency")? as usize,
+            "--seconds" => options.seconds = value("--seconds")?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other} ({USAGE})"),
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let Options {
+        tokens: count,
+        concurrency,
+        seconds,
+    } = options()?;
+    // rustls needs a process-wide provider for the stream check's NATS connection.
+    authz_server::install_crypto();
+    let nats = Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    let port = system_tests::free_ports(1)?[0];
+    let authz = Authz::spawn_process(dir.path(), port, &[nats.url()], "").await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+
+    eprintln!("issuing {count} tokens with {concurrency} clients...");
+    let started = Instant::now();
+    let tokens = Arc::new(issue(&http, &authz.url, count, concurrency).await?);
+    eprintln!(
+        "issued in {:.1} s ({:.0}/s)",
+        started.elapsed().as_secs_f64(),
+        count as f64 / started.elapsed().as_secs_f64()
+    );
+
+    eprintln!("revoking them with {concurrency} clients (at most {seconds} s)...");
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (http, tokens, next) = (http.clone(), tokens.clone(), next.clone());
+            let url = format!("{}/oauth2/revoke", authz.url);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= tokens.len() || Instant::now() > deadline {
+                        return Ok::<_, anyhow::Error>(latencies);
+                    }
+                    let sent = Instant::now();
+                    let response = http
+                        .post(&url)
+                        .basic_auth("demo-client", Some("demo-secret"))
+                        .form(&[
+                            ("token", tokens[i].as_str()),
+                            ("token_type_hint", "access_token"),
+                        ])
+                        .send()
+                        .await?;
+                    let status = response.status();
+                    response.bytes().await?;
+                    latencies.push(sent.elapsed());
+                    anyhow::ensure!(status == 200, "revoke answered {status}");
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(count);
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    let elapsed = started.elapsed();
+    let revoked = latencies.len();
+    let acknowledged = Instant::now();
+
+    // The relay's backlog as the server sees it, then the stream itself.
+    let metrics_url = format!("{}/metrics", authz.url);
+    let backlog_at_end = metric(&http, &metrics_url, "authz_outbox_backlog").await;
+    eventually(Duration::from_secs(60), "the outbox to drain", || async {
+        (metric(&http, &metrics_url, "authz_outbox_backlog").await == Some(0.0)).then_some(())
+    })
+    .await?;
+    let drained = acknowledged.elapsed();
+    let stream = stream_state(&nats).await?;
+
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!(
+        "revoke API (RFC 7009, client_secret_basic): {revoked} revocations, {concurrency} clients, \
+         SQLite (WAL, synchronous=FULL), {profile} build, loopback"
+    );
+    println!(
+        "throughput   {:>10.0} revocations/s ({revoked} in {:.2} s)",
+        revoked as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    println!(
+        "latency      p50 {}   p99 {}   max {}",
+        ms(at(0.5)),
+        ms(at(0.99)),
+        ms(at(1.0))
+    );
+    println!(
+        "outbox       backlog {} at the last 200, 0 after {}",
+        backlog_at_end.map_or("?".into(), |b| format!("{b:.0}")),
+        ms(drained)
+    );
+    println!(
+        "stream       last sequence {}, {} messages (expected {revoked})",
+        stream.last_sequence, stream.messages
+    );
+    anyhow::ensure!(
+        stream.messages as usize == revoked,
+        "the stream holds {} messages, {revoked} revocations were acknowledged",
+        stream.messages
+    );
+    Ok(())
+}
+
+/// `count` tokens for the demo client, fetched by `concurrency` clients.
+async fn issue(
+    http: &reqwest::Client,
+    base: &str,
+    count: usize,
+    concurrency: usize,
+) -> Result<Vec<String>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (http, next) = (http.clone(), next.clone());
+            let url = format!("{base}/oauth2/token");
+            tokio::spawn(async move {
+                let mut tokens = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let response = http
+                        .post(&url)
+                        .basic_auth("demo-client", Some("demo-secret"))
+                        .form(&[("grant_type", "client_credentials")])
+                        .send()
+                        .await?;
+                    anyhow::ensure!(
+                        response.status().is_success(),
+                        "token endpoint answered {}",
+                        response.status()
+                    );
+                    let body: serde_json::Value = response.json().await?;
+                    tokens.push(
+                        body["access_token"]
+                            .as_str()
+                            .context("no access_token")?
+                            .to_string(),
+                    );
+                }
+                Ok::<_, anyhow::Error>(tokens)
+            })
+        })
+        .collect();
+    let mut tokens = Vec::with_capacity(count);
+    for worker in workers {
+        tokens.extend(worker.await??);
+    }
+    Ok(tokens)
+}
+
+/// One value of the server's `/metrics`, if present.
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| {
+        let (series, value) = line.split_once(' ')?;
+        (series == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// The revocation stream's state, read as the authz identity.
+async fn stream_state(nats: &Nats) -> Result<async_nats::jetstream::stream::State> {
+    let pki = Pki::get();
+    let client = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(pki.certs.join("ca.pem"))
+        .add_client_certificate(pki.certs.join("authz.pem"), pki.certs.join("authz-key.pem"))
+        .custom_inbox_prefix("_INBOX_authz")
+        .connect(nats.url())
+        .await?;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(revocation::stream::STREAM_NAME).await?;
+    Ok(stream.info().await?.state.clone())
+}
