@@ -78,6 +78,18 @@ pub struct Config {
     /// Limits and timeouts of the proxy listener.
     #[serde(default)]
     pub limits: Limits,
+    /// Threads that serve requests; 0 (the default) means one per CPU.
+    #[serde(default)]
+    pub worker_threads: usize,
+    /// Verified tokens remembered so that a repeat skips the signature check (0 disables the
+    /// cache). Keyed by the full token; an entry never outlives the token's `exp`, claims
+    /// that depend on the route are checked every time, and so is revocation.
+    #[serde(default = "default_token_cache_entries")]
+    pub token_cache_entries: usize,
+    /// A start-up replay of at least this many revocation messages is read by two consumers
+    /// at once, one per half of the stream (0: always one).
+    #[serde(default = "default_replay_split_min")]
+    pub replay_split_min: u64,
     /// Routes by path prefix; the longest matching prefix wins.
     pub routes: Vec<RouteConfig>,
     /// The mutual-TLS NATS connection the revocation feed reads from.
@@ -211,6 +223,12 @@ fn default_log_format() -> String {
 }
 fn default_max_staleness_ms() -> u64 {
     5000
+}
+fn default_token_cache_entries() -> usize {
+    10_000
+}
+fn default_replay_split_min() -> u64 {
+    100_000
 }
 
 impl Config {

@@ -63,6 +63,8 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub keys: Arc<KeyStore>,
     pub revocations: Arc<RevocationSet>,
+    /// Tokens whose signature was verified before.
+    pub token_cache: auth::cache::TokenCache,
     pub feed: Arc<FeedStatus>,
     pub freshness: Arc<Freshness>,
     pub on_stale: OnStale,
@@ -121,8 +123,9 @@ impl Gateway {
         &self,
         request: &Request<Body>,
         route: &Route,
-    ) -> Result<VerifiedClaims, GatewayError> {
-        let token = auth::bearer::extract(request.headers(), self.max_token_bytes)?;
+    ) -> Result<Arc<VerifiedClaims>, GatewayError> {
+        // The token's syntax is checked on a cache miss: a cached token passed it already.
+        let token = auth::bearer::extract_unchecked(request.headers(), self.max_token_bytes)?;
         // Fail closed: until the key set is loaded and the stream replayed, a token that was
         // revoked could look valid here.
         let keys = match self.keys.snapshot() {
@@ -143,21 +146,34 @@ impl Gateway {
                 }
             }
         }
-        let claims = self
-            .verifier
-            .verify(
-                token,
-                &keys,
-                revocation::unix_now(),
-                route.audiences.as_deref(),
-            )
-            .map_err(|reason| {
-                if reason == auth::jwt::TokenError::UnknownKey {
-                    // A key may have been added since the last refresh.
-                    self.keys.unknown_kid_seen();
-                }
-                GatewayError::InvalidToken(reason)
-            })?;
+        let now = revocation::unix_now();
+        let audiences = route.audiences.as_deref();
+        let claims = match self.token_cache.get(token, &keys, now) {
+            Some(claims) => {
+                self.metrics.token_cache_hits.inc();
+                self.verifier
+                    .check_claims(&claims, now, audiences)
+                    .map_err(GatewayError::InvalidToken)?;
+                claims
+            }
+            None => {
+                self.metrics.token_cache_misses.inc();
+                auth::bearer::check_b64token(token)?;
+                let (claims, key_id) =
+                    self.verifier
+                        .verify(token, &keys, now, audiences)
+                        .map_err(|reason| {
+                            if reason == auth::jwt::TokenError::UnknownKey {
+                                // A key may have been added since the last refresh.
+                                self.keys.unknown_kid_seen();
+                            }
+                            GatewayError::InvalidToken(reason)
+                        })?;
+                let claims = Arc::new(claims);
+                self.token_cache.insert(token, claims.clone(), key_id);
+                claims
+            }
+        };
         let token_ref = TokenRef {
             iss: &claims.iss,
             jti: &claims.jti,
@@ -204,7 +220,7 @@ impl Gateway {
         &self,
         request: Request<Body>,
         peer: SocketAddr,
-    ) -> (Option<String>, Result<Response, GatewayError>) {
+    ) -> (Option<Arc<str>>, Result<Response, GatewayError>) {
         // Framed by both Content-Length and Transfer-Encoding (see `framing`): refuse it.
         if request
             .extensions()
@@ -267,7 +283,7 @@ impl Gateway {
             .iter()
             .any(|net| net.contains(&peer.ip()));
         self.proxy
-            .forward(route, request, identity.as_ref(), peer, trusted)
+            .forward(route, request, identity.as_deref(), peer, trusted)
             .await
     }
 }
@@ -286,8 +302,9 @@ async fn gateway_handler(
         .headers()
         .contains_key(http::header::TRANSFER_ENCODING);
     let method = request.method().clone();
-    // The path only: a query string may carry secrets.
-    let path = request.uri().path().to_string();
+    // The path only, when logging: a query string may carry secrets. (A `Uri` clone shares
+    // its bytes.)
+    let uri = request.uri().clone();
     let (route, outcome) = gw.handle(request, peer).await;
     let mut error_kind = None;
     let response = match outcome {
@@ -297,12 +314,14 @@ async fn gateway_handler(
             match &err {
                 GatewayError::InvalidToken(reason) => {
                     gw.metrics.auth_failure(*reason);
-                    tracing::info!(%method, %path, reason = reason.as_str(), "token refused");
+                    tracing::info!(%method, path = uri.path(), reason = reason.as_str(), "token refused");
                 }
                 GatewayError::UpstreamUnavailable(cause) => {
-                    tracing::warn!(%method, %path, %cause, "upstream unavailable");
+                    tracing::warn!(%method, path = uri.path(), %cause, "upstream unavailable");
                 }
-                other => tracing::debug!(%method, %path, error = other.kind(), "request refused"),
+                other => {
+                    tracing::debug!(%method, path = uri.path(), error = other.kind(), "request refused")
+                }
             }
             err.into_response_with_realm(&gw.realm)
         }
@@ -315,16 +334,16 @@ async fn gateway_handler(
         );
     }
     let status = response.status().as_u16();
-    let route = route.as_deref().unwrap_or("none");
+    let route = route.unwrap_or_else(|| gw.metrics.no_route.clone());
     let elapsed = started.elapsed();
-    gw.metrics.observe(route, status, elapsed, error_kind);
+    gw.metrics.observe(&route, status, elapsed, error_kind);
     // The access log: one line per request, never the token.
     tracing::info!(
         target: "access",
         client = %peer.ip(),
         %method,
-        %path,
-        route,
+        path = uri.path(),
+        route = &*route,
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         error = error_kind.unwrap_or(""),
@@ -412,9 +431,9 @@ pub async fn run_with_reload(
         revocations.clone(),
         feed_status.clone(),
         freshness.clone(),
+        config.replay_split_min,
         tasks.clone(),
     );
-    let sweeper_task = spawn_sweeper(revocations.clone(), tasks.clone());
 
     let metrics = Arc::new(metrics::Metrics::default());
     let registry = metrics.registry(&feed_status, &nats);
@@ -429,6 +448,7 @@ pub async fn run_with_reload(
         },
         keys,
         revocations,
+        token_cache: auth::cache::TokenCache::new(config.token_cache_entries),
         feed: feed_status,
         freshness,
         on_stale: config.on_stale,
@@ -456,6 +476,7 @@ pub async fn run_with_reload(
         .with_state(gateway.clone());
     let admin_app = admin::app(gateway.clone());
     let watch_task = spawn_staleness_watch(gateway.clone(), tasks.clone());
+    let sweeper_task = spawn_sweeper(gateway.clone(), tasks.clone());
     tracing::info!(addr = %listener.local_addr()?, "gateway proxy listening");
     tracing::info!(addr = %admin_listener.local_addr()?, "gateway admin listening");
     let grace = Duration::from_secs(config.shutdown_grace);
@@ -558,11 +579,9 @@ fn spawn_staleness_watch(
     })
 }
 
-/// Forgets revocation rules once the tokens they cover can no longer be accepted.
-fn spawn_sweeper(
-    set: Arc<RevocationSet>,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+/// Forgets revocation rules once the tokens they cover can no longer be accepted, and cached
+/// tokens once they expire.
+fn spawn_sweeper(gw: Arc<Gateway>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -570,9 +589,14 @@ fn spawn_sweeper(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    let purged = set.purge_expired(revocation::unix_now());
+                    let now = revocation::unix_now();
+                    let purged = gw.revocations.purge_expired(now);
                     if purged > 0 {
                         tracing::debug!(purged, "expired revocation rules purged");
+                    }
+                    let purged = gw.token_cache.purge_expired(now);
+                    if purged > 0 {
+                        tracing::debug!(purged, "expired tokens dropped from the cache");
                     }
                 }
             }

@@ -18,6 +18,12 @@ struct Cli {
     config: PathBuf,
 }
 
+/// mimalloc: the request path allocates a few dozen small blocks (header maps, bodies,
+/// futures), and glibc's allocator cost several percent of the gateway's CPU in the profile
+/// (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a configuration error, before any port is bound.
 const EXIT_BAD_CONFIG: u8 = 64;
 
@@ -41,7 +47,16 @@ fn main() -> ExitCode {
     } else {
         logs.init();
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread: a current-thread runtime, which skips the work-stealing machinery.
+    let mut runtime = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.worker_threads > 1 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

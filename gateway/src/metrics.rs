@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,6 +15,31 @@ use revocation::SkipReason;
 use crate::auth::jwt::TokenError;
 
 type Labels = Vec<(&'static str, String)>;
+
+/// Labels of the per-request series: built without allocating (the route's name is shared).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RouteStatus {
+    route: Arc<str>,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RouteLabel {
+    route: Arc<str>,
+}
+
+impl EncodeLabelSet for RouteStatus {
+    fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("route", &*self.route).encode(encoder.encode_label())?;
+        ("status", self.status).encode(encoder.encode_label())
+    }
+}
+
+impl EncodeLabelSet for RouteLabel {
+    fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("route", &*self.route).encode(encoder.encode_label())
+    }
+}
 
 fn latency_histogram() -> Histogram {
     Histogram::new([
@@ -35,6 +61,9 @@ impl Default for Metrics {
             staleness_ms: Gauge::default(),
             heartbeat_age_ms: Gauge::default(),
             stale_served: Counter::default(),
+            token_cache_hits: Counter::default(),
+            token_cache_misses: Counter::default(),
+            no_route: "none".into(),
         }
     }
 }
@@ -42,9 +71,9 @@ impl Default for Metrics {
 /// Counters the request path updates.
 pub struct Metrics {
     /// Responses by route and status code.
-    pub responses: Family<Labels, Counter>,
+    pub responses: Family<RouteStatus, Counter>,
     /// Request latency by route, seconds.
-    pub latency: Family<Labels, Histogram>,
+    pub latency: Family<RouteLabel, Histogram>,
     /// Upstream failures by route and kind (unavailable, timeout).
     pub upstream_errors: Family<Labels, Counter>,
     /// Token refusals by reason.
@@ -63,25 +92,33 @@ pub struct Metrics {
     pub heartbeat_age_ms: Gauge,
     /// Protected requests served while stale under `on_stale = "serve"`.
     pub stale_served: Counter,
+    /// Tokens found in the verified-token cache (signature check skipped).
+    pub token_cache_hits: Counter,
+    /// Tokens verified in full.
+    pub token_cache_misses: Counter,
+    /// The route label of requests that matched none.
+    pub no_route: Arc<str>,
 }
 
 impl Metrics {
     /// Records one finished request.
     pub fn observe(
         &self,
-        route: &str,
+        route: &Arc<str>,
         status: u16,
         elapsed: std::time::Duration,
         error: Option<&str>,
     ) {
         self.responses
-            .get_or_create(&vec![
-                ("route", route.to_string()),
-                ("status", status.to_string()),
-            ])
+            .get_or_create(&RouteStatus {
+                route: route.clone(),
+                status,
+            })
             .inc();
         self.latency
-            .get_or_create(&vec![("route", route.to_string())])
+            .get_or_create(&RouteLabel {
+                route: route.clone(),
+            })
             .observe(elapsed.as_secs_f64());
         if let Some(kind @ ("upstream_unavailable" | "upstream_timeout")) = error {
             self.upstream_errors
@@ -148,6 +185,16 @@ impl Metrics {
             self.stale_served.clone(),
         );
         r.register(
+            "token_cache_hits",
+            "Tokens found in the verified-token cache",
+            self.token_cache_hits.clone(),
+        );
+        r.register(
+            "token_cache_misses",
+            "Tokens whose signature was verified",
+            self.token_cache_misses.clone(),
+        );
+        r.register(
             "heartbeats",
             "Authz heartbeats received",
             feed.heartbeats.clone(),
@@ -196,6 +243,11 @@ impl Metrics {
             "revocation_events_expired",
             "Revocation events whose rule had expired",
             feed.expired.clone(),
+        );
+        r.register(
+            "revocation_split_replays",
+            "Start-up replays read by two consumers at once",
+            feed.split_replays.clone(),
         );
         r.register(
             "revocation_events_skipped",

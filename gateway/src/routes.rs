@@ -13,7 +13,8 @@ use crate::config::RouteConfig;
 /// One route, ready to use.
 #[derive(Debug)]
 pub struct Route {
-    pub prefix: String,
+    /// Shared: the metrics and the access log name the route by it on every request.
+    pub prefix: std::sync::Arc<str>,
     /// Only requests for this host (lower case, no port) match.
     pub host: Option<String>,
     /// Scheme and authority of each upstream, used in turn.
@@ -73,7 +74,7 @@ impl RouteTable {
                     return Err(format!("route {}: no upstream", c.prefix));
                 }
                 Ok(Route {
-                    prefix: c.prefix.clone(),
+                    prefix: c.prefix.as_str().into(),
                     host: c.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     upstreams,
                     next: AtomicUsize::new(0),
@@ -102,7 +103,7 @@ impl RouteTable {
             })
         });
         self.routes.iter().find(|r| {
-            path.starts_with(&r.prefix)
+            path.starts_with(&*r.prefix)
                 && r.host
                     .as_deref()
                     .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))

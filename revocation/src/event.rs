@@ -9,6 +9,8 @@
 //! for a token, its `exp`; for a subject or client rule, `not_before` plus the longest token
 //! lifetime. A consumer classifies anything it cannot trust as a [`SkipReason`] and skips it.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// The only event version this code writes and understands.
@@ -109,6 +111,164 @@ impl SkipReason {
     }
 }
 
+/// The parts of an event a consumer applies, borrowed from the payload where it can be: what
+/// [`RevocationEvent::decode_ref`] returns, so that replaying a million events does not
+/// allocate four strings for each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// Unique id of the event.
+    pub id: Cow<'a, str>,
+    /// What is revoked.
+    pub rule: RuleRef<'a>,
+    /// Issuer whose tokens the rule applies to.
+    pub iss: Cow<'a, str>,
+    /// Unix time after which the rule can be forgotten (plus the consumer's leeway).
+    pub expires_at: u64,
+}
+
+/// [`Rule`], borrowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleRef<'a> {
+    Token {
+        jti: Cow<'a, str>,
+    },
+    Subject {
+        sub: Cow<'a, str>,
+        not_before: u64,
+    },
+    Client {
+        client_id: Cow<'a, str>,
+        not_before: u64,
+    },
+}
+
+impl RuleRef<'_> {
+    /// The `kind` field's value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuleRef::Token { .. } => "token",
+            RuleRef::Subject { .. } => "subject",
+            RuleRef::Client { .. } => "client",
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            RuleRef::Token { jti } => jti,
+            RuleRef::Subject { sub, .. } => sub,
+            RuleRef::Client { client_id, .. } => client_id,
+        }
+    }
+}
+
+impl<'a> From<&'a RevocationEvent> for EventRef<'a> {
+    fn from(event: &'a RevocationEvent) -> Self {
+        EventRef {
+            id: Cow::Borrowed(&event.id),
+            rule: match &event.rule {
+                Rule::Token { jti } => RuleRef::Token {
+                    jti: Cow::Borrowed(jti),
+                },
+                Rule::Subject { sub, not_before } => RuleRef::Subject {
+                    sub: Cow::Borrowed(sub),
+                    not_before: *not_before,
+                },
+                Rule::Client {
+                    client_id,
+                    not_before,
+                } => RuleRef::Client {
+                    client_id: Cow::Borrowed(client_id),
+                    not_before: *not_before,
+                },
+            },
+            iss: Cow::Borrowed(&event.iss),
+            expires_at: event.expires_at,
+        }
+    }
+}
+
+impl From<RevocationEvent> for EventRef<'static> {
+    fn from(event: RevocationEvent) -> Self {
+        EventRef {
+            id: Cow::Owned(event.id),
+            rule: match event.rule {
+                Rule::Token { jti } => RuleRef::Token {
+                    jti: Cow::Owned(jti),
+                },
+                Rule::Subject { sub, not_before } => RuleRef::Subject {
+                    sub: Cow::Owned(sub),
+                    not_before,
+                },
+                Rule::Client {
+                    client_id,
+                    not_before,
+                } => RuleRef::Client {
+                    client_id: Cow::Owned(client_id),
+                    not_before,
+                },
+            },
+            iss: Cow::Owned(event.iss),
+            expires_at: event.expires_at,
+        }
+    }
+}
+
+/// Every field any event kind has, flat, borrowed: one pass over the payload instead of the two
+/// (envelope, then tagged and flattened event) [`RevocationEvent::decode`] makes. A string with
+/// escapes cannot be borrowed as `&str`; such a payload fails here and takes the full path.
+#[derive(Deserialize)]
+struct FlatEvent<'a> {
+    v: u32,
+    kind: &'a str,
+    id: &'a str,
+    iss: &'a str,
+    #[serde(default)]
+    jti: Option<&'a str>,
+    #[serde(default)]
+    sub: Option<&'a str>,
+    #[serde(default)]
+    client_id: Option<&'a str>,
+    #[serde(default)]
+    not_before: Option<u64>,
+    expires_at: u64,
+    // Required by the full decoding, so required here too; not used by a consumer.
+    #[allow(dead_code)]
+    revoked_at: u64,
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    reason: Option<Cow<'a, str>>,
+}
+
+impl<'a> FlatEvent<'a> {
+    /// The event, when this is one of version 1 with the fields its kind needs; `None` sends the
+    /// payload to the full decoding, which classifies it.
+    fn into_event(self) -> Option<EventRef<'a>> {
+        if self.v != EVENT_VERSION {
+            return None;
+        }
+        let rule = match (self.kind, self.not_before) {
+            ("token", _) => RuleRef::Token {
+                jti: Cow::Borrowed(self.jti?),
+            },
+            ("subject", Some(not_before)) => RuleRef::Subject {
+                sub: Cow::Borrowed(self.sub?),
+                not_before,
+            },
+            ("client", Some(not_before)) => RuleRef::Client {
+                client_id: Cow::Borrowed(self.client_id?),
+                not_before,
+            },
+            _ => return None,
+        };
+        Some(EventRef {
+            id: Cow::Borrowed(self.id),
+            rule,
+            iss: Cow::Borrowed(self.iss),
+            expires_at: self.expires_at,
+        })
+    }
+}
+
 impl RevocationEvent {
     /// Serializes the event for publishing.
     pub fn to_json(&self) -> Vec<u8> {
@@ -144,6 +304,32 @@ impl RevocationEvent {
             return Err(SkipReason::Invalid);
         }
         Ok(event)
+    }
+
+    /// Like [`RevocationEvent::decode`] (the same events accepted, the same reasons for the
+    /// rest), borrowing from `payload`: what the gateway's feed uses.
+    ///
+    /// A valid event is read in one pass. Anything the single pass does not accept — including
+    /// an event that is valid only because the full decoding ignores a mistyped field another
+    /// kind would use — goes through [`RevocationEvent::decode`], so the outcome is always
+    /// exactly its outcome.
+    pub fn decode_ref(payload: &[u8]) -> Result<EventRef<'_>, SkipReason> {
+        if payload.len() > MAX_EVENT_BYTES {
+            return Err(SkipReason::Oversized);
+        }
+        let fast = serde_json::from_slice::<FlatEvent<'_>>(payload)
+            .ok()
+            .and_then(FlatEvent::into_event);
+        match fast {
+            Some(event) => {
+                let field_ok = |s: &str| !s.is_empty() && s.len() <= MAX_FIELD_LEN;
+                if !field_ok(&event.id) || !field_ok(&event.iss) || !field_ok(event.rule.key()) {
+                    return Err(SkipReason::Invalid);
+                }
+                Ok(event)
+            }
+            None => Self::decode(payload).map(EventRef::from),
+        }
     }
 }
 
@@ -213,5 +399,71 @@ mod tests {
         }
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
         assert_eq!(RevocationEvent::decode(&big), Err(SkipReason::Oversized));
+    }
+
+    /// The borrowing decoder agrees with the full one on every payload, good or bad, and
+    /// borrows the strings of a plain event instead of copying them.
+    #[test]
+    fn decode_ref_agrees_with_decode() {
+        let subject = RevocationEvent {
+            rule: Rule::Subject {
+                sub: "alice".into(),
+                not_before: 150,
+            },
+            ..token_event()
+        };
+        let client = RevocationEvent {
+            rule: Rule::Client {
+                client_id: "app".into(),
+                not_before: 150,
+            },
+            reason: None,
+            ..token_event()
+        };
+        let mut payloads: Vec<Vec<u8>> = [token_event(), subject, client]
+            .iter()
+            .map(RevocationEvent::to_json)
+            .collect();
+        for raw in [
+            &b"not json"[..],
+            b"{}",
+            br#"{"v":2,"kind":"token"}"#,
+            br#"{"v":2,"kind":"token","id":"x","iss":"i","jti":"j","expires_at":1,"revoked_at":1}"#,
+            br#"{"v":1,"kind":"tenant","id":"x","iss":"i","jti":"j","expires_at":1,"revoked_at":1}"#,
+            br#"{"v":1,"kind":"token","id":"x"}"#,
+            br#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"","expires_at":1,"revoked_at":1}"#,
+            br#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"j","expires_at":-1,"revoked_at":1}"#,
+            br#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"j","expires_at":1}"#,
+            br#"{"v":1,"kind":"subject","id":"x","iss":"i","sub":"s","expires_at":1,"revoked_at":1}"#,
+            br#"{"v":1,"kind":"client","id":"x","iss":"i","sub":"s","not_before":1,"expires_at":1,"revoked_at":1}"#,
+            // Valid for the full decoding: a token event ignores a mistyped `sub`.
+            br#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"j","sub":5,"expires_at":1,"revoked_at":1}"#,
+            // Escapes cannot be borrowed; still decoded alike.
+            br#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"a\"b\u00e9","expires_at":1,"revoked_at":1,"reason":null}"#,
+            br#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"j","expires_at":1,"revoked_at":1,"reason":7}"#,
+            br#"{"v":1,"v":1,"kind":"token","id":"x","iss":"i","jti":"j","expires_at":1,"revoked_at":1}"#,
+        ] {
+            payloads.push(raw.to_vec());
+        }
+        payloads.push(vec![b' '; MAX_EVENT_BYTES + 1]);
+        for payload in &payloads {
+            let full = RevocationEvent::decode(payload);
+            let borrowed = RevocationEvent::decode_ref(payload);
+            assert_eq!(
+                borrowed,
+                full.as_ref().map(EventRef::from).map_err(|r| *r),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        let json = token_event().to_json();
+        let event = RevocationEvent::decode_ref(&json).unwrap();
+        assert!(matches!(event.iss, Cow::Borrowed(_)));
+        assert!(matches!(
+            event.rule,
+            RuleRef::Token {
+                jti: Cow::Borrowed(_)
+            }
+        ));
     }
 }

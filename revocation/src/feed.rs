@@ -32,6 +32,16 @@ const STALL_CHECK: Duration = Duration::from_millis(250);
 /// How long a feed may receive nothing while heartbeats say it is behind.
 const STALL_LIMIT: Duration = Duration::from_secs(1);
 
+/// During a replay, how many messages may be applied before the position is reported to
+/// [`Freshness`] (a lock and a scan of the waiting heartbeats each time). A message with nothing
+/// pending after it, or the one that completes the replay, is always reported at once, so a
+/// following feed reports every message; the batching only saves work on a backlog.
+const REPORT_EVERY: u64 = 1024;
+
+/// How long a replay's second consumer may receive nothing before it is given up (the first
+/// consumer then reads on alone).
+const SPLIT_STALL: Duration = Duration::from_secs(2);
+
 /// Label set of the skipped-events counter.
 pub type ReasonLabel = Vec<(&'static str, &'static str)>;
 
@@ -53,6 +63,8 @@ pub struct FeedStatus {
     pub heartbeats: Counter,
     /// Heartbeat messages that were not valid heartbeats.
     pub heartbeats_skipped: Counter,
+    /// Replays completed with two consumers (see [`spawn`]).
+    pub split_replays: Counter,
     /// Seconds from JetStream storing an event to this gateway applying it (live events only).
     pub apply_delay: Histogram,
 }
@@ -69,6 +81,7 @@ impl Default for FeedStatus {
             skipped: Family::default(),
             heartbeats: Counter::default(),
             heartbeats_skipped: Counter::default(),
+            split_replays: Counter::default(),
             apply_delay: Histogram::new([
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
@@ -103,12 +116,17 @@ fn label(reason: SkipReason) -> ReasonLabel {
 }
 
 /// Starts the feed. It runs until `shutdown` is cancelled.
+///
+/// A replay of at least `split_min` messages (0: never) is read by two consumers at once, one
+/// per half of the backlog, so that a gateway starting on a long stream uses two cores: the
+/// NATS client's per-message work, not the set, is what bounds a replay.
 pub fn spawn(
     client: async_nats::Client,
     connection: Arc<ConnectionState>,
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
     freshness: Arc<Freshness>,
+    split_min: u64,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let mut js = jetstream::new(client);
@@ -119,6 +137,7 @@ pub fn spawn(
         set,
         status,
         freshness,
+        split_min,
     };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
@@ -145,6 +164,88 @@ struct Feed {
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
     freshness: Arc<Freshness>,
+    split_min: u64,
+}
+
+/// The second half of a split replay, read by a task of its own; aborted if dropped unfinished.
+struct SplitReplay {
+    /// The first sequence the task reads.
+    from: u64,
+    task: JoinHandle<Result<u64, async_nats::Error>>,
+}
+
+impl Drop for SplitReplay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Applies stream sequences `from..=to` to the set with an ordered consumer of its own; the
+/// number of messages handled. Fails if the consumer fails, ends or stalls.
+async fn replay_range(
+    stream: jetstream::stream::Stream,
+    set: Arc<RevocationSet>,
+    status: Arc<FeedStatus>,
+    from: u64,
+    to: u64,
+) -> Result<u64, async_nats::Error> {
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut handled = 0;
+    loop {
+        let message = match tokio::time::timeout(SPLIT_STALL, messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) => return Err("the consumer ended".into()),
+            Err(_) => return Err("the consumer stalled".into()),
+        };
+        let Ok(info) = message.info() else {
+            status
+                .skipped
+                .get_or_create(&label(SkipReason::Malformed))
+                .inc();
+            continue;
+        };
+        let sequence = info.stream_sequence;
+        if sequence > to {
+            return Ok(handled);
+        }
+        apply(&set, &status, &message.payload, sequence);
+        handled += 1;
+        if sequence == to {
+            return Ok(handled);
+        }
+    }
+}
+
+/// Decodes one event and applies it to the set, counting what it did (or why it was skipped).
+fn apply(set: &RevocationSet, status: &FeedStatus, payload: &[u8], sequence: u64) {
+    match RevocationEvent::decode_ref(payload) {
+        Ok(event) => {
+            let counter = match set.insert_ref(&event, unix_now()) {
+                Applied::New => &status.applied,
+                Applied::Duplicate => &status.duplicates,
+                Applied::Expired => &status.expired,
+            };
+            counter.inc();
+            tracing::debug!(sequence, id = %event.id, kind = event.rule.kind(), "revocation applied");
+        }
+        Err(reason) => {
+            status.skipped.get_or_create(&label(reason)).inc();
+            tracing::warn!(
+                sequence,
+                reason = reason.as_str(),
+                "revocation message skipped"
+            );
+        }
+    }
 }
 
 impl Feed {
@@ -204,6 +305,53 @@ impl Feed {
             stream_last = target,
             "following revocation stream"
         );
+        let mut progress = Progress {
+            started: std::time::Instant::now(),
+            handled: 0,
+            reported: self.status.last_sequence(),
+            replaying: !self.status.is_caught_up(),
+        };
+        // A long replay: a second consumer reads the second half meanwhile.
+        let backlog = (target + 1).saturating_sub(next);
+        let mut split = (progress.replaying && self.split_min > 0 && backlog >= self.split_min)
+            .then(|| {
+                let from = next + backlog / 2;
+                tracing::info!(
+                    from_sequence = from,
+                    "second consumer replaying the second half"
+                );
+                SplitReplay {
+                    from,
+                    task: tokio::spawn(replay_range(
+                        stream.clone(),
+                        self.set.clone(),
+                        self.status.clone(),
+                        from,
+                        target,
+                    )),
+                }
+            });
+        let result = self
+            .consume(&mut messages, target, &mut progress, &mut split)
+            .await;
+        // Whatever ended the consumer, what was applied counts.
+        self.report(&mut progress);
+        result
+    }
+
+    /// Applies messages until the consumer ends, fails or stalls.
+    async fn consume(
+        &self,
+        messages: &mut pull::Ordered,
+        target: u64,
+        progress: &mut Progress,
+        split: &mut Option<SplitReplay>,
+    ) -> Result<(), async_nats::Error> {
+        // Registered once, before the first message: `notify_waiters` wakes only futures
+        // that exist when it is called, so one made per loop turn would miss a reconnection
+        // that happened while a message was being applied.
+        let reconnected = self.connection.connected_notify.notified();
+        tokio::pin!(reconnected);
         // A consumer can stall without an error (its node died and the client is still
         // waiting for heartbeats that will not come). When heartbeats say there is more to
         // read and nothing has arrived for a while, start a new consumer.
@@ -211,9 +359,13 @@ impl Feed {
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_progress = std::time::Instant::now();
         loop {
+            // Biased toward messages: while they flow (a replay) the other branches are not
+            // polled per message, and a consumer that delivers is by definition not stalled.
             let item = tokio::select! {
+                biased;
                 item = messages.next() => item,
                 _ = watchdog.tick() => {
+                    self.report(progress);
                     let stalled = last_progress.elapsed() > STALL_LIMIT
                         && self
                             .freshness
@@ -227,7 +379,7 @@ impl Feed {
                 }
                 // A reconnection may be to a restarted server that lost the ephemeral
                 // consumer: start a new one from the last sequence at once.
-                _ = self.connection.connected_notify.notified() => {
+                _ = &mut reconnected => {
                     tracing::info!("NATS reconnected; resuming the revocation stream");
                     return Ok(());
                 }
@@ -235,7 +387,18 @@ impl Feed {
             match item {
                 Some(Ok(message)) => {
                     last_progress = std::time::Instant::now();
-                    self.handle(&message, target);
+                    self.handle(&message, target, progress);
+                    if split
+                        .as_ref()
+                        .is_some_and(|s| self.status.last_sequence() + 1 >= s.from)
+                    {
+                        if let Some(mut second) = split.take() {
+                            if self.join_split(&mut second, target, progress).await {
+                                // Everything up to `target` is applied: follow from there.
+                                return Ok(());
+                            }
+                        }
+                    }
                 }
                 // The client recreates the consumer itself on gaps and lost heartbeats; what
                 // reaches here (a pull that failed because the consumer is gone, say) it does
@@ -249,7 +412,61 @@ impl Feed {
         }
     }
 
-    fn handle(&self, message: &jetstream::Message, target: u64) {
+    /// The first half is applied: waits for the second. On success everything up to `target`
+    /// counts as applied; on failure this consumer reads the second half itself.
+    async fn join_split(
+        &self,
+        second: &mut SplitReplay,
+        target: u64,
+        progress: &mut Progress,
+    ) -> bool {
+        match (&mut second.task).await {
+            Ok(Ok(handled)) => {
+                self.status.split_replays.inc();
+                progress.handled += handled;
+                self.status.last_sequence.store(target, Ordering::Release);
+                self.report(progress);
+                self.caught_up(progress);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "second replay consumer failed; reading on with one");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "second replay consumer failed; reading on with one");
+                false
+            }
+        }
+    }
+
+    /// The replay is complete: the gateway may say it is ready.
+    fn caught_up(&self, progress: &mut Progress) {
+        self.status.caught_up.store(true, Ordering::Release);
+        if progress.replaying {
+            progress.replaying = false;
+            tracing::info!(
+                messages = progress.handled,
+                elapsed_ms = progress.started.elapsed().as_millis() as u64,
+                rules = self.set.len(),
+                "revocation stream replayed"
+            );
+        }
+    }
+
+    /// Tells [`Freshness`] how far the feed has applied, if it has moved since it last did.
+    fn report(&self, progress: &mut Progress) {
+        let sequence = self.status.last_sequence();
+        if sequence != progress.reported {
+            progress.reported = sequence;
+            self.freshness.on_applied(Position {
+                epoch: self.status.epoch(),
+                seq: sequence,
+            });
+        }
+    }
+
+    fn handle(&self, message: &jetstream::Message, target: u64, progress: &mut Progress) {
         let (sequence, pending, published) = match message.info() {
             Ok(info) => (info.stream_sequence, info.pending, info.published),
             Err(_) => {
@@ -264,30 +481,13 @@ impl Feed {
             // Already handled (a redelivery after a consumer was recreated).
             return;
         }
-        match RevocationEvent::decode(&message.payload) {
-            Ok(event) => {
-                let counter = match self.set.insert(&event, unix_now()) {
-                    Applied::New => &self.status.applied,
-                    Applied::Duplicate => &self.status.duplicates,
-                    Applied::Expired => &self.status.expired,
-                };
-                counter.inc();
-                tracing::debug!(sequence, id = %event.id, kind = event.rule.kind(), "revocation applied");
-            }
-            Err(reason) => {
-                self.status.skipped.get_or_create(&label(reason)).inc();
-                tracing::warn!(
-                    sequence,
-                    reason = reason.as_str(),
-                    "revocation message skipped"
-                );
-            }
-        }
+        apply(&self.set, &self.status, &message.payload, sequence);
         self.status.last_sequence.store(sequence, Ordering::Release);
-        self.freshness.on_applied(Position {
-            epoch: self.status.epoch(),
-            seq: sequence,
-        });
+        progress.handled += 1;
+        let done = sequence >= target || pending == 0;
+        if done || sequence.saturating_sub(progress.reported) >= REPORT_EVERY {
+            self.report(progress);
+        }
         if self.status.is_caught_up() {
             let stored_ns = published.unix_timestamp_nanos();
             let now_ns = std::time::SystemTime::now()
@@ -298,10 +498,22 @@ impl Feed {
                 .apply_delay
                 .observe((now_ns - stored_ns).max(0) as f64 / 1e9);
         }
-        if sequence >= target || pending == 0 {
-            self.status.caught_up.store(true, Ordering::Release);
+        if done {
+            self.caught_up(progress);
         }
     }
+}
+
+/// How far one consumer has got.
+struct Progress {
+    /// When the consumer was created.
+    started: std::time::Instant,
+    /// Messages handled by this consumer.
+    handled: u64,
+    /// The last sequence reported to [`Freshness`].
+    reported: u64,
+    /// Whether the feed was not caught up when this consumer started.
+    replaying: bool,
 }
 
 /// Listens to the authz-server's heartbeats and feeds them to `freshness`. Anything on the

@@ -231,6 +231,11 @@ impl Nats {
         format!("tls://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL), leaving its store.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -547,6 +552,11 @@ impl Process {
         })
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends a signal (`-HUP`, `-TERM`, ...).
     pub fn signal(&self, sig: &str) -> Result<()> {
         let pid = self.child.as_ref().context("process not running")?.id();
@@ -784,6 +794,14 @@ impl Authz {
         };
         authz.wait_answering().await?;
         Ok(authz)
+    }
+
+    /// The process id of a process-run server.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.runner {
+            Runner::Process(process) => process.pid(),
+            Runner::Task(_) => None,
+        }
     }
 
     async fn wait_answering(&self) -> Result<()> {
@@ -1421,3 +1439,4 @@ impl Drop for PgDatabase {
         .join();
     }
 }
+pub mod seed;

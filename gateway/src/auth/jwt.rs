@@ -4,7 +4,6 @@
 //! that key. Everything else is checked here, against `now`, because jsonwebtoken does not
 //! check `typ`, `crit`, `iat` or `jti`, and its `exp` check accepts values near `u64::MAX`.
 
-use jsonwebtoken::Validation;
 use serde::Deserialize;
 
 use super::keys::KeySet;
@@ -101,7 +100,9 @@ struct RawClaims {
     scope: Option<String>,
 }
 
-/// Claims of a token that passed every check. Only [`Verifier::verify`] makes one.
+/// Claims of a token whose signature checked out with one of our keys. Only
+/// [`Verifier::verify`] makes one; [`Verifier::check_claims`] then decides, per request,
+/// whether they are acceptable now and for the route.
 #[derive(Debug, Clone)]
 pub struct VerifiedClaims {
     pub iss: String,
@@ -110,7 +111,55 @@ pub struct VerifiedClaims {
     pub jti: String,
     pub iat: u64,
     pub exp: u64,
+    pub nbf: u64,
     pub scopes: Vec<String>,
+    /// `scopes` joined by single spaces, as forwarded in `X-Auth-Scope`.
+    pub scope: String,
+    aud: OneOrMany,
+}
+
+impl From<RawClaims> for VerifiedClaims {
+    fn from(c: RawClaims) -> Self {
+        let scopes: Vec<String> = c
+            .scope
+            .as_deref()
+            .unwrap_or("")
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        VerifiedClaims {
+            scope: scopes.join(" "),
+            scopes,
+            iss: c.iss,
+            sub: c.sub,
+            client_id: c.client_id,
+            jti: c.jti,
+            iat: c.iat,
+            exp: c.exp,
+            nbf: c.nbf,
+            aud: c.aud,
+        }
+    }
+}
+
+#[cfg(test)]
+impl VerifiedClaims {
+    /// Claims for unit tests elsewhere in the crate.
+    pub(crate) fn sample(exp: u64) -> Self {
+        RawClaims {
+            iss: "https://issuer".into(),
+            sub: "s".into(),
+            aud: OneOrMany::One("api".into()),
+            exp,
+            iat: exp.saturating_sub(60),
+            nbf: exp.saturating_sub(60),
+            jti: "j".into(),
+            client_id: "c".into(),
+            scope: Some("read".into()),
+        }
+        .into()
+    }
 }
 
 impl VerifiedClaims {
@@ -131,14 +180,15 @@ pub struct Verifier {
 
 impl Verifier {
     /// Checks the token completely against the keys and `now` (Unix seconds), accepting the
-    /// route's `audiences` when it names its own.
+    /// route's `audiences` when it names its own. Also returns the id of the key that
+    /// verified the signature (see [`super::keys::VerifyKey::id`]).
     pub fn verify(
         &self,
         token: &str,
         keys: &KeySet,
         now: u64,
         audiences: Option<&[String]>,
-    ) -> Result<VerifiedClaims, TokenError> {
+    ) -> Result<(VerifiedClaims, u64), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         // RFC 9068 §4: typ must be at+jwt (or its full media type); compare case-insensitively.
         let typ_ok = header.typ.as_deref().is_some_and(|t| {
@@ -162,31 +212,37 @@ impl Verifier {
         if header.alg != key.alg {
             return Err(TokenError::Algorithm);
         }
-        let mut validation = Validation::new(key.alg);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        let claims = match jsonwebtoken::decode::<RawClaims>(token, &key.key, &validation) {
-            Ok(data) => data.claims,
-            Err(e) => {
-                use jsonwebtoken::errors::ErrorKind;
-                return Err(match e.kind() {
-                    ErrorKind::InvalidSignature => TokenError::Signature,
-                    ErrorKind::Json(_) => TokenError::Claims,
-                    _ => TokenError::Malformed,
-                });
-            }
-        };
-        self.check_claims(claims, now, audiences.unwrap_or(&self.audiences))
+        // The signature over `header.claims`, then the claims: what jsonwebtoken's `decode`
+        // does, with the key parsed once instead of per call (see `keys::VerifyKey::key`).
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use base64::Engine as _;
+        let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let (_, payload) = signed.split_once('.').ok_or(TokenError::Malformed)?;
+        if payload.contains('.') {
+            return Err(TokenError::Malformed);
+        }
+        let signature = B64.decode(signature).map_err(|_| TokenError::Malformed)?;
+        key.key
+            .verify_sig(signed.as_bytes(), &signature)
+            .map_err(|_| TokenError::Signature)?;
+        let payload = B64.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let claims: VerifiedClaims = serde_json::from_slice::<RawClaims>(&payload)
+            .map_err(|_| TokenError::Claims)?
+            .into();
+        self.check_claims(&claims, now, audiences)?;
+        Ok((claims, key.id))
     }
 
-    fn check_claims(
+    /// The checks that depend on the time and the route: issuer, audience (the route's
+    /// `audiences`, or the gateway's), identifiers, `exp`, `nbf`, `iat` and the lifetime
+    /// bound. Made on every request, cached token or not.
+    pub fn check_claims(
         &self,
-        c: RawClaims,
+        c: &VerifiedClaims,
         now: u64,
-        audiences: &[String],
-    ) -> Result<VerifiedClaims, TokenError> {
+        audiences: Option<&[String]>,
+    ) -> Result<(), TokenError> {
+        let audiences = audiences.unwrap_or(&self.audiences);
         if c.iss != self.issuer {
             return Err(TokenError::Issuer);
         }
@@ -210,25 +266,9 @@ impl Verifier {
         // The lifetime bound is what makes revocation entries forgettable after exp: a token
         // cannot outlive it, whatever its exp says.
         match c.exp.checked_sub(c.iat) {
-            Some(lifetime) if lifetime <= self.max_ttl => {}
-            _ => return Err(TokenError::Lifetime),
+            Some(lifetime) if lifetime <= self.max_ttl => Ok(()),
+            _ => Err(TokenError::Lifetime),
         }
-        Ok(VerifiedClaims {
-            scopes: c
-                .scope
-                .as_deref()
-                .unwrap_or("")
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-            iss: c.iss,
-            sub: c.sub,
-            client_id: c.client_id,
-            jti: c.jti,
-            iat: c.iat,
-            exp: c.exp,
-        })
     }
 }
 
@@ -245,7 +285,7 @@ mod tests {
         }
     }
 
-    fn claims(exp: u64, iat: u64, nbf: u64) -> RawClaims {
+    fn claims(exp: u64, iat: u64, nbf: u64) -> VerifiedClaims {
         RawClaims {
             iss: "https://issuer".into(),
             sub: "s".into(),
@@ -257,43 +297,39 @@ mod tests {
             client_id: "c".into(),
             scope: Some("a  b".into()),
         }
+        .into()
     }
 
     /// Time checks honour the leeway exactly at their boundaries.
     #[test]
     fn time_boundaries() {
         let v = verifier();
-        let ok = v
-            .check_claims(claims(1000, 500, 500), 1009, &v.audiences)
-            .unwrap();
+        let ok = claims(1000, 500, 500);
         assert_eq!(ok.scopes, vec!["a", "b"]);
+        assert!(v.check_claims(&ok, 1009, None).is_ok());
         assert_eq!(
-            v.check_claims(claims(1000, 500, 500), 1010, &v.audiences)
+            v.check_claims(&claims(1000, 500, 500), 1010, None)
                 .unwrap_err(),
             TokenError::Expired
         );
-        assert!(v
-            .check_claims(claims(1000, 500, 510), 500, &v.audiences)
-            .is_ok());
+        assert!(v.check_claims(&claims(1000, 500, 510), 500, None).is_ok());
         assert_eq!(
-            v.check_claims(claims(1000, 500, 511), 500, &v.audiences)
+            v.check_claims(&claims(1000, 500, 511), 500, None)
                 .unwrap_err(),
             TokenError::NotYetValid
         );
         assert_eq!(
-            v.check_claims(claims(1101, 500, 500), 600, &v.audiences)
+            v.check_claims(&claims(1101, 500, 500), 600, None)
                 .unwrap_err(),
             TokenError::Lifetime
         );
         assert_eq!(
-            v.check_claims(claims(u64::MAX, 500, 500), 600, &v.audiences)
+            v.check_claims(&claims(u64::MAX, 500, 500), 600, None)
                 .unwrap_err(),
             TokenError::Lifetime
         );
         // exp before iat never passes, whichever check catches it first.
-        assert!(v
-            .check_claims(claims(400, 500, 500), 395, &v.audiences)
-            .is_err());
+        assert!(v.check_claims(&claims(400, 500, 500), 395, None).is_err());
     }
 
     /// Issuer and audience must match the policy.
@@ -303,16 +339,18 @@ mod tests {
         let mut c = claims(1000, 500, 500);
         c.iss = "https://evil".into();
         assert_eq!(
-            v.check_claims(c, 600, &v.audiences).unwrap_err(),
+            v.check_claims(&c, 600, None).unwrap_err(),
             TokenError::Issuer
         );
         let mut c = claims(1000, 500, 500);
         c.aud = OneOrMany::One("other".into());
         assert_eq!(
-            v.check_claims(c.clone(), 600, &v.audiences).unwrap_err(),
+            v.check_claims(&c, 600, None).unwrap_err(),
             TokenError::Audience
         );
         // A route naming its own audiences accepts those instead.
-        assert!(v.check_claims(c, 600, &["other".to_string()]).is_ok());
+        assert!(v
+            .check_claims(&c, 600, Some(&["other".to_string()]))
+            .is_ok());
     }
 }

@@ -9,18 +9,30 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use aws_lc_rs::signature::ParsedPublicKey;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
 };
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// One verification key and the only algorithm it may be used with.
 pub struct VerifyKey {
     pub alg: Algorithm,
-    pub key: DecodingKey,
+    /// The key parsed once, when the JWK Set is loaded. (jsonwebtoken's `DecodingKey` keeps
+    /// the JWK's numbers and builds the key again for every signature, which cost more than
+    /// the RSA verification itself in the profile: see BENCHMARKS.md.)
+    pub key: ParsedPublicKey,
+    /// Unique in this process for this key material under this `kid`: a refresh that brings
+    /// the same JWK back keeps the id, a changed or removed key never reappears under it.
+    /// The token cache remembers it, so a cached token stops counting once its key goes.
+    pub id: u64,
+    jwk: Jwk,
 }
+
+/// Source of [`VerifyKey::id`].
+static NEXT_KEY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The usable keys of one JWK Set, by `kid`.
 #[derive(Default)]
@@ -43,11 +55,13 @@ impl KeySet {
                 tracing::debug!(%kid, "JWK skipped: algorithm not allowed or not a signature key");
                 continue;
             };
-            match DecodingKey::from_jwk(jwk) {
+            match parse_key(jwk, alg) {
                 Ok(key) => {
-                    keys.insert(kid, VerifyKey { alg, key });
+                    let id = NEXT_KEY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let jwk = jwk.clone();
+                    keys.insert(kid, VerifyKey { alg, key, id, jwk });
                 }
-                Err(e) => tracing::warn!(%kid, error = %e, "JWK skipped: unusable key"),
+                Err(e) => tracing::warn!(%kid, error = e, "JWK skipped: unusable key"),
             }
         }
         KeySet { keys }
@@ -58,12 +72,66 @@ impl KeySet {
         self.keys.get(kid)
     }
 
+    /// Whether the key with this [`VerifyKey::id`] is still in the set.
+    pub fn has_key_id(&self, id: u64) -> bool {
+        self.keys.values().any(|k| k.id == id)
+    }
+
+    /// Gives the keys that `previous` already had, with the same JWK under the same `kid`,
+    /// their previous ids.
+    fn keep_ids_of(&mut self, previous: &KeySet) {
+        for (kid, key) in &mut self.keys {
+            if let Some(old) = previous.keys.get(kid).filter(|old| old.jwk == key.jwk) {
+                key.id = old.id;
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+}
+
+/// The JWK's public key, ready to verify `alg` signatures (JWS encodings: PKCS#1 v1.5 for
+/// RS256, `r || s` for ES256, RFC 8037 for EdDSA).
+fn parse_key(jwk: &Jwk, alg: Algorithm) -> Result<ParsedPublicKey, &'static str> {
+    use aws_lc_rs::signature;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine as _;
+    let b64 = |field: &str| B64.decode(field).map_err(|_| "bad base64url in the JWK");
+    match (&jwk.algorithm, alg) {
+        (AlgorithmParameters::RSA(rsa), Algorithm::RS256) => {
+            let (n, e) = (b64(&rsa.n)?, b64(&rsa.e)?);
+            let strip = |v: &[u8]| {
+                v.iter()
+                    .position(|&b| b != 0)
+                    .map_or(Vec::new(), |i| v[i..].to_vec())
+            };
+            signature::RsaPublicKeyComponents {
+                n: strip(&n),
+                e: strip(&e),
+            }
+            .to_parsed_public_key(&signature::RSA_PKCS1_2048_8192_SHA256)
+            .map_err(|_| "not a usable RSA key")
+        }
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
+            let (x, y) = (b64(&ec.x)?, b64(&ec.y)?);
+            if x.len() != 32 || y.len() != 32 {
+                return Err("P-256 coordinates must be 32 bytes");
+            }
+            let point: Vec<u8> = [&[4u8][..], &x, &y].concat();
+            ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                .map_err(|_| "not a point on P-256")
+        }
+        (AlgorithmParameters::OctetKeyPair(okp), Algorithm::EdDSA) => {
+            ParsedPublicKey::new(&signature::ED25519, b64(&okp.x)?)
+                .map_err(|_| "not an Ed25519 key")
+        }
+        _ => Err("key type and algorithm do not match"),
     }
 }
 
@@ -116,8 +184,11 @@ impl KeyStore {
         self.current.read().ok().and_then(|g| g.clone())
     }
 
-    fn replace(&self, keys: KeySet) {
+    fn replace(&self, mut keys: KeySet) {
         if let Ok(mut guard) = self.current.write() {
+            if let Some(previous) = guard.as_deref() {
+                keys.keep_ids_of(previous);
+            }
             *guard = Some(Arc::new(keys));
         }
     }
@@ -221,5 +292,40 @@ mod tests {
         assert_eq!(set.get("ec").unwrap().alg, Algorithm::ES256);
         let none = KeySet::from_jwks(&jwks, &[Algorithm::RS256]);
         assert!(none.is_empty());
+    }
+
+    /// A refresh that brings a key back keeps its id; a changed key under the same kid gets
+    /// a new one, and a dropped key's id is gone (what the token cache relies on).
+    #[test]
+    fn key_ids_follow_key_material() {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use base64::Engine as _;
+        // Two real P-256 public keys, as JWK coordinates.
+        let point = || {
+            let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+            let public = pair.public_key().as_ref().to_vec();
+            (B64.encode(&public[1..33]), B64.encode(&public[33..65]))
+        };
+        let (k1, k2) = (point(), point());
+        let ec = |kid: &str, key: &(String, String)| serde_json::json!({"kty": "EC", "kid": kid, "crv": "P-256", "x": key.0, "y": key.1});
+        let (x1, x2) = (&k1, &k2);
+        let set = |keys: Vec<serde_json::Value>| {
+            let jwks: JwkSet = serde_json::from_value(serde_json::json!({ "keys": keys })).unwrap();
+            KeySet::from_jwks(&jwks, &[Algorithm::ES256])
+        };
+        let store = KeyStore::default();
+        store.replace(set(vec![ec("a", x1), ec("b", x1)]));
+        let first = store.snapshot().unwrap();
+        let (a, b) = (first.get("a").unwrap().id, first.get("b").unwrap().id);
+        assert_ne!(a, b);
+        store.replace(set(vec![ec("a", x1), ec("b", x2)]));
+        let second = store.snapshot().unwrap();
+        assert_eq!(second.get("a").unwrap().id, a);
+        assert_ne!(second.get("b").unwrap().id, b);
+        assert!(second.has_key_id(a));
+        assert!(!second.has_key_id(b));
+        store.replace(set(vec![ec("b", x2)]));
+        assert!(!store.snapshot().unwrap().has_key_id(a));
     }
 }

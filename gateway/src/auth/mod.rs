@@ -3,5 +3,6 @@
 //! downstream can run without one.
 
 pub mod bearer;
+pub mod cache;
 pub mod jwt;
 pub mod keys;
