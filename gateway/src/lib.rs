@@ -35,9 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
-use axum::Router;
 use http::Request;
 use jsonwebtoken::Algorithm;
 use prometheus_client::registry::Registry;
@@ -220,13 +218,10 @@ impl Gateway {
         &self,
         request: Request<Body>,
         peer: SocketAddr,
+        framing: &framing::AmbiguousFraming,
     ) -> (Option<Arc<str>>, Result<Response, GatewayError>) {
         // Framed by both Content-Length and Transfer-Encoding (see `framing`): refuse it.
-        if request
-            .extensions()
-            .get::<framing::AmbiguousFraming>()
-            .is_some_and(framing::AmbiguousFraming::is_raised)
-        {
+        if framing.is_raised() {
             return (
                 None,
                 Err(GatewayError::InvalidRequest(
@@ -288,10 +283,13 @@ impl Gateway {
     }
 }
 
-/// Every proxied request enters here.
+/// Every proxied request enters here, straight from hyper (no router: there is one handler,
+/// and the connection's peer and framing flag come with the service instead of in request
+/// extensions, which cost a few allocations per request).
 async fn gateway_handler(
-    State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    framing: framing::AmbiguousFraming,
     request: Request<Body>,
 ) -> Response {
     let started = std::time::Instant::now();
@@ -305,7 +303,7 @@ async fn gateway_handler(
     // The path only, when logging: a query string may carry secrets. (A `Uri` clone shares
     // its bytes.)
     let uri = request.uri().clone();
-    let (route, outcome) = gw.handle(request, peer).await;
+    let (route, outcome) = gw.handle(request, peer, &framing).await;
     let mut error_kind = None;
     let response = match outcome {
         Ok(response) => response,
@@ -471,10 +469,21 @@ pub async fn run_with_reload(
         in_flight: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
     });
 
-    let proxy_app = Router::new()
-        .fallback(gateway_handler)
-        .with_state(gateway.clone());
-    let admin_app = admin::app(gateway.clone());
+    let proxy_app = {
+        let gw = gateway.clone();
+        move |peer: SocketAddr, framing: framing::AmbiguousFraming| {
+            let gw = gw.clone();
+            hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                let (gw, framing) = (gw.clone(), framing.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        gateway_handler(gw, peer, framing, request.map(Body::new)).await,
+                    )
+                }
+            })
+        }
+    };
+    let admin_app = serve::router_service(admin::app(gateway.clone()));
     let watch_task = spawn_staleness_watch(gateway.clone(), tasks.clone());
     let sweeper_task = spawn_sweeper(gateway.clone(), tasks.clone());
     tracing::info!(addr = %listener.local_addr()?, "gateway proxy listening");

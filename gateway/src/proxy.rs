@@ -222,6 +222,14 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 /// The route's next upstream with the request's path (prefix stripped if asked) and query.
 fn upstream_uri(route: &Route, request: &Uri) -> Result<Uri, GatewayError> {
     let mut parts = route.upstream().clone().into_parts();
+    if !route.strip_prefix {
+        // The request's own path and query, shared rather than printed and parsed again.
+        if let Some(path_and_query) = request.path_and_query() {
+            parts.path_and_query = Some(path_and_query.clone());
+            return Uri::from_parts(parts)
+                .map_err(|_| GatewayError::InvalidRequest("unusable request target"));
+        }
+    }
     let path = route.upstream_path(request.path());
     let path_and_query = match request.query() {
         Some(q) => format!("{path}?{q}"),

@@ -10,7 +10,6 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -35,16 +34,59 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, String
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
-/// Serves `router` on `listener` until `shutdown`, then gives in-flight requests `grace`.
-/// HTTP/1.1 and HTTP/2 (prior knowledge, h2c) are both accepted.
-pub async fn serve(
-    listener: TcpListener,
+/// Per connection, the service of a router; requests carry the peer address (`ConnectInfo`)
+/// and the connection's framing flag as extensions.
+pub fn router_service(router: Router) -> impl Fn(SocketAddr, AmbiguousFraming) -> RouterService {
+    move |peer, flag| RouterService {
+        router: router.clone(),
+        peer,
+        flag,
+    }
+}
+
+/// A router serving one connection (see [`router_service`]).
+#[derive(Clone)]
+pub struct RouterService {
     router: Router,
+    peer: SocketAddr,
+    flag: AmbiguousFraming,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for RouterService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = tower::util::Oneshot<Router, http::Request<hyper::body::Incoming>>;
+
+    fn call(&self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(self.peer));
+        request.extensions_mut().insert(self.flag.clone());
+        self.router.clone().oneshot(request)
+    }
+}
+
+/// Serves on `listener` until `shutdown`, then gives in-flight requests `grace`: every
+/// connection gets the service `make(peer, framing flag)` returns. HTTP/1.1 and HTTP/2
+/// (prior knowledge, h2c) are both accepted.
+pub async fn serve<M, S, B>(
+    listener: TcpListener,
+    make: M,
     limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
     grace: Duration,
-) {
+) where
+    M: Fn(SocketAddr, AmbiguousFraming) -> S,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -73,16 +115,8 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
         let framing = AmbiguousFraming::default();
-        let flag = framing.clone();
-        let service = TowerToHyperService::new(router.map_request(
-            move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req.extensions_mut().insert(flag.clone());
-                req
-            },
-        ));
+        let service = make(peer, framing.clone());
         match &tls {
             None => {
                 let io = TokioIo::new(FramingGuard::new(stream, framing));
