@@ -1,5 +1,5 @@
 # The two commands the README starts with.
-.PHONY: run test deps bench-revocation
+.PHONY: run test deps bench bench-revocation
 
 ## run: build and start the whole development stack in the foreground (Ctrl-C stops it)
 run: deps
@@ -19,3 +19,12 @@ deps:
 ## bench-revocation: revoke 1,000 tokens while three gateways serve them; print the delays
 bench-revocation: deps
 	cargo run --release --quiet -p system-tests --bin revocation-bench -- --tokens 1000
+
+## bench: the performance figures of BENCHMARKS.md (about 10 minutes; prints every table)
+bench: deps
+	@deploy/ensure-bench-deps.sh
+	cargo build --release --quiet --workspace --bins
+	target/release/edge-bench
+	target/release/replay-bench --runs 3
+	target/release/revocation-bench --tokens 1000
+	target/release/revoke-bench
