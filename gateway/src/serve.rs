@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -34,13 +33,11 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, String
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
-/// Per connection, the service of a router; requests carry the peer address (`ConnectInfo`)
-/// and the connection's framing flag as extensions.
+/// Per connection, the service of a router (the admin listener's: its handlers need neither
+/// the peer address nor the framing flag).
 pub fn router_service(router: Router) -> impl Fn(SocketAddr, AmbiguousFraming) -> RouterService {
-    move |peer, flag| RouterService {
+    move |_, _| RouterService {
         router: router.clone(),
-        peer,
-        flag,
     }
 }
 
@@ -48,8 +45,6 @@ pub fn router_service(router: Router) -> impl Fn(SocketAddr, AmbiguousFraming) -
 #[derive(Clone)]
 pub struct RouterService {
     router: Router,
-    peer: SocketAddr,
-    flag: AmbiguousFraming,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for RouterService {
@@ -57,11 +52,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for RouterSer
     type Error = std::convert::Infallible;
     type Future = tower::util::Oneshot<Router, http::Request<hyper::body::Incoming>>;
 
-    fn call(&self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
-        request
-            .extensions_mut()
-            .insert(ConnectInfo::<SocketAddr>(self.peer));
-        request.extensions_mut().insert(self.flag.clone());
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
         self.router.clone().oneshot(request)
     }
 }

@@ -405,16 +405,15 @@ struct Sample {
     errors: u64,
 }
 
-struct Load<'a> {
+struct Load {
     wrk: PathBuf,
     script: PathBuf,
     seconds: u64,
     connections: u32,
     upstream_pid: u32,
-    _marker: std::marker::PhantomData<&'a ()>,
 }
 
-impl Load<'_> {
+impl Load {
     fn measure(&self, server: &Server, tokens: &Path, mode: &str) -> Result<Sample> {
         let (cpu0, up0) = (cpu_seconds(server.pid()), cpu_seconds(self.upstream_pid));
         let out = run(Command::new("taskset")
@@ -742,7 +741,6 @@ backend upstream
         seconds: args.seconds,
         connections: args.connections,
         upstream_pid: direct.pid(),
-        _marker: std::marker::PhantomData,
     };
 
     // Every contestant must accept the tokens before it is measured.
