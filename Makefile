@@ -20,7 +20,7 @@ deps:
 bench-revocation: deps
 	cargo run --release --quiet -p system-tests --bin revocation-bench -- --tokens 1000
 
-## bench: the performance figures of BENCHMARKS.md (about 10 minutes; prints every table)
+## bench: the performance figures of BENCHMARKS.md (about 15 minutes; prints every table)
 bench: deps
 	@deploy/ensure-bench-deps.sh
 	cargo build --release --quiet --workspace --bins
