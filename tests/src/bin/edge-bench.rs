@@ -324,18 +324,10 @@ fn clock_ticks() -> f64 {
     })
 }
 
-/// `VmRSS` and `VmHWM` of a process, in MiB.
+/// `VmRSS` and `VmHWM` of a process, in MiB (zero if it cannot be read).
 fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    system_tests::resident_memory(pid).map_or((0.0, 0.0), |(rss, peak)| (mib(rss), mib(peak)))
 }
 
 /// Pins every thread of a process started by the harness to the server CPU.

@@ -131,9 +131,8 @@ async fn start_gateway(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ready = started.elapsed();
-    let config = run_dir.join(format!("{id}.toml"));
-    let pid = pid_of(&config).context("cannot find the gateway's process")?;
-    let (rss, peak) = memory_of(pid)?;
+    let pid = gw.process()?.pid().context("the gateway exited")?;
+    let (rss, peak) = system_tests::resident_memory(pid)?;
     let log = gw.process()?.output();
     let (replay, replayed_messages) = replay_of(&log);
     let rules = gw.metric("gateway_revocation_rules ").await;
@@ -224,35 +223,6 @@ fn replay_of(log: &str) -> (Option<Duration>, u64) {
     )
 }
 
-/// The process whose command line names `config` (the harness keeps the child to itself).
-fn pid_of(config: &Path) -> Option<u32> {
-    let needle = config.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
-        let entry = entry.ok()?;
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == needle.as_bytes())
-            .then_some(pid)
-    })
-}
-
-/// VmRSS and VmHWM of a process, bytes.
-fn memory_of(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
-        Ok(kb * 1024)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// The `jti` claim of a JWT (not verified: the token comes from our own authz-server).
 fn jti_of(token: &str) -> Result<String> {
     let payload = token.split('.').nth(1).context("not a JWT")?;
@@ -291,7 +261,9 @@ fn in_process_set(rules: usize) {
     };
     let empty = RevocationSet::new(30);
     let (empty_ns, _) = lookups(&empty, false);
-    let rss_before = memory_of(std::process::id()).map(|m| m.0).unwrap_or(0);
+    let rss_before = system_tests::resident_memory(std::process::id())
+        .map(|m| m.0)
+        .unwrap_or(0);
     let set = RevocationSet::new(30);
     let started = Instant::now();
     let mut event = RevocationEvent {
@@ -308,7 +280,9 @@ fn in_process_set(rules: usize) {
         set.insert(&event, now);
     }
     let insert = started.elapsed();
-    let rss_after = memory_of(std::process::id()).map(|m| m.0).unwrap_or(0);
+    let rss_after = system_tests::resident_memory(std::process::id())
+        .map(|m| m.0)
+        .unwrap_or(0);
     let (hit_ns, hits) = lookups(&set, true);
     let (miss_ns, misses) = lookups(&set, false);
     println!(
