@@ -11,7 +11,8 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`routes`]: the route table (path prefix -> upstream and policy).
 //! - [`auth`]: bearer extraction, key set, signature and claim checks.
-//! - [`proxy`]: forwarding to upstreams.
+//! - [`proxy`]: forwarding to upstreams: the headers going in and out.
+//! - [`upstream`]: each upstream's pool of keep-alive connections.
 //! - [`error`]: request-path errors and the one place they become responses.
 //! - [`admin`]: health, readiness and metrics on the admin listener.
 //! - [`metrics`]: the Prometheus registry.
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod serve;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -217,7 +219,7 @@ impl Gateway {
     async fn handle(
         &self,
         request: Request<Body>,
-        peer: SocketAddr,
+        peer: &proxy::Peer,
         framing: &framing::AmbiguousFraming,
     ) -> (Option<Arc<str>>, Result<Response, GatewayError>) {
         // Framed by both Content-Length and Transfer-Encoding (see `framing`): refuse it.
@@ -246,7 +248,7 @@ impl Gateway {
         &self,
         route: &Route,
         request: Request<Body>,
-        peer: SocketAddr,
+        peer: &proxy::Peer,
     ) -> Result<Response, GatewayError> {
         // Shed load before doing any work for it.
         let _permit = self
@@ -273,12 +275,8 @@ impl Gateway {
                 self.max_body_bytes as usize,
             ))
         });
-        let trusted = self
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer.ip()));
         self.proxy
-            .forward(route, request, identity.as_deref(), peer, trusted)
+            .forward(route, request, identity.as_deref(), peer)
             .await
     }
 }
@@ -288,7 +286,7 @@ impl Gateway {
 /// extensions, which cost a few allocations per request).
 async fn gateway_handler(
     gw: Arc<Gateway>,
-    peer: SocketAddr,
+    peer: Arc<proxy::Peer>,
     framing: framing::AmbiguousFraming,
     request: Request<Body>,
 ) -> Response {
@@ -303,7 +301,7 @@ async fn gateway_handler(
     // The path only, when logging: a query string may carry secrets. (A `Uri` clone shares
     // its bytes.)
     let uri = request.uri().clone();
-    let (route, outcome) = gw.handle(request, peer, &framing).await;
+    let (route, outcome) = gw.handle(request, &peer, &framing).await;
     let mut error_kind = None;
     let response = match outcome {
         Ok(response) => response,
@@ -338,7 +336,7 @@ async fn gateway_handler(
     // The access log: one line per request, never the token.
     tracing::info!(
         target: "access",
-        client = %peer.ip(),
+        client = %peer.addr.ip(),
         %method,
         path = uri.path(),
         route = &*route,
@@ -471,10 +469,15 @@ pub async fn run_with_reload(
 
     let proxy_app = {
         let gw = gateway.clone();
-        move |peer: SocketAddr, framing: framing::AmbiguousFraming| {
+        move |addr: SocketAddr, framing: framing::AmbiguousFraming| {
             let gw = gw.clone();
+            let trusted = gw
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&addr.ip()));
+            let peer = Arc::new(proxy::Peer::new(addr, trusted));
             hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                let (gw, framing) = (gw.clone(), framing.clone());
+                let (gw, peer, framing) = (gw.clone(), peer.clone(), framing.clone());
                 async move {
                     Ok::<_, std::convert::Infallible>(
                         gateway_handler(gw, peer, framing, request.map(Body::new)).await,

@@ -1,26 +1,29 @@
-//! Forwarding to the upstream over pooled keep-alive connections, bodies streamed both ways.
+//! Forwarding to the upstream over pooled keep-alive connections ([`crate::upstream`]),
+//! bodies streamed both ways.
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) and those the `Connection` header nominates are
 //! removed in both directions. Identity headers the client sent are removed before the
 //! gateway adds its own, so an upstream can trust `X-Auth-*` from the gateway alone.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::auth::jwt::VerifiedClaims;
 use crate::error::GatewayError;
 use crate::routes::Route;
+use crate::upstream::SendError;
 
-// Header names are constants: parsing a name from a string on every request showed up in the
-// profile (BENCHMARKS.md).
-const HOP_BY_HOP: [HeaderName; 8] = [
+// Header names are statics: parsing a name from a string on every request, or building and
+// dropping a constant array of them, showed up in the profile (BENCHMARKS.md).
+/// Hop-by-hop headers (RFC 9110 §7.6.1), `Connection` first. `Transfer-Encoding` is one too:
+/// the outgoing connection frames the body itself.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -29,6 +32,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
 const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
@@ -38,40 +42,72 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// A client connection, as forwarding headers describe it. Made once per connection: the
+/// headers an untrusted peer gets are the same on every request but for the host.
+#[derive(Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// A proxy in `trusted_proxies`: its forwarding headers are extended, not replaced.
+    pub trusted: bool,
+    /// `X-Forwarded-For` for an untrusted peer: its address alone.
+    forwarded_for: HeaderValue,
+    /// The last `Forwarded` value made on this connection, with the `Host` it was made for.
+    forwarded: Mutex<Option<(Option<HeaderValue>, HeaderValue)>>,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, trusted: bool) -> Self {
+        let mut ip = String::new();
+        push_ip(&mut ip, addr.ip());
+        Peer {
+            addr,
+            trusted,
+            // An address's text is always a header value; RFC 7239's "unknown" otherwise.
+            forwarded_for: HeaderValue::from_str(&ip)
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded: Mutex::new(None),
+        }
+    }
+
+    /// `Forwarded` for an untrusted peer reaching `host`, made once per host a connection uses.
+    fn forwarded(&self, host: Option<&HeaderValue>, proto: &'static str) -> HeaderValue {
+        let mut last = self.forwarded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((for_host, value)) = &*last {
+            if for_host.as_ref() == host {
+                return value.clone();
+            }
+        }
+        let value = forwarded_element(self.addr.ip(), proto, host);
+        *last = Some((host.cloned(), value.clone()));
+        value
+    }
+}
+
 /// The upstream client.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
     timeout: Duration,
+    connect_timeout: Duration,
     /// `http` or `https`: how clients reach the gateway, for `X-Forwarded-Proto`.
     proto: &'static str,
 }
 
 impl Proxy {
     pub fn new(timeout: Duration, connect_timeout: Duration, proto: &'static str) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Proxy {
-            client,
             timeout,
+            connect_timeout,
             proto,
         }
     }
 
-    /// Sends the request to the route's upstream and returns its response. `peer` is the
-    /// TCP peer; `trusted` says whether it is a proxy whose forwarding headers are kept.
+    /// Sends the request to the route's upstream and returns its response.
     pub async fn forward(
         &self,
         route: &Route,
         request: Request<Body>,
         identity: Option<&VerifiedClaims>,
-        peer: SocketAddr,
-        trusted: bool,
+        peer: &Peer,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -84,34 +120,43 @@ impl Proxy {
         // Upstream connections are HTTP/1.1 whatever the client spoke.
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        for name in [X_AUTH_SUBJECT, X_AUTH_CLIENT_ID, X_AUTH_SCOPE] {
-            parts.headers.remove(&name);
+        // Identity headers come from the gateway alone: inserting replaces every value the
+        // client sent, and a claim that is no header value leaves the header out.
+        let identity_headers = [X_AUTH_SUBJECT, X_AUTH_CLIENT_ID, X_AUTH_SCOPE];
+        match identity {
+            Some(id) => {
+                for (name, value) in identity_headers.into_iter().zip(&id.headers) {
+                    match value {
+                        Some(value) => parts.headers.insert(name, value.clone()),
+                        None => parts.headers.remove(name),
+                    };
+                }
+                // The gateway consumed the bearer token; the upstream gets the identity
+                // instead, unless the route asks for the token too.
+                if !route.forward_token {
+                    parts.headers.remove(header::AUTHORIZATION);
+                }
+            }
+            None => {
+                for name in identity_headers {
+                    parts.headers.remove(name);
+                }
+            }
         }
-        // The gateway consumed the bearer token; the upstream gets the identity instead,
-        // unless the route asks for the token too.
-        if identity.is_some() && !route.forward_token {
-            parts.headers.remove(header::AUTHORIZATION);
-        }
-        if let Some(id) = identity {
-            set(&mut parts.headers, X_AUTH_SUBJECT, &id.sub);
-            set(&mut parts.headers, X_AUTH_CLIENT_ID, &id.client_id);
-            set(&mut parts.headers, X_AUTH_SCOPE, &id.scope);
-        }
-        set_forwarding(&mut parts.headers, peer, host, trusted, self.proto);
-        // The client sets Host from the upstream URI.
-        parts.headers.remove(header::HOST);
+        set_forwarding(&mut parts.headers, peer, host, self.proto);
 
-        let upstream = Request::from_parts(parts, body);
-        let response = match tokio::time::timeout(self.timeout, self.client.request(upstream)).await
-        {
+        let upstream = route.upstream();
+        let sent = upstream.send(Request::from_parts(parts, body), self.connect_timeout);
+        let mut response = match tokio::time::timeout(self.timeout, sent).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) if body_too_large(&e) => return Err(GatewayError::PayloadTooLarge),
+            Ok(Err(SendError::Http(e))) if body_too_large(&e) => {
+                return Err(GatewayError::PayloadTooLarge)
+            }
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e.to_string())),
             Ok(Ok(response)) => response,
         };
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        strip_hop_by_hop(response.headers_mut());
+        Ok(response)
     }
 }
 
@@ -132,31 +177,53 @@ fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
 /// believe the first address.
 fn set_forwarding(
     headers: &mut HeaderMap,
-    peer: SocketAddr,
+    peer: &Peer,
     host: Option<HeaderValue>,
-    trusted: bool,
     proto: &'static str,
 ) {
-    let ip = peer.ip();
-    let prior = |headers: &HeaderMap, name: &HeaderName| -> Option<String> {
-        if !trusted {
-            return None;
+    if !peer.trusted {
+        // Every insert replaces what the client sent.
+        headers.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
+        headers.insert(header::FORWARDED, peer.forwarded(host.as_ref(), proto));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        match host {
+            Some(host) => headers.insert(X_FORWARDED_HOST, host),
+            None => headers.remove(X_FORWARDED_HOST),
+        };
+        return;
+    }
+    let chain = |headers: &HeaderMap, name: &HeaderName, last: &[u8]| -> Option<HeaderValue> {
+        let mut value = Vec::new();
+        for prior in headers.get_all(name) {
+            value.extend_from_slice(prior.as_bytes());
+            value.extend_from_slice(b", ");
         }
-        let values: Vec<&str> = headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.join(", "))
+        value.extend_from_slice(last);
+        HeaderValue::from_bytes(&value).ok()
     };
-    let mut xff = prior(headers, &X_FORWARDED_FOR)
-        .map(|chain| chain + ", ")
-        .unwrap_or_default();
-    push_ip(&mut xff, ip);
-    let mut forwarded = prior(headers, &header::FORWARDED)
-        .map(|chain| chain + ", ")
-        .unwrap_or_default();
-    forwarded.push_str("for=");
+    let own = forwarded_element(peer.addr.ip(), proto, host.as_ref());
+    let xff = chain(headers, &X_FORWARDED_FOR, peer.forwarded_for.as_bytes());
+    let forwarded = chain(headers, &header::FORWARDED, own.as_bytes());
+    for (name, value) in [(X_FORWARDED_FOR, xff), (header::FORWARDED, forwarded)] {
+        match value {
+            Some(value) => headers.insert(name, value),
+            None => headers.remove(name),
+        };
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+/// This hop's `Forwarded` element: `for=<ip>;proto=<proto>;host="<host>"`, IPv6 quoted and
+/// bracketed (RFC 7239 §6), quotes and backslashes left out of the host.
+fn forwarded_element(ip: std::net::IpAddr, proto: &str, host: Option<&HeaderValue>) -> HeaderValue {
+    let mut forwarded = String::from("for=");
     if ip.is_ipv6() {
         forwarded.push_str("\"[");
         push_ip(&mut forwarded, ip);
@@ -166,26 +233,14 @@ fn set_forwarding(
     }
     forwarded.push_str(";proto=");
     forwarded.push_str(proto);
-    let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host_text = host.and_then(|h| h.to_str().ok()).unwrap_or("");
     if !host_text.is_empty() {
         forwarded.push_str(";host=\"");
         forwarded.extend(host_text.chars().filter(|c| !matches!(c, '"' | '\\')));
         forwarded.push('"');
     }
-    if !trusted {
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-    }
-    set(headers, X_FORWARDED_FOR, &xff);
-    set(headers, header::FORWARDED, &forwarded);
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
-    }
+    // Only visible ASCII went in (the host passed `to_str`), so this never falls back.
+    HeaderValue::from_str(&forwarded).unwrap_or(HeaderValue::from_static("for=unknown"))
 }
 
 /// Appends the address in its usual text form; IPv4 without the formatting machinery, which
@@ -213,21 +268,13 @@ fn push_ip(out: &mut String, ip: std::net::IpAddr) {
     }
 }
 
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
-}
-
-/// The route's next upstream with the request's path (prefix stripped if asked) and query.
+/// The upstream request target (origin form): the request's path, prefix stripped if the
+/// route asks, and its query.
 fn upstream_uri(route: &Route, request: &Uri) -> Result<Uri, GatewayError> {
-    let mut parts = route.upstream().clone().into_parts();
     if !route.strip_prefix {
         // The request's own path and query, shared rather than printed and parsed again.
         if let Some(path_and_query) = request.path_and_query() {
-            parts.path_and_query = Some(path_and_query.clone());
-            return Uri::from_parts(parts)
-                .map_err(|_| GatewayError::InvalidRequest("unusable request target"));
+            return Ok(Uri::from(path_and_query.clone()));
         }
     }
     let path = route.upstream_path(request.path());
@@ -235,38 +282,45 @@ fn upstream_uri(route: &Route, request: &Uri) -> Result<Uri, GatewayError> {
         Some(q) => format!("{path}?{q}"),
         None => path.into_owned(),
     };
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .map_err(|_| GatewayError::InvalidRequest("unusable request target"))?,
-    );
-    Uri::from_parts(parts).map_err(|_| GatewayError::InvalidRequest("unusable request target"))
+    PathAndQuery::try_from(path_and_query)
+        .map(Uri::from)
+        .map_err(|_| GatewayError::InvalidRequest("unusable request target"))
 }
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let nominated: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in nominated {
+    // One pass over the (few) names present; only those found are removed, each removal
+    // being a hash lookup.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if present[0] {
+        // `Connection: keep-alive` (or `close`) on every upstream response nominates
+        // nothing to parse: those are hop-by-hop already, or no header at all.
+        let nominated: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in nominated {
+            headers.remove(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, found)| *found) {
         headers.remove(name);
     }
-    // One pass over the (few) names present instead of a lookup per hop-by-hop name.
-    let present = headers
-        .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || name == header::TRANSFER_ENCODING);
-    if !present {
-        return;
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    // Transfer-Encoding is hop-by-hop too; the outgoing connection frames the body itself.
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 #[cfg(test)]
@@ -310,20 +364,18 @@ mod tests {
         let route = table.find(None, "/echo/a").unwrap();
         assert_eq!(
             upstream_uri(route, &req).unwrap().to_string(),
-            "http://10.0.0.1:9001/echo/a?b=c"
+            "/echo/a?b=c"
         );
         let table = crate::routes::RouteTable::new(&[config(true)]).unwrap();
         let route = table.find(None, "/echo/a").unwrap();
-        assert_eq!(
-            upstream_uri(route, &req).unwrap().to_string(),
-            "http://10.0.0.1:9001/a?b=c"
-        );
+        assert_eq!(upstream_uri(route, &req).unwrap().to_string(), "/a?b=c");
     }
 
     /// Forwarding headers from an untrusted peer are replaced; from a trusted one, extended.
     #[test]
     fn forwarding_headers() {
-        let peer: SocketAddr = "192.0.2.7:1234".parse().unwrap();
+        let addr: SocketAddr = "192.0.2.7:1234".parse().unwrap();
+        let (untrusted, trusted) = (Peer::new(addr, false), Peer::new(addr, true));
         let spoofed = || {
             let mut h = HeaderMap::new();
             h.insert("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
@@ -332,17 +384,40 @@ mod tests {
             h
         };
         let host = Some(HeaderValue::from_static("api.example"));
+        // Twice on the same connection: the second request reuses the first's values.
+        for _ in 0..2 {
+            let mut h = spoofed();
+            h.append("x-forwarded-for", HeaderValue::from_static("10.8.8.8"));
+            h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+            set_forwarding(&mut h, &untrusted, host.clone(), "http");
+            assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+            assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+            assert_eq!(h["x-forwarded-proto"], "http");
+            assert_eq!(h["x-forwarded-host"], "api.example");
+            assert_eq!(
+                h["forwarded"],
+                "for=192.0.2.7;proto=http;host=\"api.example\""
+            );
+        }
+        // Another host on the same connection gets its own value; no host, no host at all.
         let mut h = spoofed();
-        set_forwarding(&mut h, peer, host.clone(), false, "http");
-        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "api.example");
+        set_forwarding(
+            &mut h,
+            &untrusted,
+            Some(HeaderValue::from_static("b.example")),
+            "http",
+        );
         assert_eq!(
             h["forwarded"],
-            "for=192.0.2.7;proto=http;host=\"api.example\""
+            "for=192.0.2.7;proto=http;host=\"b.example\""
         );
         let mut h = spoofed();
-        set_forwarding(&mut h, peer, host.clone(), true, "http");
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        set_forwarding(&mut h, &untrusted, None, "http");
+        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http");
+        assert!(!h.contains_key("x-forwarded-host"));
+        let mut h = spoofed();
+        set_forwarding(&mut h, &trusted, host.clone(), "http");
         assert_eq!(h["x-forwarded-for"], "10.9.9.9, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(
@@ -354,9 +429,8 @@ mod tests {
         let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
         set_forwarding(
             &mut h,
-            v6,
+            &Peer::new(v6, false),
             Some(HeaderValue::from_static("a\"b")),
-            false,
             "https",
         );
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");

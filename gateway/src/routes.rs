@@ -5,10 +5,12 @@
 //! equal length a route naming the host wins over one that does not.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use http::Uri;
 
 use crate::config::RouteConfig;
+use crate::upstream::Upstream;
 
 /// One route, ready to use.
 #[derive(Debug)]
@@ -17,8 +19,8 @@ pub struct Route {
     pub prefix: std::sync::Arc<str>,
     /// Only requests for this host (lower case, no port) match.
     pub host: Option<String>,
-    /// Scheme and authority of each upstream, used in turn.
-    pub upstreams: Vec<Uri>,
+    /// The upstreams, used in turn, each with its idle connections.
+    pub upstreams: Vec<Arc<Upstream>>,
     next: AtomicUsize,
     pub public: bool,
     pub scopes: Vec<String>,
@@ -32,7 +34,7 @@ pub struct Route {
 
 impl Route {
     /// The next upstream, round-robin.
-    pub fn upstream(&self) -> &Uri {
+    pub fn upstream(&self) -> &Arc<Upstream> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         &self.upstreams[i % self.upstreams.len()]
     }
@@ -66,8 +68,10 @@ impl RouteTable {
                     .upstream_urls()
                     .iter()
                     .map(|u| {
-                        u.parse::<Uri>()
-                            .map_err(|e| format!("route {}: upstream {u}: {e}", c.prefix))
+                        let uri = u
+                            .parse::<Uri>()
+                            .map_err(|e| format!("route {}: upstream {u}: {e}", c.prefix))?;
+                        Upstream::new(&uri).map(Arc::new)
                     })
                     .collect::<Result<Vec<_>, String>>()?;
                 if upstreams.is_empty() {
@@ -170,11 +174,8 @@ mod tests {
         config.strip_prefix = true;
         let table = RouteTable::new(&[config]).unwrap();
         let r = table.find(None, "/svc/x").unwrap();
-        let picks: Vec<String> = (0..4).map(|_| r.upstream().to_string()).collect();
-        assert_eq!(
-            picks,
-            ["http://a:1/", "http://b:2/", "http://a:1/", "http://b:2/"]
-        );
+        let picks: Vec<&str> = (0..4).map(|_| r.upstream().address()).collect();
+        assert_eq!(picks, ["a:1", "b:2", "a:1", "b:2"]);
         assert_eq!(r.upstream_path("/svc/x/y"), "/x/y");
         assert_eq!(r.upstream_path("/svc/"), "/");
     }

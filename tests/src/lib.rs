@@ -730,6 +730,21 @@ pub struct Authz {
 }
 
 impl Authz {
+    /// Waits until every committed revocation has been acknowledged by JetStream (the
+    /// outbox backlog is 0).
+    pub async fn wait_outbox_drained(&self, limit: Duration) -> Result<()> {
+        eventually(limit, "the outbox to drain", || async {
+            let text = reqwest::get(format!("{}/metrics", self.url))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("authz_outbox_backlog 0").then_some(())
+        })
+        .await
+    }
+
     /// Starts an authz-server in-process whose files live in `dir` (reuse `dir` to restart it).
     pub async fn start(dir: &Path, nats_urls: &[String]) -> Result<Authz> {
         Self::start_on(bind().await?, dir, nats_urls, "").await

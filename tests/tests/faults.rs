@@ -242,6 +242,9 @@ async fn authz_killed_between_commit_and_publish() -> anyhow::Result<()> {
     let (after, i_after) = watched(&authz, &probe).await?;
     revoke(&authz, &probe, &before, i_before).await?;
     all_refused(&urls, std::slice::from_ref(&before), WAIT).await?;
+    // The gateway can refuse `before` while its ack is still on the way back to the
+    // authz-server; cut before it lands and `before` stays in the outbox too.
+    authz.wait_outbox_drained(WAIT).await?;
 
     // Commit without publish: the authz-server's NATS connection is cut.
     to_nats.cut();

@@ -142,16 +142,7 @@ async fn late_gateway_replays_before_serving() -> anyhow::Result<()> {
             .await?,
         200
     );
-    let backlog_empty = || async {
-        let text = reqwest::get(format!("{}/metrics", stack.authz.url))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.contains("authz_outbox_backlog 0").then_some(())
-    };
-    eventually(WAIT, "the outbox to drain", backlog_empty).await?;
+    stack.authz.wait_outbox_drained(WAIT).await?;
     let authz_metrics = reqwest::get(format!("{}/metrics", stack.authz.url))
         .await?
         .text()

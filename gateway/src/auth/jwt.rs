@@ -115,6 +115,9 @@ pub struct VerifiedClaims {
     pub scopes: Vec<String>,
     /// `scopes` joined by single spaces, as forwarded in `X-Auth-Scope`.
     pub scope: String,
+    /// `X-Auth-Subject`, `X-Auth-Client-Id` and `X-Auth-Scope` for the upstream, made once
+    /// per token rather than per request; `None` for a claim that is no header value.
+    pub headers: [Option<http::HeaderValue>; 3],
     aud: OneOrMany,
 }
 
@@ -128,8 +131,11 @@ impl From<RawClaims> for VerifiedClaims {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect();
+        let scope = scopes.join(" ");
+        let header = |value: &str| http::HeaderValue::from_str(value).ok();
         VerifiedClaims {
-            scope: scopes.join(" "),
+            headers: [header(&c.sub), header(&c.client_id), header(&scope)],
+            scope,
             scopes,
             iss: c.iss,
             sub: c.sub,
