@@ -287,13 +287,30 @@ fn upstream_uri(route: &Route, request: &Uri) -> Result<Uri, GatewayError> {
         .map_err(|_| GatewayError::InvalidRequest("unusable request target"))
 }
 
+/// The position of `name` in [`HOP_BY_HOP`]: one string match (by length, then bytes) instead
+/// of nine name comparisons for every header of every request and response.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "proxy-authorization" => Some(4),
+        "te" => Some(5),
+        "trailer" => Some(6),
+        "upgrade" => Some(7),
+        "transfer-encoding" => Some(8),
+        _ => None,
+    }
+}
+
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the (few) names present; only those found are removed, each removal
     // being a hash lookup.
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
         }
     }
@@ -342,6 +359,10 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("accept"));
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::ACCEPT), None);
     }
 
     /// The request's path and query are kept (prefix stripped when asked), the authority is
