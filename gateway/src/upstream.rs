@@ -319,6 +319,21 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
+    /// A body larger than a read streams through and the connection is reused after it.
+    #[tokio::test]
+    async fn large_bodies_stream_and_keep_the_connection() {
+        let body: &'static str = Box::leak("0123456789".repeat(30_000).into_boxed_str());
+        let (uri, accepted) = upstream(body, After::KeepAlive).await;
+        let pool = Arc::new(Upstream::new(&uri).unwrap());
+        for _ in 0..3 {
+            let got = tokio::time::timeout(Duration::from_secs(10), fetch(&pool))
+                .await
+                .unwrap();
+            assert_eq!(got, body);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
     /// A response dropped before its end takes its connection with it.
     #[tokio::test]
     async fn unread_responses_close_their_connection() {
