@@ -17,6 +17,18 @@ use base64::Engine;
 use revocation::{RevocationEvent, RevocationSet, Rule, TokenRef};
 use system_tests::{Authz, Gateway, Nats, Upstream, GATEWAY_IDS};
 
+/// Replays one million revocation rules into new gateways (BENCHMARKS.md).
+#[derive(clap::Parser)]
+#[command(name = "replay-bench")]
+struct Args {
+    /// Revocation rules published to the stream.
+    #[arg(long, default_value_t = 1_000_000)]
+    rules: usize,
+    /// Gateways started on each stream (empty, then full).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
 /// What one gateway start measured.
 struct Run {
     /// From spawning the process to `/readyz` answering 200.
@@ -32,15 +44,7 @@ struct Run {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let (mut rules, mut runs) = (1_000_000usize, 3usize);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--rules" => rules = args.next().context("--rules N")?.parse()?,
-            "--runs" => runs = args.next().context("--runs R")?.parse()?,
-            other => bail!("unknown argument {other} (usage: replay-bench [--rules N] [--runs R])"),
-        }
-    }
+    let Args { rules, runs } = clap::Parser::parse();
     ensure!(runs > 0, "--runs must be at least 1");
 
     in_process_set(rules);

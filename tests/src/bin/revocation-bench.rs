@@ -7,19 +7,21 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use system_tests::{Authz, Gateway, Nats, Upstream};
+
+/// Revocation propagation to three gateways (BENCHMARKS.md).
+#[derive(clap::Parser)]
+#[command(name = "revocation-bench")]
+struct Args {
+    /// Tokens issued, then revoked one at a time.
+    #[arg(long, default_value_t = 1000)]
+    tokens: usize,
+}
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let mut count = 1000usize;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--tokens" => count = args.next().context("--tokens N")?.parse()?,
-            other => bail!("unknown argument {other} (usage: revocation-bench [--tokens N])"),
-        }
-    }
+    let Args { tokens: count } = clap::Parser::parse();
     let nats = Nats::start()?;
     let dir = tempfile::tempdir()?;
     let port = system_tests::free_ports(1)?[0];

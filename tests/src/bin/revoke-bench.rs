@@ -15,56 +15,32 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use system_tests::{eventually, Authz, Nats, Pki};
 
-const USAGE: &str = "usage: revoke-bench [--tokens N] [--concurrency C] [--seconds S]";
-
+/// Revoke API throughput on SQLite (BENCHMARKS.md).
+#[derive(clap::Parser)]
+#[command(name = "revoke-bench")]
 struct Options {
-    tokens: usize,
-    concurrency: usize,
+    /// Tokens issued, then revoked.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    tokens: u64,
+    /// Concurrent HTTP clients, for issuing and for revoking.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// Stop revoking after this many seconds even if tokens remain.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
-}
-
-fn options() -> Result<Options> {
-    let mut options = Options {
-        tokens: 20_000,
-        concurrency: 64,
-        seconds: 120,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| -> Result<u64> {
-            let v = args
-                .next()
-                .with_context(|| format!("{name} needs a value ({USAGE})"))?;
-            let n: u64 = v
-                .parse()
-                .with_context(|| format!("{name} {v}: not a number ({USAGE})"))?;
-            anyhow::ensure!(n > 0, "{name} must be positive ({USAGE})");
-            Ok(n)
-        };
-        match arg.as_str() {
-            "--tokens" => options.tokens = value("--tokens")? as usize,
-            "--concurrency" => options.concurrency = value("--concurrency")? as usize,
-            "--seconds" => options.seconds = value("--seconds")?,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other} ({USAGE})"),
-        }
-    }
-    Ok(options)
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let Options {
-        tokens: count,
+        tokens,
         concurrency,
         seconds,
-    } = options()?;
+    } = clap::Parser::parse();
+    let (count, concurrency) = (tokens as usize, concurrency as usize);
     // rustls needs a process-wide provider for the stream check's NATS connection.
     authz_server::install_crypto();
     let nats = Nats::start()?;
