@@ -277,35 +277,6 @@ impl Drop for Server {
     }
 }
 
-/// CPU seconds a process (all its threads) has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    // Fields after the command: state is field 3, utime 14 and stime 15.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i - 3)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(14) + ticks(15)) / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        run(Command::new("getconf").arg("CLK_TCK"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
 /// `VmRSS` and `VmHWM` of a process, in MiB (zero if it cannot be read).
 fn memory_mib(pid: u32) -> (f64, f64) {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
@@ -389,7 +360,10 @@ struct Load {
 
 impl Load {
     fn measure(&self, server: &Server, tokens: &Path, mode: &str) -> Result<Sample> {
-        let (cpu0, up0) = (cpu_seconds(server.pid()), cpu_seconds(self.upstream_pid));
+        let (cpu0, up0) = (
+            system_tests::cpu_seconds(server.pid()),
+            system_tests::cpu_seconds(self.upstream_pid),
+        );
         let out = run(Command::new("taskset")
             .args(["-c", LOAD_CPU])
             .arg(&self.wrk)
@@ -401,7 +375,10 @@ impl Load {
             .arg("--")
             .arg(tokens)
             .arg(mode))?;
-        let (cpu1, up1) = (cpu_seconds(server.pid()), cpu_seconds(self.upstream_pid));
+        let (cpu1, up1) = (
+            system_tests::cpu_seconds(server.pid()),
+            system_tests::cpu_seconds(self.upstream_pid),
+        );
         let line = out
             .lines()
             .find_map(|l| l.strip_prefix("BENCH "))

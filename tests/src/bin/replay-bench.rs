@@ -36,6 +36,9 @@ struct Run {
     /// What the feed reported for the replay (consumer created to caught up).
     replay: Option<Duration>,
     replayed_messages: u64,
+    /// CPU seconds from spawn to ready: the gateway's, and NATS's over the same time.
+    gateway_cpu: f64,
+    nats_cpu: f64,
     /// VmRSS after ready, and VmHWM (peak), in bytes.
     rss: u64,
     peak: u64,
@@ -125,6 +128,7 @@ async fn start_gateway(
     let id = GATEWAY_IDS[n % GATEWAY_IDS.len()];
     let run_dir = dir.join(format!("run-{n}"));
     std::fs::create_dir_all(&run_dir)?;
+    let nats_cpu_before = nats.pid().map_or(0.0, system_tests::cpu_seconds);
     let started = Instant::now();
     let mut gw = Gateway::spawn_process(&run_dir, id, &[nats.url()], authz, upstream, "").await?;
     let deadline = started + Duration::from_secs(120);
@@ -136,6 +140,8 @@ async fn start_gateway(
     }
     let ready = started.elapsed();
     let pid = gw.process()?.pid().context("the gateway exited")?;
+    let gateway_cpu = system_tests::cpu_seconds(pid);
+    let nats_cpu = nats.pid().map_or(0.0, system_tests::cpu_seconds) - nats_cpu_before;
     let (rss, peak) = system_tests::resident_memory(pid)?;
     let log = gw.process()?.output();
     let (replay, replayed_messages) = replay_of(&log);
@@ -144,12 +150,14 @@ async fn start_gateway(
         ready,
         replay,
         replayed_messages,
+        gateway_cpu,
+        nats_cpu,
         rss,
         peak,
         rules,
     };
     eprintln!(
-        "  {id}: ready {:.3} s, replay {}, rss {:.1} MB, peak {:.1} MB, rules {}",
+        "  {id}: ready {:.3} s, replay {}, cpu gateway {:.2} s nats {:.2} s, rss {:.1} MB, peak {:.1} MB, rules {}",
         run.ready.as_secs_f64(),
         run.replay
             .map(|d| format!(
@@ -158,6 +166,8 @@ async fn start_gateway(
                 run.replayed_messages
             ))
             .unwrap_or_else(|| "-".into()),
+        run.gateway_cpu,
+        run.nats_cpu,
         mb(run.rss),
         mb(run.peak),
         run.rules
@@ -191,6 +201,15 @@ fn print_runs(what: &str, runs: &[Run]) {
             max(replay)
         );
     }
+    let gateway_cpu: Vec<f64> = runs.iter().map(|r| r.gateway_cpu).collect();
+    let nats_cpu: Vec<f64> = runs.iter().map(|r| r.nats_cpu).collect();
+    println!(
+        "  cpu     gateway {:.2} s / {:.2} s, nats {:.2} s / {:.2} s (spawn to ready)",
+        median(gateway_cpu.clone()),
+        max(gateway_cpu),
+        median(nats_cpu.clone()),
+        max(nats_cpu)
+    );
     println!(
         "  rss     {:.1} MB / {:.1} MB",
         median(rss.clone()),
