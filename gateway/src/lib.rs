@@ -591,8 +591,8 @@ fn spawn_staleness_watch(
     })
 }
 
-/// Forgets revocation rules once the tokens they cover can no longer be accepted, and cached
-/// tokens once they expire.
+/// Forgets revocation rules once the tokens they cover can no longer be accepted, cached
+/// tokens once they expire, and idle upstream connections past their idle timeout.
 fn spawn_sweeper(gw: Arc<Gateway>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -609,6 +609,14 @@ fn spawn_sweeper(gw: Arc<Gateway>, shutdown: CancellationToken) -> tokio::task::
                     let purged = gw.token_cache.purge_expired(now);
                     if purged > 0 {
                         tracing::debug!(purged, "expired tokens dropped from the cache");
+                    }
+                    let closed: usize = gw
+                        .routes()
+                        .upstreams()
+                        .map(|u| u.close_idle(std::time::Instant::now()))
+                        .sum();
+                    if closed > 0 {
+                        tracing::debug!(closed, "idle upstream connections closed");
                     }
                 }
             }

@@ -94,6 +94,11 @@ impl RouteTable {
         Ok(RouteTable { routes })
     }
 
+    /// Every route's upstreams.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.routes.iter().flat_map(|r| &r.upstreams)
+    }
+
     /// The route for `host` (as sent, port included or not) and `path`, if any.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let host = host.map(|h| {

@@ -135,6 +135,16 @@ impl Upstream {
         found
     }
 
+    /// Closes the idle connections older than the idle timeout, and forgets those the
+    /// upstream closed; returns how many went. Run periodically: a request only looks at the
+    /// connections it takes.
+    pub fn close_idle(&self, now: Instant) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let before = idle.len();
+        idle.retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT && !c.sender.is_closed());
+        before - idle.len()
+    }
+
     /// Puts a connection whose response has been read back in the pool.
     fn check_in(&self, sender: SendRequest<Body>) {
         if sender.is_closed() {
@@ -332,6 +342,21 @@ mod tests {
             assert_eq!(got, body);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// Idle connections past the idle timeout are closed by the periodic sweep.
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let (uri, accepted) = upstream("hello", After::KeepAlive).await;
+        let pool = Arc::new(Upstream::new(&uri).unwrap());
+        assert_eq!(fetch(&pool).await, "hello");
+        assert_eq!(pool.close_idle(Instant::now()), 0);
+        assert_eq!(pool.idle.lock().unwrap().len(), 1);
+        let later = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1);
+        assert_eq!(pool.close_idle(later), 1);
+        assert!(pool.idle.lock().unwrap().is_empty());
+        assert_eq!(fetch(&pool).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     /// A response dropped before its end takes its connection with it.
