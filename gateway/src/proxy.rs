@@ -2,8 +2,8 @@
 //! bodies streamed both ways.
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) and those the `Connection` header nominates are
-//! removed in both directions. Identity headers the client sent are removed before the
-//! gateway adds its own, so an upstream can trust `X-Auth-*` from the gateway alone.
+//! removed in both directions. Identity headers the client sent are replaced by the
+//! gateway's own (or removed), so an upstream can trust `X-Auth-*` from the gateway alone.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
