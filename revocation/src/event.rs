@@ -58,10 +58,26 @@ pub enum Rule {
 impl Rule {
     /// The `kind` field's value, also the last token of the subject.
     pub fn kind(&self) -> &'static str {
+        self.as_ref().kind()
+    }
+
+    /// The same rule, borrowing its strings.
+    pub fn as_ref(&self) -> RuleRef<'_> {
         match self {
-            Rule::Token { .. } => "token",
-            Rule::Subject { .. } => "subject",
-            Rule::Client { .. } => "client",
+            Rule::Token { jti } => RuleRef::Token {
+                jti: Cow::Borrowed(jti),
+            },
+            Rule::Subject { sub, not_before } => RuleRef::Subject {
+                sub: Cow::Borrowed(sub),
+                not_before: *not_before,
+            },
+            Rule::Client {
+                client_id,
+                not_before,
+            } => RuleRef::Client {
+                client_id: Cow::Borrowed(client_id),
+                not_before: *not_before,
+            },
         }
     }
 
@@ -165,22 +181,7 @@ impl<'a> From<&'a RevocationEvent> for EventRef<'a> {
     fn from(event: &'a RevocationEvent) -> Self {
         EventRef {
             id: Cow::Borrowed(&event.id),
-            rule: match &event.rule {
-                Rule::Token { jti } => RuleRef::Token {
-                    jti: Cow::Borrowed(jti),
-                },
-                Rule::Subject { sub, not_before } => RuleRef::Subject {
-                    sub: Cow::Borrowed(sub),
-                    not_before: *not_before,
-                },
-                Rule::Client {
-                    client_id,
-                    not_before,
-                } => RuleRef::Client {
-                    client_id: Cow::Borrowed(client_id),
-                    not_before: *not_before,
-                },
-            },
+            rule: event.rule.as_ref(),
             iss: Cow::Borrowed(&event.iss),
             expires_at: event.expires_at,
         }

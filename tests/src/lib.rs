@@ -734,15 +734,19 @@ impl Authz {
     /// outbox backlog is 0).
     pub async fn wait_outbox_drained(&self, limit: Duration) -> Result<()> {
         eventually(limit, "the outbox to drain", || async {
-            let text = reqwest::get(format!("{}/metrics", self.url))
+            self.metrics()
                 .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            text.contains("authz_outbox_backlog 0").then_some(())
+                .contains("authz_outbox_backlog 0")
+                .then_some(())
         })
         .await
+    }
+
+    /// The authz-server's `/metrics` text (empty if it does not answer).
+    pub async fn metrics(&self) -> String {
+        get_text(&format!("{}/metrics", self.url))
+            .await
+            .unwrap_or_default()
     }
 
     /// Starts an authz-server in-process whose files live in `dir` (reuse `dir` to restart it).
@@ -1202,10 +1206,9 @@ impl Gateway {
 
     /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        match reqwest::get(format!("{}/metrics", self.admin_url)).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        get_text(&format!("{}/metrics", self.admin_url))
+            .await
+            .unwrap_or_default()
     }
 
     /// Value of one metric line (`name{labels}` exactly as printed), or 0.
@@ -1455,6 +1458,16 @@ impl Drop for PgDatabase {
     }
 }
 pub mod seed;
+
+/// The body of a GET as text; `None` on any failure (for polling with [`eventually`]).
+pub async fn get_text(url: &str) -> Option<String> {
+    reqwest::get(url).await.ok()?.text().await.ok()
+}
+
+/// The `q` quantile (0 to 1, nearest rank) of durations sorted in ascending order.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
 
 /// CPU seconds a process (all its threads, user and system) has used, from
 /// `/proc/<pid>/stat`; 0 if it cannot be read.

@@ -249,10 +249,7 @@ async fn authz_killed_between_commit_and_publish() -> anyhow::Result<()> {
     // Commit without publish: the authz-server's NATS connection is cut.
     to_nats.cut();
     revoke(&authz, &probe, &during, i_during).await?;
-    let backlog = reqwest::get(format!("{}/metrics", authz.url))
-        .await?
-        .text()
-        .await?;
+    let backlog = authz.metrics().await;
     assert!(
         backlog.contains("authz_outbox_backlog 1"),
         "the revocation should wait in the outbox"

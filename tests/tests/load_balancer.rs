@@ -172,12 +172,9 @@ async fn behind_haproxy() -> anyhow::Result<()> {
             Duration::from_secs(10),
             "HAProxy to mark the gateway UP",
             || async {
-                let csv = reqwest::get(format!("http://127.0.0.1:{stats_port}/stats;csv"))
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
+                let csv =
+                    system_tests::get_text(&format!("http://127.0.0.1:{stats_port}/stats;csv"))
+                        .await?;
                 csv.lines()
                     .any(|l| l.starts_with(&server) && l.contains(",UP,"))
                     .then_some(())

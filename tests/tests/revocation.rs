@@ -146,12 +146,7 @@ async fn late_gateway_replays_before_serving() -> anyhow::Result<()> {
     // The relay counts a batch as published just after marking it in the database, which
     // is what the backlog reads: wait for the count as well.
     let authz_metrics = eventually(WAIT, "51 revocations counted as published", || async {
-        let text = reqwest::get(format!("{}/metrics", stack.authz.url))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = stack.authz.metrics().await;
         text.contains("authz_revocations_published_total 51")
             .then_some(text)
     })

@@ -516,46 +516,41 @@ async fn main() -> Result<()> {
         .iter()
         .map(|t| format!("  {t}_temp_path {};\n", temp.join(t).display()))
         .collect::<String>();
-    let upstream_conf = work.join("upstream.conf");
-    std::fs::write(
-        &upstream_conf,
-        format!(
-            "{common}http {{\n  access_log off;\n{temp_paths}  keepalive_requests 10000000;\n  server {{\n    listen 127.0.0.1:{upstream_port};\n    location / {{ default_type text/plain; return 200 \"hello from the upstream\\n\"; }}\n  }}\n}}\n",
-            common = nginx_common.replace("PORT", &upstream_port.to_string()),
-        ),
-    )?;
-    let direct = Server::spawn(
+    // One nginx: its configuration file and log are named after it.
+    let spawn_nginx = |name: &'static str, file: &str, port: u16, http: String| -> Result<Server> {
+        let conf = work.join(format!("{file}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "{common}http {{\n  access_log off;\n{temp_paths}  keepalive_requests 10000000;\n{http}}}\n",
+                common = nginx_common.replace("PORT", &port.to_string()),
+            ),
+        )?;
+        Server::spawn(
+            name,
+            port,
+            &nginx,
+            &[
+                "-p",
+                &work.display().to_string(),
+                "-c",
+                &conf.display().to_string(),
+            ],
+            &work.join(format!("{file}.log")),
+        )
+    };
+    let direct = spawn_nginx(
         "direct",
+        "upstream",
         upstream_port,
-        &nginx,
-        &[
-            "-p",
-            &work.display().to_string(),
-            "-c",
-            &upstream_conf.display().to_string(),
-        ],
-        &work.join("upstream.log"),
+        format!("  server {{\n    listen 127.0.0.1:{upstream_port};\n    location / {{ default_type text/plain; return 200 \"hello from the upstream\\n\"; }}\n  }}\n"),
     )?;
     let proxy_port = ports[2];
-    let proxy_conf = work.join("nginx-proxy.conf");
-    std::fs::write(
-        &proxy_conf,
-        format!(
-            "{common}http {{\n  access_log off;\n{temp_paths}  keepalive_requests 10000000;\n  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{proxy_port};\n    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
-            common = nginx_common.replace("PORT", &proxy_port.to_string()),
-        ),
-    )?;
-    let nginx_proxy = Server::spawn(
+    let nginx_proxy = spawn_nginx(
+        "nginx-proxy",
         "nginx-proxy",
         proxy_port,
-        &nginx,
-        &[
-            "-p",
-            &work.display().to_string(),
-            "-c",
-            &proxy_conf.display().to_string(),
-        ],
-        &work.join("nginx-proxy.log"),
+        format!("  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{proxy_port};\n    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n"),
     )?;
 
     // HAProxy verifying the JWT, with a map of revoked jtis.
@@ -865,12 +860,7 @@ async fn wait_ready(admin_port: u16, limit: Duration) -> Result<()> {
 }
 
 async fn metric(admin_port: u16, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = system_tests::get_text(&format!("http://127.0.0.1:{admin_port}/metrics")).await?;
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().nth(1))

@@ -110,7 +110,7 @@ async fn main() -> Result<()> {
 
 fn print_row(name: &str, samples: &mut [Duration]) {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    let at = |q: f64| system_tests::quantile(samples, q);
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!(
         "{name:<12} {:>10} {:>10} {:>10}",

@@ -127,7 +127,7 @@ async fn main() -> Result<()> {
         elapsed.as_secs_f64()
     );
     latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let at = |q: f64| system_tests::quantile(&latencies, q);
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!(
         "latency      p50 {}   p99 {}   max {}",
