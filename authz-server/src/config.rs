@@ -43,6 +43,14 @@ pub struct Config {
     /// Milliseconds between heartbeats; gateways' `max_staleness_ms` must be well above it.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+    /// Milliseconds between checks whether a snapshot of the rules in force is due (0: never
+    /// take snapshots); a new gateway loads the latest and replays only what came after it.
+    #[serde(default = "default_snapshot_interval_ms")]
+    pub snapshot_interval_ms: u64,
+    /// Revocations published since the last snapshot before another is taken (or a tenth of
+    /// the rules the last snapshot held, if that is more).
+    #[serde(default = "default_snapshot_min_events")]
+    pub snapshot_min_events: u64,
     /// Failed client authentications allowed per client id, and per source address, in each
     /// `auth_failure_window`; past it the server answers 429 with `Retry-After`.
     #[serde(default = "default_auth_failure_limit")]
@@ -118,6 +126,12 @@ fn default_credential_cache_ttl() -> u64 {
 fn default_heartbeat_interval_ms() -> u64 {
     1000
 }
+fn default_snapshot_interval_ms() -> u64 {
+    60_000
+}
+fn default_snapshot_min_events() -> u64 {
+    10_000
+}
 fn default_replicas() -> usize {
     1
 }
@@ -164,6 +178,12 @@ impl Config {
         }
         if !(50..=60_000).contains(&self.heartbeat_interval_ms) {
             return Err("heartbeat_interval_ms: must be between 50 and 60000".into());
+        }
+        if self.snapshot_interval_ms != 0 && self.snapshot_interval_ms < 100 {
+            return Err("snapshot_interval_ms: must be 0 (never) or at least 100".into());
+        }
+        if self.snapshot_min_events == 0 {
+            return Err("snapshot_min_events: must be at least 1".into());
         }
         if self.stream_replicas == 0 || self.stream_replicas > 5 {
             return Err("stream_replicas: must be between 1 and 5".into());

@@ -89,9 +89,7 @@ impl HeartbeatTask {
             ))
             .await?;
         let info = stream.cached_info();
-        let epoch = u64::try_from(info.created.unix_timestamp_nanos())
-            .unwrap_or(1)
-            .max(1);
+        let epoch = stream::epoch(info);
         let requeued = self
             .store
             .switch_epoch(epoch, revocation::unix_now(), self.leeway)

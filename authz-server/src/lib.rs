@@ -25,6 +25,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod keys;
 pub mod relay;
+pub mod snapshot;
 pub mod store;
 pub mod tokens;
 
@@ -205,6 +206,42 @@ pub async fn run(
     }
     .spawn(relay_shutdown.clone());
 
+    let snapshot_metrics = Arc::new(snapshot::SnapshotMetrics::default());
+    registry.register(
+        "snapshots_published",
+        "Snapshots of the revocation rules published",
+        snapshot_metrics.published.clone(),
+    );
+    registry.register(
+        "snapshot_failures",
+        "Snapshots of the revocation rules that could not be taken",
+        snapshot_metrics.failures.clone(),
+    );
+    registry.register(
+        "snapshot_rules",
+        "Rules in the latest snapshot this server published",
+        snapshot_metrics.rules.clone(),
+    );
+    registry.register(
+        "snapshot_sequence",
+        "Revocation stream sequence the latest snapshot this server published covers",
+        snapshot_metrics.sequence.clone(),
+    );
+    let snapshots = (config.snapshot_interval_ms > 0).then(|| {
+        snapshot::spawn(
+            client.clone(),
+            store.clone(),
+            snapshot::SnapshotSettings {
+                interval: Duration::from_millis(config.snapshot_interval_ms),
+                min_events: config.snapshot_min_events,
+                replicas: config.stream_replicas,
+                leeway: config.leeway,
+            },
+            snapshot_metrics,
+            relay_shutdown.clone(),
+        )
+    });
+
     let state = Arc::new(AppState {
         clients: clients::Clients::new(
             &config.clients,
@@ -262,6 +299,9 @@ pub async fn run(
     // stays in the outbox for the next start.
     relay_shutdown.cancel();
     let _ = tokio::join!(relay, heartbeat, key_reload);
+    if let Some(snapshots) = snapshots {
+        let _ = snapshots.await;
+    }
     drop(client);
     store.close().await;
     tracing::info!("authz-server stopped");

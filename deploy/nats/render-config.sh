@@ -84,6 +84,7 @@ for p in "$CERTS" "$STORE"; do
 done
 
 STREAM=AUTHZ_REVOCATIONS
+SNAPSHOTS=AUTHZ_REVOCATION_SNAPSHOTS
 DOMAIN=revgate.local
 
 cat <<EOF
@@ -149,6 +150,7 @@ GATEWAY_PUB_ALLOW: [
   "\$JS.API.CONSUMER.INFO.$STREAM.>"
   "\$JS.API.CONSUMER.MSG.NEXT.$STREAM.>"
   "\$JS.FC.$STREAM.>"
+  "\$JS.API.STREAM.MSG.GET.$SNAPSHOTS"
 ]
 GATEWAY_PUB_DENY: [ "authz.>" ]
 
@@ -166,6 +168,11 @@ authorization {
             "\$JS.API.STREAM.INFO.$STREAM"
             "\$JS.API.STREAM.CREATE.$STREAM"
             "\$JS.API.STREAM.UPDATE.$STREAM"
+            "authz.snapshots.v1.>"
+            "\$JS.API.STREAM.INFO.$SNAPSHOTS"
+            "\$JS.API.STREAM.CREATE.$SNAPSHOTS"
+            "\$JS.API.STREAM.MSG.GET.$SNAPSHOTS"
+            "\$JS.API.STREAM.PURGE.$SNAPSHOTS"
           ]
         }
         subscribe: { allow: [ "_INBOX_authz.>" ] }

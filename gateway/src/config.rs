@@ -90,6 +90,11 @@ pub struct Config {
     /// at once, one per half of the stream (0: always one).
     #[serde(default = "default_replay_split_min")]
     pub replay_split_min: u64,
+    /// A start-up replay of at least this many revocation messages first loads the latest
+    /// snapshot the authz-server published, then replays only what came after it (0: never;
+    /// always replay the whole stream).
+    #[serde(default = "default_replay_snapshot_min")]
+    pub replay_snapshot_min: u64,
     /// Routes by path prefix; the longest matching prefix wins.
     pub routes: Vec<RouteConfig>,
     /// The mutual-TLS NATS connection the revocation feed reads from.
@@ -229,6 +234,9 @@ fn default_token_cache_entries() -> usize {
 }
 fn default_replay_split_min() -> u64 {
     100_000
+}
+fn default_replay_snapshot_min() -> u64 {
+    10_000
 }
 
 impl Config {

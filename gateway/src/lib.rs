@@ -427,7 +427,10 @@ pub async fn run_with_reload(
         revocations.clone(),
         feed_status.clone(),
         freshness.clone(),
-        config.replay_split_min,
+        revocation::feed::ReplaySettings {
+            split_min: config.replay_split_min,
+            snapshot_min: config.replay_snapshot_min,
+        },
         tasks.clone(),
     );
 

@@ -250,6 +250,21 @@ impl Metrics {
             feed.split_replays.clone(),
         );
         r.register(
+            "revocation_snapshots_loaded",
+            "Revocation snapshots loaded whole before replaying the rest of the stream",
+            feed.snapshots_loaded.clone(),
+        );
+        r.register(
+            "revocation_snapshots_failed",
+            "Revocation snapshots that could not be read whole (the stream was replayed instead)",
+            feed.snapshots_failed.clone(),
+        );
+        r.register(
+            "revocation_snapshot_rules",
+            "Revocation rules read from snapshots",
+            feed.snapshot_rules.clone(),
+        );
+        r.register(
             "revocation_events_skipped",
             "Revocation messages skipped, by reason",
             feed.skipped.clone(),

@@ -20,7 +20,7 @@ pub const EVENT_VERSION: u32 = 1;
 pub const MAX_EVENT_BYTES: usize = 8 * 1024;
 
 /// Longest identifier (jti, sub, client_id, issuer) an event may carry.
-const MAX_FIELD_LEN: usize = 1024;
+pub(crate) const MAX_FIELD_LEN: usize = 1024;
 
 /// One revocation, as published by the authz-server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

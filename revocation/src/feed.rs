@@ -23,6 +23,7 @@ use crate::event::{RevocationEvent, SkipReason};
 use crate::freshness::{Freshness, Heartbeat, Position};
 use crate::nats::ConnectionState;
 use crate::set::{Applied, RevocationSet};
+use crate::snapshot::{Chunk, Manifest, CHUNK_SUBJECT, MANIFEST_SUBJECT, SNAPSHOT_STREAM};
 use crate::stream::{HEARTBEAT_SUBJECT, STREAM_NAME};
 use crate::unix_now;
 
@@ -65,6 +66,12 @@ pub struct FeedStatus {
     pub heartbeats_skipped: Counter,
     /// Replays completed with two consumers (see [`spawn`]).
     pub split_replays: Counter,
+    /// Snapshots loaded whole before replaying the rest of the stream.
+    pub snapshots_loaded: Counter,
+    /// Snapshots that could not be read whole (the stream was replayed instead).
+    pub snapshots_failed: Counter,
+    /// Rules read from snapshots.
+    pub snapshot_rules: Counter,
     /// Seconds from JetStream storing an event to this gateway applying it (live events only).
     pub apply_delay: Histogram,
 }
@@ -82,6 +89,9 @@ impl Default for FeedStatus {
             heartbeats: Counter::default(),
             heartbeats_skipped: Counter::default(),
             split_replays: Counter::default(),
+            snapshots_loaded: Counter::default(),
+            snapshots_failed: Counter::default(),
+            snapshot_rules: Counter::default(),
             apply_delay: Histogram::new([
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
@@ -115,18 +125,26 @@ fn label(reason: SkipReason) -> ReasonLabel {
     vec![("reason", reason.as_str())]
 }
 
+/// How a feed replays a backlog.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplaySettings {
+    /// A backlog of at least this many messages (0: never) is read by two consumers at once,
+    /// one per half, so that a gateway starting on a long stream uses two cores: the NATS
+    /// client's per-message work, not the set, is what bounds a replay.
+    pub split_min: u64,
+    /// A backlog of at least this many messages (0: never) starts from the latest snapshot
+    /// (see [`crate::snapshot`]) when there is a usable one.
+    pub snapshot_min: u64,
+}
+
 /// Starts the feed. It runs until `shutdown` is cancelled.
-///
-/// A replay of at least `split_min` messages (0: never) is read by two consumers at once, one
-/// per half of the backlog, so that a gateway starting on a long stream uses two cores: the
-/// NATS client's per-message work, not the set, is what bounds a replay.
 pub fn spawn(
     client: async_nats::Client,
     connection: Arc<ConnectionState>,
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
     freshness: Arc<Freshness>,
-    split_min: u64,
+    replay: ReplaySettings,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let mut js = jetstream::new(client);
@@ -137,7 +155,7 @@ pub fn spawn(
         set,
         status,
         freshness,
-        split_min,
+        replay,
     };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
@@ -164,7 +182,7 @@ struct Feed {
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
     freshness: Arc<Freshness>,
-    split_min: u64,
+    replay: ReplaySettings,
 }
 
 /// The second half of a split replay, read by a task of its own; aborted if dropped unfinished.
@@ -225,6 +243,47 @@ async fn replay_range(
     }
 }
 
+/// Reads a snapshot's chunks, in order, and applies their rules. Chunks of another snapshot
+/// (taken at the same time by another authz-server sharing the database) are passed over; a
+/// chunk missing, out of order or unreadable fails the whole snapshot.
+async fn read_chunks(
+    stream: &jetstream::stream::Stream<()>,
+    manifest: &Manifest,
+    set: &RevocationSet,
+    status: &FeedStatus,
+) -> Result<(), async_nats::Error> {
+    let now = unix_now();
+    let (mut chunks, mut rules) = (0, 0);
+    let mut sequence = manifest.first_chunk;
+    while chunks < manifest.chunks {
+        if sequence > manifest.last_chunk {
+            return Err(format!("{} of {} chunks found", chunks, manifest.chunks).into());
+        }
+        let message = stream.get_raw_message(sequence).await?;
+        sequence += 1;
+        if message.subject.as_str() != CHUNK_SUBJECT {
+            continue;
+        }
+        let chunk = Chunk::decode(&message.payload)?;
+        if chunk.snapshot != manifest.id {
+            continue;
+        }
+        if chunk.index != chunks {
+            return Err(format!("chunk {} found where {chunks} was due", chunk.index).into());
+        }
+        for rule in &chunk.rules {
+            set.insert_ref(rule, now);
+        }
+        status.snapshot_rules.inc_by(chunk.rules.len() as u64);
+        rules += chunk.rules.len() as u64;
+        chunks += 1;
+    }
+    if rules != manifest.rules {
+        return Err(format!("{rules} rules found, {} announced", manifest.rules).into());
+    }
+    Ok(())
+}
+
 /// Decodes one event and applies it to the set, counting what it did (or why it was skipped).
 fn apply(set: &RevocationSet, status: &FeedStatus, payload: &[u8], sequence: u64) {
     match RevocationEvent::decode_ref(payload) {
@@ -254,9 +313,7 @@ impl Feed {
     async fn follow(&self) -> Result<(), async_nats::Error> {
         let stream = self.js.get_stream(STREAM_NAME).await?;
         let info = stream.cached_info();
-        let epoch = u64::try_from(info.created.unix_timestamp_nanos())
-            .unwrap_or(1)
-            .max(1);
+        let epoch = crate::stream::epoch(info);
         if epoch != self.status.epoch() {
             if self.status.epoch() != 0 {
                 // The stream was recreated (deleted, or its store lost): its sequences start
@@ -282,6 +339,10 @@ impl Feed {
         }
         // Everything up to here must be applied before the gateway may call itself ready.
         let target = info.state.last_sequence;
+        let backlog = target.saturating_sub(self.status.last_sequence());
+        if self.replay.snapshot_min > 0 && backlog >= self.replay.snapshot_min {
+            self.load_snapshot(epoch, target).await;
+        }
         let next = self.status.last_sequence() + 1;
         if target < next {
             self.status.caught_up.store(true, Ordering::Release);
@@ -313,30 +374,95 @@ impl Feed {
         };
         // A long replay: a second consumer reads the second half meanwhile.
         let backlog = (target + 1).saturating_sub(next);
-        let mut split = (progress.replaying && self.split_min > 0 && backlog >= self.split_min)
-            .then(|| {
-                let from = next + backlog / 2;
-                tracing::info!(
-                    from_sequence = from,
-                    "second consumer replaying the second half"
-                );
-                SplitReplay {
+        let split_min = self.replay.split_min;
+        let mut split = (progress.replaying && split_min > 0 && backlog >= split_min).then(|| {
+            let from = next + backlog / 2;
+            tracing::info!(
+                from_sequence = from,
+                "second consumer replaying the second half"
+            );
+            SplitReplay {
+                from,
+                task: tokio::spawn(replay_range(
+                    stream.clone(),
+                    self.set.clone(),
+                    self.status.clone(),
                     from,
-                    task: tokio::spawn(replay_range(
-                        stream.clone(),
-                        self.set.clone(),
-                        self.status.clone(),
-                        from,
-                        target,
-                    )),
-                }
-            });
+                    target,
+                )),
+            }
+        });
         let result = self
             .consume(&mut messages, target, &mut progress, &mut split)
             .await;
         // Whatever ended the consumer, what was applied counts.
         self.report(&mut progress);
         result
+    }
+
+    /// Loads the latest snapshot if it is of this stream (`epoch`), within what the stream holds
+    /// (`target`) and ahead of the feed. On success the feed goes on from the snapshot's
+    /// sequence; otherwise nothing changes but the rules applied, and the stream is replayed.
+    async fn load_snapshot(&self, epoch: u64, target: u64) {
+        let started = std::time::Instant::now();
+        let stream = match self.js.get_stream_no_info(SNAPSHOT_STREAM).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot open the snapshot stream; replaying the revocation stream");
+                return;
+            }
+        };
+        let message = match stream
+            .get_last_raw_message_by_subject(MANIFEST_SUBJECT)
+            .await
+        {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::info!(error = %err, "no revocation snapshot; replaying the revocation stream");
+                return;
+            }
+        };
+        let manifest = match Manifest::decode(&message.payload) {
+            Ok(manifest) => manifest,
+            Err(reason) => {
+                self.status.snapshots_failed.inc();
+                tracing::warn!(%reason, "revocation snapshot manifest skipped; replaying the revocation stream");
+                return;
+            }
+        };
+        if manifest.epoch != epoch || manifest.seq > target {
+            tracing::info!(
+                snapshot_sequence = manifest.seq,
+                "the revocation snapshot is of another stream; replaying the revocation stream"
+            );
+            return;
+        }
+        if manifest.seq <= self.status.last_sequence() {
+            return;
+        }
+        match read_chunks(&stream, &manifest, &self.set, &self.status).await {
+            Ok(()) => {
+                self.status.snapshots_loaded.inc();
+                self.status
+                    .last_sequence
+                    .store(manifest.seq, Ordering::Release);
+                self.freshness.on_applied(Position {
+                    epoch,
+                    seq: manifest.seq,
+                });
+                tracing::info!(
+                    snapshot_sequence = manifest.seq,
+                    chunks = manifest.chunks,
+                    rules = manifest.rules,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "revocation snapshot loaded"
+                );
+            }
+            Err(err) => {
+                self.status.snapshots_failed.inc();
+                tracing::warn!(error = %err, "revocation snapshot unreadable; replaying the revocation stream");
+            }
+        }
     }
 
     /// Applies messages until the consumer ends, fails or stalls.

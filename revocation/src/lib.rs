@@ -13,6 +13,8 @@
 //! - [`event`]: the wire format of one revocation (JSON, versioned) and how bad input is
 //!   classified so that it is skipped and counted, never trusted.
 //! - [`stream`]: the stream name, subjects and stream settings both sides use.
+//! - [`snapshot`]: the compact snapshot of every rule in force that spares a new gateway most
+//!   of the replay.
 //! - [`nats`]: a mutual-TLS NATS connection with the options both services need.
 //! - [`set`]: the in-memory revocation set the gateway consults on every request.
 //! - [`feed`]: the gateway task that replays the stream into the set and keeps following it.
@@ -23,6 +25,7 @@ pub mod feed;
 pub mod freshness;
 pub mod nats;
 pub mod set;
+pub mod snapshot;
 pub mod stream;
 
 pub use event::{RevocationEvent, Rule, SkipReason};

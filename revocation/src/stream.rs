@@ -20,6 +20,14 @@ pub const HEARTBEAT_SUBJECT: &str = "authz.heartbeat.v1";
 /// so that a relay retrying after a lost ack never stores an event twice.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(5 * 60);
 
+/// The stream's identity: its creation time in Unix nanoseconds (never 0). A stream deleted
+/// and created again, or a NATS store lost, starts its sequences again under a new identity.
+pub fn epoch(info: &async_nats::jetstream::stream::Info) -> u64 {
+    u64::try_from(info.created.unix_timestamp_nanos())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// The subject an event of the given kind is published on.
 pub fn subject_for(kind: &str) -> String {
     format!("{SUBJECT_PREFIX}.{kind}")

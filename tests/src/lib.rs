@@ -742,11 +742,21 @@ impl Authz {
         .await
     }
 
+    /// Its SQLite database.
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("authz.db")
+    }
+
     /// The authz-server's `/metrics` text (empty if it does not answer).
     pub async fn metrics(&self) -> String {
         get_text(&format!("{}/metrics", self.url))
             .await
             .unwrap_or_default()
+    }
+
+    /// Value of one metric line (`name{labels}` exactly as printed), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
     }
 
     /// Starts an authz-server in-process whose files live in `dir` (reuse `dir` to restart it).
@@ -1213,12 +1223,20 @@ impl Gateway {
 
     /// Value of one metric line (`name{labels}` exactly as printed), or 0.
     pub async fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+        metric_value(&self.metrics().await, series)
     }
+}
+
+/// Value of one series (`name{labels}` exactly as printed) in a Prometheus text, or 0.
+fn metric_value(text: &str, series: &str) -> f64 {
+    let series = series.trim_end();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|v| v.starts_with(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
 }
 
 /// NATS, the authz-server, the demo upstream and `gateways` ready gateways.

@@ -299,7 +299,7 @@ async fn split_replay_applies_both_halves() -> anyhow::Result<()> {
     let mut jtis: Vec<String> = (0..1000).map(|i| format!("filler-{i}")).collect();
     jtis[10] = jti(&tokens[0]);
     jtis[900] = jti(&tokens[1]);
-    system_tests::seed::seed_revocations_of(&stack.nats.url(), &stack.authz.url, jtis).await?;
+    system_tests::seed::seed_revocations_of(&stack.nats.url(), &stack.authz, jtis).await?;
     let gw = Gateway::start_with(
         "gateway-3",
         "gateway-3",
@@ -593,5 +593,368 @@ async fn aged_out_stream_is_not_a_gap() -> anyhow::Result<()> {
     .await?;
     let gw = Gateway::start("gateway-1", &[nats.url()], &authz, &upstream).await?;
     gw.wait_ready().await?;
+    Ok(())
+}
+
+/// Checks a gateway's metric series against their expected values.
+async fn assert_metrics(gw: &Gateway, expected: &[(&str, f64)]) {
+    for (series, value) in expected {
+        assert_eq!(gw.metric(series).await, *value, "{series}");
+    }
+}
+
+/// Revokes `token` through RFC 7009 as the demo client.
+async fn revoke_demo(stack: &Stack, token: &str) -> anyhow::Result<()> {
+    let status = stack
+        .authz
+        .revoke("demo-client", "demo-secret", token)
+        .await?;
+    anyhow::ensure!(status == 200, "revoke answered {status}");
+    Ok(())
+}
+
+/// A stack with no gateway whose authz-server checks every 100 ms whether `min_events` new
+/// events call for a snapshot.
+async fn snapshot_stack(min_events: u64) -> anyhow::Result<Stack> {
+    let nats = system_tests::Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    let authz = system_tests::Authz::start_with(
+        dir.path(),
+        &[nats.url()],
+        &format!("snapshot_interval_ms = 100\nsnapshot_min_events = {min_events}"),
+    )
+    .await?;
+    Ok(Stack {
+        gateways: Vec::new(),
+        upstream: system_tests::Upstream::start().await?,
+        authz,
+        nats,
+        dir,
+    })
+}
+
+/// Starts a gateway (with `extra` configuration; it stops without a drain delay), waits until
+/// it is ready and checks that it refuses every token of `revoked` and accepts `valid`.
+async fn snapshot_gateway(
+    stack: &Stack,
+    id: &str,
+    extra: &str,
+    revoked: &[&String],
+    valid: &str,
+) -> anyhow::Result<Gateway> {
+    let gw = Gateway::start_with(
+        id,
+        id,
+        &[stack.nats.url()],
+        &stack.authz,
+        &stack.upstream,
+        &format!("drain_delay_ms = 0\n{extra}"),
+    )
+    .await?;
+    gw.wait_ready().await?;
+    let http = reqwest::Client::new();
+    for (i, token) in revoked.iter().enumerate() {
+        assert_eq!(
+            gw.call(&http, "/echo/", token).await,
+            401,
+            "revoked token {i}"
+        );
+    }
+    assert_eq!(gw.call(&http, "/echo/", valid).await, 200, "valid token");
+    Ok(gw)
+}
+
+/// The authz-server snapshots the rules in force once enough events were published; a new
+/// gateway loads the snapshot, replays only the events after it, and enforces all of them.
+/// A gateway told not to use snapshots replays everything and ends with the same rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_gateway_loads_the_snapshot_then_the_rest() -> anyhow::Result<()> {
+    let stack = snapshot_stack(6).await?;
+    let mut tokens = Vec::new();
+    for _ in 0..7 {
+        tokens.push(stack.authz.token("demo-client", "demo-secret").await?);
+    }
+    let other = stack.authz.token("other-client", "other-secret").await?;
+    // Six events: five tokens and one client rule. The snapshot waits for all six.
+    for token in &tokens[..5] {
+        revoke_demo(&stack, token).await?;
+    }
+    let (status, body) = stack
+        .authz
+        .admin_revoke(serde_json::json!({"client_id": "other-client"}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    eventually(WAIT, "a snapshot to be published", || async {
+        (stack.authz.metric("authz_snapshots_published_total").await >= 1.0).then_some(())
+    })
+    .await?;
+    assert_eq!(stack.authz.metric("authz_snapshot_rules").await, 6.0);
+    // One more after the snapshot: only the stream has it.
+    revoke_demo(&stack, &tokens[5]).await?;
+    stack.authz.wait_outbox_drained(WAIT).await?;
+
+    let revoked: Vec<&String> = tokens[..6].iter().chain([&other]).collect();
+    let gw = snapshot_gateway(
+        &stack,
+        "gateway-1",
+        "replay_snapshot_min = 1",
+        &revoked,
+        &tokens[6],
+    )
+    .await?;
+    assert_metrics(
+        &gw,
+        &[
+            ("gateway_revocation_snapshots_loaded_total", 1.0),
+            ("gateway_revocation_snapshot_rules_total", 6.0),
+            ("gateway_revocation_events_applied_total", 1.0),
+            ("gateway_revocation_last_sequence", 7.0),
+            ("gateway_revocation_rules", 7.0),
+        ],
+    )
+    .await;
+
+    let full = snapshot_gateway(
+        &stack,
+        "gateway-2",
+        "replay_snapshot_min = 0",
+        &revoked,
+        &tokens[6],
+    )
+    .await?;
+    assert_eq!(
+        full.metric("gateway_revocation_snapshots_loaded_total")
+            .await,
+        0.0
+    );
+    assert_metrics(
+        &full,
+        &[
+            ("gateway_revocation_events_applied_total", 7.0),
+            ("gateway_revocation_rules", 7.0),
+        ],
+    )
+    .await;
+    Ok(())
+}
+
+/// A snapshot a gateway cannot use — of another stream, naming chunks that are not there, with
+/// a chunk of another snapshot or a bad rule, or not a manifest at all — is passed over: the
+/// gateway replays the whole stream and enforces every revocation. A gateway cannot publish a
+/// snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
+    use revocation::snapshot::{self, Manifest, CHUNK_SUBJECT, MANIFEST_SUBJECT};
+
+    let stack = Stack::start(0).await?;
+    let revoked = [
+        stack.authz.token("demo-client", "demo-secret").await?,
+        stack.authz.token("demo-client", "demo-secret").await?,
+    ];
+    let valid = stack.authz.token("demo-client", "demo-secret").await?;
+    for token in &revoked {
+        revoke_demo(&stack, token).await?;
+    }
+    stack.authz.wait_outbox_drained(WAIT).await?;
+
+    let (client, _) = connect_as(&stack.nats.url(), "authz").await?;
+    let js = async_nats::jetstream::new(client);
+    let epoch = revocation::stream::epoch(
+        js.get_stream(revocation::stream::STREAM_NAME)
+            .await?
+            .cached_info(),
+    );
+    js.get_or_create_stream(snapshot::stream_config(1)).await?;
+    let publish = |subject: &'static str, payload: Vec<u8>| {
+        let js = js.clone();
+        async move { anyhow::Ok(js.publish(subject, payload.into()).await?.await?.sequence) }
+    };
+    // A chunk holding one of the two rules: a snapshot built on it would lose the other.
+    let mut writer = snapshot::ChunkWriter::new("partial");
+    let jti = claims_of(&revoked[0])["jti"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    writer.push(
+        &revocation::event::RuleRef::Token { jti: jti.into() },
+        &stack.authz.url,
+        revocation::unix_now() + 3600,
+    );
+    let chunk = publish(CHUNK_SUBJECT, writer.finish().0.unwrap_or_default()).await?;
+    let bad_rule = publish(
+        CHUNK_SUBJECT,
+        br#"{"v":1,"snapshot":"bad","index":0,"iss":["i"],"rules":[["token",3,"k",0,1]]}"#.to_vec(),
+    )
+    .await?;
+    let manifest = Manifest {
+        v: snapshot::SNAPSHOT_VERSION,
+        id: "partial".into(),
+        epoch,
+        seq: 2,
+        first_chunk: chunk,
+        last_chunk: chunk,
+        chunks: 1,
+        rules: 1,
+        created_at: revocation::unix_now(),
+    };
+    let cases = [
+        // (manifest, whether the gateway counts it as failed)
+        (
+            Manifest {
+                epoch: epoch + 1,
+                ..manifest.clone()
+            }
+            .to_json(),
+            false,
+        ),
+        (
+            Manifest {
+                seq: 3,
+                ..manifest.clone()
+            }
+            .to_json(),
+            false,
+        ),
+        (
+            Manifest {
+                first_chunk: chunk + 100,
+                last_chunk: chunk + 100,
+                ..manifest.clone()
+            }
+            .to_json(),
+            true,
+        ),
+        (
+            Manifest {
+                id: "other".into(),
+                ..manifest.clone()
+            }
+            .to_json(),
+            true,
+        ),
+        (
+            Manifest {
+                rules: 2,
+                ..manifest.clone()
+            }
+            .to_json(),
+            true,
+        ),
+        (
+            Manifest {
+                id: "bad".into(),
+                first_chunk: bad_rule,
+                last_chunk: bad_rule,
+                ..manifest.clone()
+            }
+            .to_json(),
+            true,
+        ),
+        (b"not a manifest".to_vec(), true),
+    ];
+    let revoked: Vec<&String> = revoked.iter().collect();
+    for (i, (payload, failed)) in cases.into_iter().enumerate() {
+        publish(MANIFEST_SUBJECT, payload).await?;
+        let id = system_tests::GATEWAY_IDS[i % 3];
+        let gw = snapshot_gateway(&stack, id, "replay_snapshot_min = 1", &revoked, &valid).await?;
+        assert_eq!(
+            gw.metric("gateway_revocation_snapshots_loaded_total").await,
+            0.0,
+            "case {i}"
+        );
+        assert_eq!(
+            gw.metric("gateway_revocation_snapshots_failed_total").await,
+            if failed { 1.0 } else { 0.0 },
+            "case {i}"
+        );
+        // Every event replayed; one may have found its rule already applied by a chunk read
+        // before the snapshot failed.
+        let replayed = gw.metric("gateway_revocation_events_applied_total").await
+            + gw.metric("gateway_revocation_events_duplicate_total").await;
+        assert_eq!(replayed, 2.0, "case {i}");
+        gw.service_stop().await;
+    }
+
+    // The same manifest, whole and true, is used.
+    publish(MANIFEST_SUBJECT, Manifest { seq: 1, ..manifest }.to_json()).await?;
+    let gw = snapshot_gateway(
+        &stack,
+        "gateway-1",
+        "replay_snapshot_min = 1",
+        &revoked,
+        &valid,
+    )
+    .await?;
+    assert_metrics(
+        &gw,
+        &[
+            ("gateway_revocation_snapshots_loaded_total", 1.0),
+            ("gateway_revocation_events_applied_total", 1.0),
+        ],
+    )
+    .await;
+
+    // Gateways may read snapshots, never write them.
+    let (client, violations) = connect_as(&stack.nats.url(), "gateway-2").await?;
+    client
+        .publish(MANIFEST_SUBJECT, b"{}".to_vec().into())
+        .await?;
+    client.flush().await?;
+    eventually(WAIT, "the forbidden publish to be reported", || async {
+        (violations.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Each new snapshot replaces the last: the stream keeps the latest two (older chunks are
+/// purged), and a new gateway loads the latest, which holds every rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_replaced() -> anyhow::Result<()> {
+    let stack = snapshot_stack(2).await?;
+    let mut revoked = Vec::new();
+    for round in 1..=3u32 {
+        for _ in 0..2 {
+            let token = stack.authz.token("demo-client", "demo-secret").await?;
+            revoke_demo(&stack, &token).await?;
+            revoked.push(token);
+        }
+        eventually(WAIT, "the round's snapshot", || async {
+            (stack.authz.metric("authz_snapshots_published_total").await >= f64::from(round))
+                .then_some(())
+        })
+        .await?;
+    }
+    assert_eq!(stack.authz.metric("authz_snapshot_rules").await, 6.0);
+    assert_eq!(stack.authz.metric("authz_snapshot_sequence").await, 6.0);
+    // Three snapshots of one chunk and a manifest each: the first one's two messages are gone.
+    let (client, _) = connect_as(&stack.nats.url(), "authz").await?;
+    let info = async_nats::jetstream::new(client)
+        .get_stream(revocation::snapshot::SNAPSHOT_STREAM)
+        .await?
+        .cached_info()
+        .clone();
+    assert_eq!(info.state.first_sequence, 3, "{:?}", info.state);
+    assert_eq!(info.state.messages, 4, "{:?}", info.state);
+
+    let valid = stack.authz.token("demo-client", "demo-secret").await?;
+    let revoked: Vec<&String> = revoked.iter().collect();
+    let gw = snapshot_gateway(
+        &stack,
+        "gateway-1",
+        "replay_snapshot_min = 1",
+        &revoked,
+        &valid,
+    )
+    .await?;
+    assert_metrics(
+        &gw,
+        &[
+            ("gateway_revocation_snapshots_loaded_total", 1.0),
+            ("gateway_revocation_snapshot_rules_total", 6.0),
+            ("gateway_revocation_events_applied_total", 0.0),
+        ],
+    )
+    .await;
     Ok(())
 }

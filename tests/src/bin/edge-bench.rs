@@ -649,7 +649,8 @@ backend upstream
         pin(authz_1m.pid())?;
         eprintln!("seeding {} revocation rules...", args.rules);
         let started = Instant::now();
-        system_tests::seed::seed_revocations(&nats_1m.url(), ISSUER, args.rules).await?;
+        system_tests::seed::seed_revocations_for(&nats_1m.url(), &authz_1m, ISSUER, args.rules)
+            .await?;
         let seeded = started.elapsed();
         let conf = work.join("gateway-1m.toml");
         std::fs::write(

@@ -1,13 +1,15 @@
 //! Replay benchmark (issue 6): with N active revocation rules in the stream (default one
-//! million), how long does a new gateway take to replay them and report ready, and how much
-//! memory does it hold? The same for a gateway on an empty stream, for comparison.
+//! million), how long does a new gateway take to load them and report ready, and how much
+//! memory does it hold? The same for a gateway on an empty stream, for comparison, and for
+//! gateways that replay the whole stream instead of loading the authz-server's snapshot.
 //!
 //! NATS, the authz-server and every gateway are real processes (release builds); the rules go
-//! straight to JetStream as the authz-server's identity ([`system_tests::seed`]). Among them is
-//! the `jti` of one real token: every gateway must refuse that token and accept another. A
-//! benchmark, not a test: it prints figures and checks only that the runs were sane.
+//! into the authz-server's database and straight to JetStream as its identity
+//! ([`system_tests::seed`]), and the authz-server snapshots them. Among them is the `jti` of
+//! one real token: every gateway must refuse that token and accept another. A benchmark, not a
+//! test: it prints figures and checks only that the runs were sane.
 //!
-//! Usage: replay-bench [--rules N] [--runs R]   (defaults 1000000 and 3)
+//! Usage: replay-bench [--rules N] [--runs R] [--full-runs F]   (defaults 1000000, 3 and 1)
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -27,12 +29,18 @@ struct Args {
     /// Gateways started on each stream (empty, then full).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Gateways started on the full stream with snapshots turned off (the whole stream
+    /// replayed), for comparison.
+    #[arg(long, default_value_t = 1)]
+    full_runs: usize,
 }
 
 /// What one gateway start measured.
 struct Run {
     /// From spawning the process to `/readyz` answering 200.
     ready: Duration,
+    /// What the feed reported for the snapshot (manifest read to rules applied).
+    snapshot: Option<Duration>,
     /// What the feed reported for the replay (consumer created to caught up).
     replay: Option<Duration>,
     replayed_messages: u64,
@@ -47,7 +55,11 @@ struct Run {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let Args { rules, runs } = clap::Parser::parse();
+    let Args {
+        rules,
+        runs,
+        full_runs,
+    } = clap::Parser::parse();
     ensure!(runs > 0, "--runs must be at least 1");
 
     in_process_set(rules);
@@ -55,7 +67,13 @@ async fn main() -> Result<()> {
     let nats = Nats::start()?;
     let dir = tempfile::tempdir()?;
     let port = system_tests::free_ports(1)?[0];
-    let authz = Authz::spawn_process(dir.path(), port, &[nats.url()], "").await?;
+    let authz = Authz::spawn_process(
+        dir.path(),
+        port,
+        &[nats.url()],
+        "snapshot_interval_ms = 1000",
+    )
+    .await?;
     let upstream = Upstream::start().await?;
     let revoked = authz.token("demo-client", "demo-secret").await?;
     let kept = authz.token("demo-client", "demo-secret").await?;
@@ -63,7 +81,7 @@ async fn main() -> Result<()> {
     eprintln!("gateways on an empty stream...");
     let mut empty = Vec::new();
     for i in 0..runs {
-        let (run, _) = start_gateway(dir.path(), i, &nats, &authz, &upstream).await?;
+        let (run, _) = start_gateway(dir.path(), i, &nats, &authz, &upstream, "").await?;
         empty.push(run);
     }
 
@@ -78,14 +96,36 @@ async fn main() -> Result<()> {
             format!("{prefix}-{i}")
         }
     });
-    let seeded = system_tests::seed::seed_revocations_of(&nats.url(), &authz.url, jtis).await?;
+    let seeded = system_tests::seed::seed_revocations_of(&nats.url(), &authz, jtis).await?;
     ensure!(seeded.count == rules, "seeded {} of {rules}", seeded.count);
+    eprintln!("waiting for the authz-server's snapshot...");
+    let started = Instant::now();
+    system_tests::eventually(
+        Duration::from_secs(120),
+        "a snapshot of every rule",
+        || async {
+            (authz.metric("authz_snapshot_sequence").await >= seeded.last_sequence as f64)
+                .then_some(())
+        },
+    )
+    .await?;
+    let snapshot_taken = started.elapsed();
+    if let system_tests::Runner::Process(process) = &authz.runner {
+        for line in process.output().lines().filter(|l| l.contains("snapshot")) {
+            eprintln!("  authz log: {line}");
+        }
+    }
+    let snapshot_rules = authz.metric("authz_snapshot_rules").await;
 
     eprintln!("gateways on {rules} rules...");
     let mut full = Vec::new();
+    let mut replayed = Vec::new();
     let http = reqwest::Client::new();
-    for i in 0..runs {
-        let (run, gw) = start_gateway(dir.path(), runs + i, &nats, &authz, &upstream).await?;
+    let configs = std::iter::repeat_n("", runs)
+        .chain(std::iter::repeat_n("replay_snapshot_min = 0", full_runs));
+    for (i, extra) in configs.enumerate() {
+        let (run, gw) =
+            start_gateway(dir.path(), runs + i, &nats, &authz, &upstream, extra).await?;
         ensure!(
             run.rules >= rules as f64,
             "the gateway holds {} rules, expected at least {rules}",
@@ -99,7 +139,11 @@ async fn main() -> Result<()> {
             gw.call(&http, "/echo/", &kept).await == 200,
             "the gateway refused a token that was not revoked"
         );
-        full.push(run);
+        if extra.is_empty() {
+            full.push(run);
+        } else {
+            replayed.push(run);
+        }
     }
 
     println!();
@@ -111,8 +155,18 @@ async fn main() -> Result<()> {
         seeded.first_sequence,
         seeded.last_sequence
     );
+    println!(
+        "snapshot: {snapshot_rules} rules, published {:.2} s after the last seeded event was acknowledged (checked every second)",
+        snapshot_taken.as_secs_f64()
+    );
     print_runs("empty stream", &empty);
-    print_runs(&format!("{rules} rules"), &full);
+    print_runs(&format!("{rules} rules, from the snapshot"), &full);
+    if !replayed.is_empty() {
+        print_runs(
+            &format!("{rules} rules, the whole stream replayed (replay_snapshot_min = 0)"),
+            &replayed,
+        );
+    }
     Ok(())
 }
 
@@ -124,13 +178,15 @@ async fn start_gateway(
     nats: &Nats,
     authz: &Authz,
     upstream: &Upstream,
+    extra: &str,
 ) -> Result<(Run, Gateway)> {
     let id = GATEWAY_IDS[n % GATEWAY_IDS.len()];
     let run_dir = dir.join(format!("run-{n}"));
     std::fs::create_dir_all(&run_dir)?;
     let nats_cpu_before = nats.pid().map_or(0.0, system_tests::cpu_seconds);
     let started = Instant::now();
-    let mut gw = Gateway::spawn_process(&run_dir, id, &[nats.url()], authz, upstream, "").await?;
+    let mut gw =
+        Gateway::spawn_process(&run_dir, id, &[nats.url()], authz, upstream, extra).await?;
     let deadline = started + Duration::from_secs(120);
     while gw.readyz().await != 200 {
         if Instant::now() > deadline {
@@ -145,9 +201,16 @@ async fn start_gateway(
     let (rss, peak) = system_tests::resident_memory(pid)?;
     let log = gw.process()?.output();
     let (replay, replayed_messages) = replay_of(&log);
+    let snapshot = log_elapsed(&log, "revocation snapshot loaded");
+    if snapshot.is_none() && extra.is_empty() {
+        for line in log.lines().filter(|l| l.contains("snapshot")) {
+            eprintln!("  {id} log: {line}");
+        }
+    }
     let rules = gw.metric("gateway_revocation_rules ").await;
     let run = Run {
         ready,
+        snapshot,
         replay,
         replayed_messages,
         gateway_cpu,
@@ -157,8 +220,11 @@ async fn start_gateway(
         rules,
     };
     eprintln!(
-        "  {id}: ready {:.3} s, replay {}, cpu gateway {:.2} s nats {:.2} s, rss {:.1} MB, peak {:.1} MB, rules {}",
+        "  {id}: ready {:.3} s, snapshot {}, replay {}, cpu gateway {:.2} s nats {:.2} s, rss {:.1} MB, peak {:.1} MB, rules {}",
         run.ready.as_secs_f64(),
+        run.snapshot
+            .map(|d| format!("{:.3} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "-".into()),
         run.replay
             .map(|d| format!(
                 "{:.3} s ({} messages)",
@@ -194,6 +260,17 @@ fn print_runs(what: &str, runs: &[Run]) {
         median(ready.clone()),
         max(ready)
     );
+    let snapshot: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.snapshot.map(|d| d.as_secs_f64()))
+        .collect();
+    if !snapshot.is_empty() {
+        println!(
+            "  snapshot {:.3} s / {:.3} s",
+            median(snapshot.clone()),
+            max(snapshot)
+        );
+    }
     if !replay.is_empty() {
         println!(
             "  replay  {:.3} s / {:.3} s",
@@ -224,6 +301,16 @@ fn print_runs(what: &str, runs: &[Run]) {
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The `elapsed_ms` of the first log line containing `what`.
+fn log_elapsed(log: &str, what: &str) -> Option<Duration> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    line.split("elapsed_ms=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
 }
 
 /// The feed's "revocation stream replayed" log line: how long and how many messages.
