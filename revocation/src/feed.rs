@@ -418,7 +418,22 @@ impl Feed {
         {
             Ok(message) => message,
             Err(err) => {
-                tracing::info!(error = %err, "no revocation snapshot; replaying the revocation stream");
+                use async_nats::jetstream::{stream::LastRawMessageErrorKind, ErrorCode};
+                let none = match err.kind() {
+                    LastRawMessageErrorKind::NoMessageFound => true,
+                    LastRawMessageErrorKind::JetStream(e) => {
+                        e.error_code() == ErrorCode::STREAM_NOT_FOUND
+                    }
+                    _ => false,
+                };
+                if none {
+                    tracing::info!("no revocation snapshot; replaying the revocation stream");
+                } else {
+                    // A timeout, say, while a restarted cluster elects the snapshot
+                    // stream's leader.
+                    self.status.snapshots_failed.inc();
+                    tracing::warn!(error = %err, "cannot read the revocation snapshot manifest; replaying the revocation stream");
+                }
                 return;
             }
         };

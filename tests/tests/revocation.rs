@@ -764,6 +764,24 @@ async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
             .await?
             .cached_info(),
     );
+    // No snapshot stream yet: nothing to load, and nothing failed.
+    let gw = snapshot_gateway(
+        &stack,
+        "gateway-3",
+        "replay_snapshot_min = 1",
+        &revoked.iter().collect::<Vec<_>>(),
+        &valid,
+    )
+    .await?;
+    assert_metrics(
+        &gw,
+        &[
+            ("gateway_revocation_snapshots_failed_total", 0.0),
+            ("gateway_revocation_events_applied_total", 2.0),
+        ],
+    )
+    .await;
+    gw.service_stop().await;
     js.get_or_create_stream(snapshot::stream_config(1)).await?;
     let publish = |subject: &'static str, payload: Vec<u8>| {
         let js = js.clone();
