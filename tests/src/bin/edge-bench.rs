@@ -241,12 +241,15 @@ impl Server {
         args: &[&str],
         log: &Path,
     ) -> Result<Server> {
+        use std::os::unix::process::CommandExt;
         let out = std::fs::File::create(log)?;
         let child = Command::new("taskset")
             .args(["-c", SERVER_CPU])
             .arg(program)
             .args(args)
             .env("RUST_LOG", "warn")
+            // A group of its own, so that stopping it also stops what a profiler wrapper forked.
+            .process_group(0)
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
@@ -260,19 +263,23 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// SIGTERM first (a profiler writes its output at exit), SIGKILL after 10 s.
+    /// SIGTERM to its process group first (a profiler writes its output at exit), then, once
+    /// it has exited or after 10 s, SIGKILL to whatever is left of the group (a server that a
+    /// wrapper such as `strace` forked outlives the wrapper otherwise).
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = self.child.wait();
     }
 }
