@@ -123,14 +123,12 @@ async fn take(
         Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => None,
         Err(err) => return Err(err.into()),
     };
-    let (since, due) = match &previous {
-        Some((manifest, _)) if manifest.epoch == epoch => (
-            seq.saturating_sub(manifest.seq),
-            settings.min_events.max(manifest.rules / 10),
-        ),
-        _ => (seq, settings.min_events),
-    };
-    if since < due.max(1) {
+    if !due(
+        previous.as_ref().map(|(m, _)| m),
+        epoch,
+        seq,
+        settings.min_events,
+    ) {
         return Ok(None);
     }
 
@@ -186,6 +184,20 @@ async fn take(
     Ok(Some(manifest))
 }
 
+/// Whether a snapshot is due at stream sequence `seq` of stream `epoch`: the events since
+/// `previous` (all of them, without one or after one of another stream) reach `min_events`, or
+/// a tenth of the rules `previous` held if that is more.
+fn due(previous: Option<&Manifest>, epoch: u64, seq: u64, min_events: u64) -> bool {
+    let (since, needed) = match previous {
+        Some(manifest) if manifest.epoch == epoch => (
+            seq.saturating_sub(manifest.seq),
+            min_events.max(manifest.rules / 10),
+        ),
+        _ => (seq, min_events),
+    };
+    since >= needed.max(1)
+}
+
 /// Publishes one message to the snapshot stream and waits for its ack; its sequence.
 async fn publish(
     js: &jetstream::Context,
@@ -193,4 +205,42 @@ async fn publish(
     payload: Vec<u8>,
 ) -> Result<u64, async_nats::Error> {
     Ok(js.publish(subject, payload.into()).await?.await?.sequence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(epoch: u64, seq: u64, rules: u64) -> Manifest {
+        Manifest {
+            v: snapshot::SNAPSHOT_VERSION,
+            id: "s".into(),
+            epoch,
+            seq,
+            first_chunk: 0,
+            last_chunk: 0,
+            chunks: 0,
+            rules,
+            created_at: 0,
+        }
+    }
+
+    /// The first snapshot waits for `min_events`; later ones for `min_events` more, or a tenth
+    /// of the last one's rules when that is more; a new stream starts the count again.
+    #[test]
+    fn snapshot_due() {
+        assert!(!due(None, 1, 9_999, 10_000));
+        assert!(due(None, 1, 10_000, 10_000));
+        let small = manifest(1, 50_000, 20_000);
+        assert!(!due(Some(&small), 1, 59_999, 10_000));
+        assert!(due(Some(&small), 1, 60_000, 10_000));
+        let big = manifest(1, 1_000_000, 1_000_000);
+        assert!(!due(Some(&big), 1, 1_099_999, 10_000));
+        assert!(due(Some(&big), 1, 1_100_000, 10_000));
+        // Another stream: its sequences say nothing about this one.
+        assert!(due(Some(&big), 2, 10_000, 10_000));
+        assert!(!due(Some(&big), 2, 9_999, 10_000));
+        // Nothing new, nothing due, whatever the minimum.
+        assert!(!due(Some(&manifest(1, 7, 0)), 1, 7, 0));
+    }
 }
