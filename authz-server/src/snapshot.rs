@@ -72,7 +72,7 @@ pub fn spawn(
                 _ = tokio::time::sleep(settings.interval) => {}
             }
             // A snapshot interrupted by shutdown leaves chunks without a manifest: no gateway
-            // reads them, and the next snapshot's purge removes them.
+            // reads them, and a later snapshot's purge removes them.
             let taken = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 taken = take(&js, &store, &settings) => taken,
