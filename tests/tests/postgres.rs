@@ -6,7 +6,8 @@ use system_tests::{all_refused, Authz, Gateway, Nats, PgDatabase, Upstream};
 
 /// Two replicas revoking concurrently through one database: every revocation reaches every
 /// gateway, and the stream holds each exactly once although both relays may publish it
-/// (the message id de-duplicates).
+/// (the message id de-duplicates). Both replicas watch for a snapshot to be due, and a new
+/// gateway loads the one taken (from the shared database) whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_database() -> anyhow::Result<()> {
     let db = PgDatabase::create().await?;
@@ -14,7 +15,8 @@ async fn two_replicas_share_one_database() -> anyhow::Result<()> {
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let key = dir_a.path().join("signing-key.pem");
     let common = format!(
-        "database = \"{}\"\nsigning_key_file = {key:?}\nheartbeat_interval_ms = 200",
+        "database = \"{}\"\nsigning_key_file = {key:?}\nheartbeat_interval_ms = 200\n\
+         snapshot_interval_ms = 100\nsnapshot_min_events = 20",
         db.url
     );
     let a = Authz::start_with(dir_a.path(), &[nats.url()], &common).await?;
@@ -76,5 +78,38 @@ async fn two_replicas_share_one_database() -> anyhow::Result<()> {
             .await?;
         assert_eq!(page["revocations"].as_array().map(Vec::len), Some(20));
     }
+
+    system_tests::eventually(Duration::from_secs(10), "a snapshot", || async {
+        let published = a.metric("authz_snapshots_published_total").await
+            + b.metric("authz_snapshots_published_total").await;
+        (published >= 1.0).then_some(())
+    })
+    .await?;
+    let late = Gateway::start_with(
+        "gateway-3",
+        "gateway-3",
+        &[nats.url()],
+        &a,
+        &upstream,
+        "replay_snapshot_min = 1",
+    )
+    .await?;
+    late.wait_ready().await?;
+    all_refused(
+        std::slice::from_ref(&late.url),
+        &tokens,
+        Duration::from_secs(5),
+    )
+    .await?;
+    assert_eq!(
+        late.metric("gateway_revocation_snapshots_loaded_total")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        late.metric("gateway_revocation_snapshot_rules_total").await,
+        20.0
+    );
+    assert_eq!(late.metric("gateway_revocation_rules").await, 20.0);
     Ok(())
 }

@@ -788,17 +788,25 @@ async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
         async move { anyhow::Ok(js.publish(subject, payload.into()).await?.await?.sequence) }
     };
     // A chunk holding one of the two rules: a snapshot built on it would lose the other.
-    let mut writer = snapshot::ChunkWriter::new("partial");
     let jti = claims_of(&revoked[0])["jti"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    writer.push(
-        &revocation::event::RuleRef::Token { jti: jti.into() },
-        &stack.authz.url,
-        revocation::unix_now() + 3600,
-    );
-    let chunk = publish(CHUNK_SUBJECT, writer.finish().0.unwrap_or_default()).await?;
+    let chunk_of = |id: &str| {
+        let mut writer = snapshot::ChunkWriter::new(id);
+        writer.push(
+            &revocation::event::RuleRef::Token {
+                jti: jti.as_str().into(),
+            },
+            &stack.authz.url,
+            revocation::unix_now() + 3600,
+        );
+        writer.finish().0.unwrap_or_default()
+    };
+    let chunk = publish(CHUNK_SUBJECT, chunk_of("partial")).await?;
+    // The same in a snapshot "late" whose chunk follows: what two authz-servers snapshotting at
+    // once leave behind.
+    let late_chunk = publish(CHUNK_SUBJECT, chunk_of("late")).await?;
     let bad_rule = publish(
         CHUNK_SUBJECT,
         br#"{"v":1,"snapshot":"bad","index":0,"iss":["i"],"rules":[["token",3,"k",0,1]]}"#.to_vec(),
@@ -893,8 +901,14 @@ async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
         gw.service_stop().await;
     }
 
-    // The same manifest, whole and true, is used.
-    publish(MANIFEST_SUBJECT, Manifest { seq: 1, ..manifest }.to_json()).await?;
+    // A true manifest is used, read past the other snapshot's chunk before its own.
+    let late = Manifest {
+        id: "late".into(),
+        seq: 1,
+        last_chunk: late_chunk,
+        ..manifest
+    };
+    publish(MANIFEST_SUBJECT, late.to_json()).await?;
     let gw = snapshot_gateway(
         &stack,
         "gateway-1",
