@@ -200,8 +200,11 @@ async fn start_gateway(
     let nats_cpu = nats.pid().map_or(0.0, system_tests::cpu_seconds) - nats_cpu_before;
     let (rss, peak) = system_tests::resident_memory(pid)?;
     let log = gw.process()?.output();
-    let (replay, replayed_messages) = replay_of(&log);
-    let snapshot = log_elapsed(&log, "revocation snapshot loaded");
+    // The feed's log lines: how long the snapshot and the replay took, and how many messages.
+    let elapsed = |what| log_field(&log, what, "elapsed_ms").map(Duration::from_millis);
+    let snapshot = elapsed("revocation snapshot loaded");
+    let replay = elapsed("revocation stream replayed");
+    let replayed_messages = log_field(&log, "revocation stream replayed", "messages").unwrap_or(0);
     if snapshot.is_none() && extra.is_empty() {
         for line in log.lines().filter(|l| l.contains("snapshot")) {
             eprintln!("  {id} log: {line}");
@@ -303,34 +306,13 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// The `elapsed_ms` of the first log line containing `what`.
-fn log_elapsed(log: &str, what: &str) -> Option<Duration> {
+/// Field `name` (a number) of the first log line containing `what`.
+fn log_field(log: &str, what: &str, name: &str) -> Option<u64> {
     let line = log.lines().find(|l| l.contains(what))?;
-    line.split("elapsed_ms=")
+    line.split(&format!("{name}="))
         .nth(1)
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-}
-
-/// The feed's "revocation stream replayed" log line: how long and how many messages.
-fn replay_of(log: &str) -> (Option<Duration>, u64) {
-    let Some(line) = log
-        .lines()
-        .find(|l| l.contains("revocation stream replayed"))
-    else {
-        return (None, 0);
-    };
-    let field = |name: &str| {
-        line.split(&format!("{name}="))
-            .nth(1)
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    (
-        field("elapsed_ms").map(Duration::from_millis),
-        field("messages").unwrap_or(0),
-    )
 }
 
 /// The `jti` claim of a JWT (not verified: the token comes from our own authz-server).
