@@ -5,6 +5,8 @@
 //! Contestants, all answering the same `GET /` with the same `Authorization` header:
 //! - `direct`: nginx answering a small fixed body (the upstream of all the others);
 //! - `nginx-proxy`: nginx proxying to it with upstream keep-alive, no authentication;
+//! - `hyper-proxy` (pool workload only): the least a proxy on hyper does (`hyper-proxy.rs`),
+//!   the floor under the gateway's proxy path;
 //! - `haproxy-jwt`: HAProxy verifying the RS256 JWT (`jwt_verify`, algorithm fixed) and its
 //!   `exp`, `iss` and `aud`, and looking its `jti` up in a map of revoked ids;
 //! - `gateway`: this project's gateway, one worker thread, connected to its NATS feed;
@@ -502,7 +504,7 @@ async fn main() -> Result<()> {
     std::fs::write(&script, WRK_SCRIPT)?;
 
     // The revocation stack of `gateway`: NATS and the authz-server (for its heartbeats).
-    let ports = free_ports(10)?;
+    let ports = free_ports(11)?;
     let nats = Nats::start()?;
     let authz_dir = work.join("authz");
     std::fs::create_dir_all(&authz_dir)?;
@@ -558,6 +560,20 @@ async fn main() -> Result<()> {
         "nginx-proxy",
         proxy_port,
         format!("  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{proxy_port};\n    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n"),
+    )?;
+
+    // The floor under the gateway: hyper's server and client and nothing else.
+    let hyper_proxy = Server::spawn(
+        "hyper-proxy",
+        ports[9],
+        &system_tests::binary("hyper-proxy")?,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{}", ports[9]),
+            "--upstream",
+            &format!("127.0.0.1:{upstream_port}"),
+        ],
+        &work.join("hyper-proxy.log"),
     )?;
 
     // HAProxy verifying the JWT, with a map of revoked jtis.
@@ -718,7 +734,8 @@ backend upstream
     };
 
     // Every contestant must accept the tokens before it is measured.
-    let mut pool_contestants: Vec<&Server> = vec![&direct, &nginx_proxy, &haproxy_jwt, &gateway];
+    let mut pool_contestants: Vec<&Server> =
+        vec![&direct, &nginx_proxy, &hyper_proxy, &haproxy_jwt, &gateway];
     if let Some(gw) = &gateway_1m {
         pool_contestants.push(gw);
     }
@@ -735,7 +752,7 @@ backend upstream
             server.name
         );
         let status = call(server.port, "not-a-token").await?;
-        if server.name != "direct" && server.name != "nginx-proxy" {
+        if !["direct", "nginx-proxy", "hyper-proxy"].contains(&server.name) {
             anyhow::ensure!(
                 status == 401,
                 "{} answered {status} to a bad token",
@@ -770,6 +787,18 @@ backend upstream
             }
         }
         report.push_str(&table("Pool of 1,000 tokens", &pool, &order_pool));
+        let cpu = |name: &str| pool.get(name).map_or(0.0, Summary::cpu);
+        let _ = writeln!(
+            report,
+            "\nThe floor of hyper: `hyper-proxy` runs at {:.2}× `nginx-proxy`'s requests/s with {:.1} against {:.1} µs of CPU a request; the gateway adds {:.1} µs to it ({:.2}× its requests/s).",
+            pool.get("hyper-proxy").map_or(0.0, Summary::rps)
+                / pool.get("nginx-proxy").map_or(f64::NAN, Summary::rps),
+            cpu("hyper-proxy"),
+            cpu("nginx-proxy"),
+            cpu("gateway") - cpu("hyper-proxy"),
+            pool.get("gateway").map_or(0.0, Summary::rps)
+                / pool.get("hyper-proxy").map_or(f64::NAN, Summary::rps),
+        );
     }
 
     let fresh_contestants = [&haproxy_jwt, &gateway];
