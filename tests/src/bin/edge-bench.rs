@@ -236,6 +236,32 @@ struct Server {
 }
 
 impl Server {
+    /// [`Server::spawn`], under the command in `EDGE_BENCH_GATEWAY_WRAPPER` (for `gateway`) or
+    /// `EDGE_BENCH_HYPER_PROXY_WRAPPER` (for `hyper-proxy`) if set: a profiler, e.g.
+    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/gateway.callgrind".
+    fn spawn_wrapped(
+        name: &'static str,
+        port: u16,
+        program: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<Server> {
+        let variable = format!(
+            "EDGE_BENCH_{}_WRAPPER",
+            name.to_ascii_uppercase().replace('-', "_")
+        );
+        let wrapper = std::env::var(variable).unwrap_or_default();
+        let mut words: Vec<&str> = wrapper.split_whitespace().collect();
+        let Some(first) = words.first().copied() else {
+            return Server::spawn(name, port, program, args, log);
+        };
+        let program_text = program.display().to_string();
+        words.remove(0);
+        words.push(&program_text);
+        words.extend_from_slice(args);
+        Server::spawn(name, port, Path::new(first), &words, log)
+    }
+
     fn spawn(
         name: &'static str,
         port: u16,
@@ -563,7 +589,7 @@ async fn main() -> Result<()> {
     )?;
 
     // The floor under the gateway: hyper's server and client and nothing else.
-    let hyper_proxy = Server::spawn(
+    let hyper_proxy = Server::spawn_wrapped(
         "hyper-proxy",
         ports[9],
         &system_tests::binary("hyper-proxy")?,
@@ -638,23 +664,11 @@ backend upstream
         &gw_conf,
         gateway_conf(ports[4], ports[5], &nats.url(), "gateway-1"),
     )?;
-    // EDGE_BENCH_GATEWAY_WRAPPER runs the gateway under a profiler, e.g.
-    // "valgrind --tool=callgrind --callgrind-out-file=/tmp/gateway.callgrind".
-    let wrapper = std::env::var("EDGE_BENCH_GATEWAY_WRAPPER").unwrap_or_default();
-    let mut words: Vec<String> = wrapper.split_whitespace().map(str::to_string).collect();
-    let program = if words.is_empty() {
-        gateway_bin.clone()
-    } else {
-        words.push(gateway_bin.display().to_string());
-        PathBuf::from(words.remove(0))
-    };
-    words.extend(["--config".to_string(), gw_conf.display().to_string()]);
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let gateway = Server::spawn(
+    let gateway = Server::spawn_wrapped(
         "gateway",
         ports[4],
-        &program,
-        &words,
+        &gateway_bin,
+        &["--config", &gw_conf.display().to_string()],
         &work.join("gateway.log"),
     )?;
     wait_ready(ports[5], Duration::from_secs(120)).await?;
