@@ -314,9 +314,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             present[i] = true;
         }
     }
-    if present[0] {
-        // `Connection: keep-alive` (or `close`) on every upstream response nominates
-        // nothing to parse: those are hop-by-hop already, or no header at all.
+    // `Connection: keep-alive` (or `close`), on every upstream response, nominates nothing:
+    // a whole-value match skips the token parsing below.
+    let nominates = |value: &HeaderValue| {
+        let value = value.as_bytes();
+        !(value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close"))
+    };
+    if present[0] && headers.get_all(header::CONNECTION).iter().any(nominates) {
+        // Tokens that are hop-by-hop already, or `close`, name no header to remove.
         let nominated: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -363,6 +368,20 @@ mod tests {
             assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
         }
         assert_eq!(hop_by_hop_index(&header::ACCEPT), None);
+        // The whole-value shortcut for the common values, and a nomination behind one.
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("accept"));
     }
 
     /// The request's path and query are kept (prefix stripped when asked), the authority is
