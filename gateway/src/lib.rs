@@ -444,6 +444,7 @@ pub async fn run_with_reload(
             audiences: config.audiences.clone(),
             leeway: config.leeway,
             max_ttl: config.max_ttl,
+            headers: Default::default(),
         },
         keys,
         revocations,

@@ -4,6 +4,9 @@
 //! that key. Everything else is checked here, against `now`, because jsonwebtoken does not
 //! check `typ`, `crit`, `iat` or `jti`, and its `exp` check accepts values near `u64::MAX`.
 
+use std::sync::Arc;
+
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::keys::KeySet;
@@ -182,6 +185,84 @@ pub struct Verifier {
     pub audiences: Vec<String>,
     pub leeway: u64,
     pub max_ttl: u64,
+    /// JOSE headers already checked (shared by clones).
+    pub headers: HeaderCache,
+}
+
+/// What an accepted JOSE header says that the gateway acts on: the key to look up and the
+/// algorithm it must have. (`typ` was at+jwt, and no forbidden member was present.)
+#[derive(Debug, Clone)]
+struct HeaderFacts {
+    kid: Box<str>,
+    alg: Algorithm,
+}
+
+/// Headers entering the cache at most; there are a few per issuer in practice (one per
+/// signing key), so a full cache means someone is sending made-up headers.
+const HEADER_CACHE_ENTRIES: usize = 64;
+
+/// Accepted JOSE headers, by their exact base64url text. An issuer signs every token of a key
+/// with the same header, so even a never-seen token nearly always carries one checked
+/// before; decoding it again (base64 and jsonwebtoken's many-field `Header`) cost about 8,000
+/// instructions of each signature check (BENCHMARKS.md). The key is the whole text, so a hit
+/// is exactly a header that passed the checks, and the key lookup and algorithm match are
+/// still made on every token. Bounded; refused headers are not kept.
+#[derive(Clone)]
+pub struct HeaderCache(Arc<quick_cache::sync::Cache<Box<str>, HeaderFacts>>);
+
+impl Default for HeaderCache {
+    fn default() -> Self {
+        HeaderCache(Arc::new(quick_cache::sync::Cache::new(
+            HEADER_CACHE_ENTRIES,
+        )))
+    }
+}
+
+impl std::fmt::Debug for HeaderCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderCache")
+            .field("entries", &self.0.len())
+            .finish()
+    }
+}
+
+impl HeaderCache {
+    /// The facts of `encoded` (the token's first segment), checking it on a miss.
+    fn facts(&self, encoded: &str, token: &str) -> Result<HeaderFacts, TokenError> {
+        if let Some(facts) = self.0.get(encoded) {
+            return Ok(facts);
+        }
+        let facts = check_header(token)?;
+        self.0.insert(encoded.into(), facts.clone());
+        Ok(facts)
+    }
+}
+
+/// Decodes and checks the JOSE header of `token` (three segments).
+fn check_header(token: &str) -> Result<HeaderFacts, TokenError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    // RFC 9068 §4: typ must be at+jwt (or its full media type); compare case-insensitively.
+    let typ_ok = header.typ.as_deref().is_some_and(|t| {
+        t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+    });
+    if !typ_ok {
+        return Err(TokenError::Type);
+    }
+    // We understand no extension (RFC 7515 §4.1.11), and the key comes from our JWKS by
+    // `kid` only, never from the token itself.
+    if header.crit.is_some()
+        || header.jku.is_some()
+        || header.jwk.is_some()
+        || header.x5u.is_some()
+        || header.x5c.is_some()
+    {
+        return Err(TokenError::Header);
+    }
+    let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+    Ok(HeaderFacts {
+        kid: kid.into(),
+        alg: header.alg,
+    })
 }
 
 impl Verifier {
@@ -195,26 +276,14 @@ impl Verifier {
         now: u64,
         audiences: Option<&[String]>,
     ) -> Result<(VerifiedClaims, u64), TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        // RFC 9068 §4: typ must be at+jwt (or its full media type); compare case-insensitively.
-        let typ_ok = header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
-        });
-        if !typ_ok {
-            return Err(TokenError::Type);
+        // Exactly three segments: header.payload.signature.
+        let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let (header, payload) = signed.split_once('.').ok_or(TokenError::Malformed)?;
+        if payload.contains('.') {
+            return Err(TokenError::Malformed);
         }
-        // We understand no extension (RFC 7515 §4.1.11), and the key comes from our JWKS by
-        // `kid` only, never from the token itself.
-        if header.crit.is_some()
-            || header.jku.is_some()
-            || header.jwk.is_some()
-            || header.x5u.is_some()
-            || header.x5c.is_some()
-        {
-            return Err(TokenError::Header);
-        }
-        let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
-        let key = keys.get(kid).ok_or(TokenError::UnknownKey)?;
+        let header = self.headers.facts(header, token)?;
+        let key = keys.get(&header.kid).ok_or(TokenError::UnknownKey)?;
         if header.alg != key.alg {
             return Err(TokenError::Algorithm);
         }
@@ -222,11 +291,6 @@ impl Verifier {
         // does, with the key parsed once instead of per call (see `keys::VerifyKey::key`).
         use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
         use base64::Engine as _;
-        let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        let (_, payload) = signed.split_once('.').ok_or(TokenError::Malformed)?;
-        if payload.contains('.') {
-            return Err(TokenError::Malformed);
-        }
         let signature = B64.decode(signature).map_err(|_| TokenError::Malformed)?;
         key.key
             .verify_sig(signed.as_bytes(), &signature)
@@ -288,6 +352,7 @@ mod tests {
             audiences: vec!["api".into()],
             leeway: 10,
             max_ttl: 600,
+            headers: HeaderCache::default(),
         }
     }
 
@@ -358,5 +423,132 @@ mod tests {
         assert!(v
             .check_claims(&c, 600, Some(&["other".to_string()]))
             .is_ok());
+    }
+
+    /// A P-256 key pair and a key set holding its public half under `kid`.
+    fn es256_key(kid: &str) -> (aws_lc_rs::signature::EcdsaKeyPair, KeySet) {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use base64::Engine as _;
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let public = pair.public_key().as_ref().to_vec();
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(serde_json::json!({"keys": [
+            {"kty": "EC", "kid": kid, "crv": "P-256",
+             "x": B64.encode(&public[1..33]), "y": B64.encode(&public[33..65])}
+        ]}))
+        .unwrap();
+        (pair, KeySet::from_jwks(&jwks, &[Algorithm::ES256]))
+    }
+
+    /// A compact JWS of `header` and claims with `jti`, signed by `pair`.
+    fn es256_token(
+        pair: &aws_lc_rs::signature::EcdsaKeyPair,
+        header: &serde_json::Value,
+        jti: &str,
+    ) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use base64::Engine as _;
+        let claims = serde_json::json!({"iss": "https://issuer", "sub": "s", "aud": "api",
+            "exp": 1300, "iat": 1000, "nbf": 1000, "jti": jti, "client_id": "c"});
+        let signed = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let signature = pair.sign(&rng, signed.as_bytes()).unwrap();
+        format!("{signed}.{}", B64.encode(signature.as_ref()))
+    }
+
+    /// A header checked once is remembered by its text, and only the header checks are
+    /// skipped: the key lookup, the algorithm match and the signature still decide. Refused
+    /// headers are not kept, and the cache stays bounded.
+    #[test]
+    fn checked_headers_are_remembered_but_decide_nothing_else() {
+        let (pair, keys) = es256_key("k1");
+        let v = verifier();
+        let header = serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"});
+        let first = es256_token(&pair, &header, "a");
+        assert_eq!(v.verify(&first, &keys, 1100, None).unwrap().0.jti, "a");
+        assert_eq!(v.headers.0.len(), 1);
+        // A never-seen token with the same header: a hit, still verified in full.
+        let second = es256_token(&pair, &header, "b");
+        assert_eq!(v.verify(&second, &keys, 1100, None).unwrap().0.jti, "b");
+        assert_eq!(v.headers.0.len(), 1);
+        let (other_pair, other_keys) = es256_key("k1");
+        let forged = es256_token(&other_pair, &header, "c");
+        assert_eq!(
+            v.verify(&forged, &keys, 1100, None).unwrap_err(),
+            TokenError::Signature
+        );
+        assert_eq!(
+            v.verify(&first, &other_keys, 1100, None).unwrap_err(),
+            TokenError::Signature
+        );
+        let (_, no_k1) = es256_key("k2");
+        assert_eq!(
+            v.verify(&first, &no_k1, 1100, None).unwrap_err(),
+            TokenError::UnknownKey
+        );
+        // The claims are still checked against `now`.
+        assert_eq!(
+            v.verify(&second, &keys, 2000, None).unwrap_err(),
+            TokenError::Expired
+        );
+        // Refused headers are refused every time and never kept.
+        for (header, error) in [
+            (
+                serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "k1"}),
+                TokenError::Type,
+            ),
+            (
+                serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1", "crit": ["exp"]}),
+                TokenError::Header,
+            ),
+            (
+                serde_json::json!({"alg": "ES256", "typ": "at+jwt"}),
+                TokenError::UnknownKey,
+            ),
+        ] {
+            let token = es256_token(&pair, &header, "d");
+            for _ in 0..2 {
+                assert_eq!(v.verify(&token, &keys, 1100, None).unwrap_err(), error);
+            }
+        }
+        assert_eq!(v.headers.0.len(), 1);
+        // An accepted header naming another algorithm than its key's: kept, and refused
+        // every time by the match made on each token.
+        let rs256 = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": "k1"});
+        let token = es256_token(&pair, &rs256, "f");
+        for _ in 0..2 {
+            assert_eq!(
+                v.verify(&token, &keys, 1100, None).unwrap_err(),
+                TokenError::Algorithm
+            );
+        }
+        assert_eq!(v.headers.0.len(), 2);
+        // Four segments are malformed whatever the first one is.
+        let (signed, signature) = first.rsplit_once('.').unwrap();
+        let four = format!("{signed}.x.{signature}");
+        assert_eq!(
+            v.verify(&four, &keys, 1100, None).unwrap_err(),
+            TokenError::Malformed
+        );
+        // Made-up kids pass the header checks and are kept, within the bound.
+        for i in 0..1000 {
+            let header =
+                serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": format!("x{i}")});
+            let token = es256_token(&pair, &header, "e");
+            assert_eq!(
+                v.verify(&token, &keys, 1100, None).unwrap_err(),
+                TokenError::UnknownKey
+            );
+        }
+        assert!(
+            v.headers.0.len() <= 2 * HEADER_CACHE_ENTRIES,
+            "{}",
+            v.headers.0.len()
+        );
+        assert_eq!(v.verify(&first, &keys, 1100, None).unwrap().0.jti, "a");
     }
 }
