@@ -282,6 +282,7 @@ impl Server {
             .stderr(out)
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
+        running(format!("-{}", child.id()), true);
         Ok(Server { name, child, port })
     }
 
@@ -297,6 +298,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        running(group.clone(), false);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -321,7 +323,43 @@ fn memory_mib(pid: u32) -> (f64, f64) {
 /// Pins every thread of a process started by the harness to the server CPU.
 fn pin(pid: Option<u32>) -> Result<()> {
     let pid = pid.context("process not running")?;
+    running(format!("{pid}"), true);
     run(Command::new("taskset").args(["-a", "-p", "-c", SERVER_CPU, &pid.to_string()]))?;
+    Ok(())
+}
+
+/// What `kill` must be given to stop each process the benchmark started: a pid, or `-pgid`
+/// for a server in a group of its own. Their drops stop them on a normal exit; this list is
+/// for an interrupted one, when drops do not run.
+static RUNNING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds (`true`) or removes a `kill` target of [`RUNNING`].
+fn running(target: String, started: bool) {
+    let mut list = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    list.retain(|t| *t != target);
+    if started {
+        list.push(target);
+    }
+}
+
+/// On SIGINT or SIGTERM, stops every process the benchmark started and exits: a server in a
+/// group of its own would not get a terminal's Ctrl-C, and none gets a `kill` of the
+/// benchmark alone.
+fn stop_everything_on_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("interrupted: stopping the servers");
+        for target in RUNNING.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = Command::new("kill").args(["-TERM", "--", target]).status();
+        }
+        std::process::exit(130);
+    });
     Ok(())
 }
 
@@ -511,6 +549,7 @@ fn table(title: &str, results: &BTreeMap<&'static str, Summary>, order: &[&'stat
 async fn main() -> Result<()> {
     let args = <Args as clap::Parser>::parse();
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    stop_everything_on_signal()?;
     let (wrk, nginx, haproxy) = (which("wrk")?, which("nginx")?, which("haproxy")?);
     which("taskset")?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
