@@ -298,7 +298,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        running(group.clone(), false);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -311,6 +310,7 @@ impl Drop for Server {
             .stderr(std::process::Stdio::null())
             .status();
         let _ = self.child.wait();
+        running(group, false);
     }
 }
 
