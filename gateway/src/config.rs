@@ -69,9 +69,25 @@ pub struct Config {
     #[serde(default)]
     pub on_stale: OnStale,
     /// Peers (CIDRs, e.g. the load balancer's) whose `X-Forwarded-*` and `Forwarded` headers
-    /// are kept and extended; from anyone else they are replaced.
+    /// are kept and extended, and whose `untrusted_headers` are kept; from anyone else they
+    /// are replaced or removed.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Headers removed from the requests of peers outside `trusted_proxies`: client
+    /// addresses, URL rewrites, method overrides (`sanitize::DEFAULT_UNTRUSTED`). Names are
+    /// compared case-insensitively with `_` read as `-`.
+    #[serde(default = "default_untrusted_headers")]
+    pub untrusted_headers: Vec<String>,
+    /// Prefix of the identity headers the gateway sets (`<prefix>subject`,
+    /// `<prefix>client-id`, `<prefix>scope`). Every request header under it, in any spelling,
+    /// is removed, and so is every response header under it.
+    #[serde(default = "default_identity_header_prefix")]
+    pub identity_header_prefix: String,
+    /// Merge repeated slashes in request paths (`/a//b` -> `/a/b`) before routing and
+    /// forwarding, as nginx and most servers do when they resolve a path. Turn off only for
+    /// upstreams that give `//` a meaning of their own.
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
     /// Serve the proxy listener over TLS (HTTP/2 and HTTP/1.1 by ALPN) instead of cleartext.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -153,11 +169,24 @@ pub enum OnStale {
     Serve,
 }
 
+/// What a route does with `%2F` and `%5C` in a path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlashes {
+    /// 400: an upstream that decodes before it splits the path would see other segments
+    /// than the gateway routed on.
+    #[default]
+    Reject,
+    /// Forwarded as they are, for upstreams that keep them as data (object keys, IDs).
+    Keep,
+}
+
 /// One route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Path prefix, starting with `/`.
+    /// Path prefix, starting with `/`, in normal form (see `path`); it matches at segment
+    /// boundaries.
     pub prefix: String,
     /// Only requests for this host match (port and case ignored); any host when absent.
     #[serde(default)]
@@ -184,6 +213,17 @@ pub struct RouteConfig {
     /// and sends the identity headers only.
     #[serde(default)]
     pub forward_token: bool,
+    /// Methods allowed on this route (405 with `Allow` for others); by default every
+    /// method but CONNECT and TRACE.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// `reject` (the default: 400) or `keep` paths holding `%2F` or `%5C`.
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
+    /// Allow WebSocket upgrades (RFC 6455) on this route; the upgrade request is
+    /// authenticated like any other. Off by default: an upstream's `101` is then refused.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 impl RouteConfig {
@@ -193,6 +233,18 @@ impl RouteConfig {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
+fn default_untrusted_headers() -> Vec<String> {
+    crate::sanitize::DEFAULT_UNTRUSTED
+        .iter()
+        .map(|h| h.to_string())
+        .collect()
+}
+fn default_identity_header_prefix() -> String {
+    "x-auth-".into()
+}
 fn default_jwks_refresh() -> u64 {
     300
 }
@@ -322,9 +374,54 @@ impl Config {
         if self.routes.is_empty() {
             return Err("routes: at least one route is required".into());
         }
+        let header_name = |name: &str| {
+            !name.is_empty()
+                && http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && !name.contains(':')
+        };
+        if !header_name(&self.identity_header_prefix) {
+            return Err(
+                "identity_header_prefix: must be a header name prefix, e.g. x-auth-".into(),
+            );
+        }
+        if let Some(bad) = self.untrusted_headers.iter().find(|h| !header_name(h)) {
+            return Err(format!("untrusted_headers: {bad:?} is not a header name"));
+        }
         for (i, route) in self.routes.iter().enumerate() {
-            if !route.prefix.starts_with('/') {
-                return Err(format!("routes[{i}].prefix: must start with '/'"));
+            match crate::path::normalize(&route.prefix, self.merge_slashes) {
+                Ok(n) if n.path == route.prefix.as_str() && !n.encoded_slash => {}
+                Ok(n) => {
+                    return Err(format!(
+                        "routes[{i}].prefix: {:?} is not in normal form (it reads as {:?})",
+                        route.prefix, n.path
+                    ))
+                }
+                Err(e) => return Err(format!("routes[{i}].prefix: {}", e.as_str())),
+            }
+            if let Some(host) = &route.host {
+                if crate::host::host_name(host).is_none() || host.contains(':') {
+                    return Err(format!(
+                        "routes[{i}].host: {host:?} is not a host name (no port)"
+                    ));
+                }
+            }
+            for method in route.methods.iter().flatten() {
+                match method.parse::<http::Method>() {
+                    Ok(m) if m == http::Method::CONNECT => {
+                        return Err(format!(
+                            "routes[{i}].methods: CONNECT is not proxied (the gateway does not tunnel)"
+                        ))
+                    }
+                    Ok(m) if m.as_str() == method => {}
+                    _ => {
+                        return Err(format!(
+                            "routes[{i}].methods: {method:?} is not a method name (upper case, e.g. GET)"
+                        ))
+                    }
+                }
+            }
+            if route.methods.as_ref().is_some_and(Vec::is_empty) {
+                return Err(format!("routes[{i}].methods: must not be empty"));
             }
             let upstreams = route.upstream_urls();
             if upstreams.is_empty() {

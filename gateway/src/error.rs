@@ -12,9 +12,21 @@ pub enum GatewayError {
     /// The client sent no credentials (or another scheme than Bearer).
     #[error("no bearer credentials")]
     NoCredentials,
-    /// The client's request is malformed.
+    /// The client's credentials are malformed (RFC 6750 `invalid_request`).
     #[error("invalid_request: {0}")]
     InvalidRequest(&'static str),
+    /// The client's request is malformed or ambiguous as HTTP: framing, host, path.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The client's request body broke off or was malformed (a bad chunk) while it streamed.
+    #[error("malformed request body")]
+    BadBody,
+    /// The route does not allow the method; the value is the `Allow` header.
+    #[error("method not allowed")]
+    MethodNotAllowed(HeaderValue),
+    /// A transfer coding other than `chunked`, which the gateway does not decode.
+    #[error("transfer coding not implemented")]
+    UnsupportedTransferCoding,
     /// The client's token failed a check; the reason is logged, never sent (no oracle).
     #[error("invalid_token: {0}")]
     InvalidToken(TokenError),
@@ -47,6 +59,10 @@ impl GatewayError {
         match self {
             GatewayError::NoCredentials => "no_credentials",
             GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::BadBody => "bad_body",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::UnsupportedTransferCoding => "not_implemented",
             GatewayError::InvalidToken(_) => "invalid_token",
             GatewayError::InsufficientScope(_) => "insufficient_scope",
             GatewayError::NoRoute => "no_route",
@@ -76,6 +92,27 @@ impl GatewayError {
                 Some("invalid_request"),
                 *d,
                 Some(challenge(", error=\"invalid_request\"")),
+            ),
+            GatewayError::BadRequest(d) => {
+                (StatusCode::BAD_REQUEST, Some("invalid_request"), *d, None)
+            }
+            GatewayError::BadBody => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                "the request body is malformed",
+                None,
+            ),
+            GatewayError::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Some("method_not_allowed"),
+                "the route does not allow this method",
+                None,
+            ),
+            GatewayError::UnsupportedTransferCoding => (
+                StatusCode::NOT_IMPLEMENTED,
+                Some("not_implemented"),
+                "only the chunked transfer coding is supported",
+                None,
             ),
             GatewayError::InvalidToken(_) => (
                 StatusCode::UNAUTHORIZED,
@@ -137,6 +174,9 @@ impl GatewayError {
         }
         if matches!(self, GatewayError::NotReady(_) | GatewayError::Overloaded) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let GatewayError::MethodNotAllowed(allow) = self {
+            headers.insert(header::ALLOW, allow);
         }
         response
     }

@@ -17,6 +17,47 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Why a request's `Transfer-Encoding` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodingError {
+    /// A coding other than `chunked` (`gzip, chunked`): the gateway would forward the body
+    /// still encoded as if it were plain (501).
+    Unsupported,
+    /// `chunked` twice or not last, empty elements, or bytes that are not a list (400).
+    Malformed,
+}
+
+/// RFC 9112 §6.1: the only transfer coding the gateway implements is `chunked`, applied
+/// once, last. hyper decodes `chunked` and would pass any coding before it on silently.
+pub fn check_transfer_coding(headers: &http::HeaderMap) -> Result<(), CodingError> {
+    let mut values = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    let Some(first) = values.next() else {
+        return Ok(());
+    };
+    let mut codings = Vec::new();
+    for value in std::iter::once(first).chain(values) {
+        let text = value.to_str().map_err(|_| CodingError::Malformed)?;
+        for coding in text.split(',') {
+            let name = coding.split(';').next().unwrap_or("").trim();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                return Err(CodingError::Malformed);
+            }
+            codings.push(name);
+        }
+    }
+    if codings.iter().any(|c| !c.eq_ignore_ascii_case("chunked")) {
+        return Err(CodingError::Unsupported);
+    }
+    if codings.len() != 1 {
+        return Err(CodingError::Malformed);
+    }
+    Ok(())
+}
+
 /// Raised when the connection carried a request with both framing headers.
 #[derive(Debug, Clone, Default)]
 pub struct AmbiguousFraming(pub Arc<AtomicBool>);
@@ -203,6 +244,55 @@ mod tests {
             tracker.feed(chunk, &flag);
         }
         flag.is_raised()
+    }
+
+    /// `chunked` alone passes; any other coding is unsupported; odd lists are malformed.
+    #[test]
+    fn transfer_codings() {
+        let check = |values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(
+                    http::header::TRANSFER_ENCODING,
+                    http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+                );
+            }
+            check_transfer_coding(&headers)
+        };
+        assert_eq!(check(&[]), Ok(()));
+        assert_eq!(check(&["chunked"]), Ok(()));
+        assert_eq!(check(&["Chunked"]), Ok(()));
+        assert_eq!(check(&[" chunked "]), Ok(()));
+        for unsupported in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["deflate,chunked"],
+            &["chunked, gzip"],
+            &["identity, chunked"],
+            &["x-custom;q=1, chunked"],
+        ] {
+            assert_eq!(
+                check(unsupported),
+                Err(CodingError::Unsupported),
+                "{unsupported:?}"
+            );
+        }
+        for malformed in [
+            &["chunked, chunked"][..],
+            &["chunked", "chunked"],
+            &[", chunked"],
+            &["chunked,"],
+            &[""],
+            &["chun ked"],
+            &["\"chunked\""],
+            &["chunked\u{e9}"],
+        ] {
+            assert_eq!(
+                check(malformed),
+                Err(CodingError::Malformed),
+                "{malformed:?}"
+            );
+        }
     }
 
     /// Both framing headers raise the flag, in any order, split anywhere, after a body.

@@ -1,7 +1,7 @@
 //! The API gateway.
 //!
 //! ```text
-//! request -> route -> bearer -> jwt (keys) -> revocation set -> scope -> proxy -> upstream
+//! request -> host, path -> route -> bearer -> jwt (keys) -> revocation set -> scope -> proxy -> upstream
 //!                                                  ^
 //!                        NATS (mTLS) --> feed -----+
 //! ```
@@ -9,9 +9,12 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`host`]: the request's host, validated (`Host`, absolute form, `:authority`).
+//! - [`path`]: the request path normalised, as routed and as forwarded.
 //! - [`routes`]: the route table (path prefix -> upstream and policy).
 //! - [`auth`]: bearer extraction, key set, signature and claim checks.
 //! - [`proxy`]: forwarding to upstreams: the headers going in and out.
+//! - [`sanitize`]: headers a client may not send upstream, nor an upstream send back.
 //! - [`upstream`]: each upstream's pool of keep-alive connections.
 //! - [`error`]: request-path errors and the one place they become responses.
 //! - [`admin`]: health, readiness and metrics on the admin listener.
@@ -26,9 +29,12 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod framing;
+pub mod host;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod routes;
+pub mod sanitize;
 pub mod serve;
 pub mod upstream;
 
@@ -75,6 +81,7 @@ pub struct Gateway {
     realm: String,
     max_token_bytes: usize,
     max_body_bytes: u64,
+    merge_slashes: bool,
     trusted_proxies: Vec<ipnet::IpNet>,
     in_flight: tokio::sync::Semaphore,
 }
@@ -214,40 +221,91 @@ impl Gateway {
         self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Matches the route and runs the request through it; returns the route's prefix (for
-    /// metrics and the access log) with the outcome.
+    /// Checks the request's framing, method, host and path, matches the route and runs the
+    /// request through it; returns the route's prefix (for metrics and the access log) with
+    /// the outcome.
     async fn handle(
         &self,
         request: Request<Body>,
         peer: &proxy::Peer,
         framing: &framing::AmbiguousFraming,
     ) -> (Option<Arc<str>>, Result<Response, GatewayError>) {
-        // Framed by both Content-Length and Transfer-Encoding (see `framing`): refuse it.
-        if framing.is_raised() {
+        let table = self.routes();
+        let target = match self.target(&request, framing, &table) {
+            Ok(target) => target,
+            Err(e) => return (None, Err(e)),
+        };
+        let route = target.route;
+        let prefix = Some(route.prefix.clone());
+        if target.encoded_slash && route.encoded_slashes == config::EncodedSlashes::Reject {
+            let e = GatewayError::BadRequest("the path contains an encoded slash or backslash");
+            return (prefix, Err(e));
+        }
+        if !route.allows(request.method()) {
             return (
-                None,
-                Err(GatewayError::InvalidRequest(
-                    "both Content-Length and Transfer-Encoding",
-                )),
+                prefix,
+                Err(GatewayError::MethodNotAllowed(route.allow.clone())),
             );
         }
-        let table = self.routes();
-        let host = request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().host());
-        let Some(route) = table.find(host, request.uri().path()) else {
-            return (None, Err(GatewayError::NoRoute));
+        let forward = proxy::Target {
+            host: target.host,
+            path: target.path,
         };
-        let prefix = Some(route.prefix.clone());
-        (prefix, self.proxy_route(route, request, peer).await)
+        (
+            prefix,
+            self.proxy_route(route, request, forward, peer).await,
+        )
+    }
+
+    /// What the request names, each part checked: its framing, host and normalised path,
+    /// and the route they lead to.
+    fn target<'t>(
+        &self,
+        request: &Request<Body>,
+        framing: &framing::AmbiguousFraming,
+        table: &'t RouteTable,
+    ) -> Result<RouteTarget<'t>, GatewayError> {
+        // Framed by both Content-Length and Transfer-Encoding (see `framing`): refuse it.
+        if framing.is_raised() {
+            return Err(GatewayError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        framing::check_transfer_coding(request.headers()).map_err(|e| match e {
+            framing::CodingError::Unsupported => GatewayError::UnsupportedTransferCoding,
+            framing::CodingError::Malformed => {
+                GatewayError::BadRequest("the Transfer-Encoding header is malformed")
+            }
+        })?;
+        // The gateway does not tunnel: a CONNECT has no path to route.
+        if request.method() == http::Method::CONNECT {
+            return Err(GatewayError::MethodNotAllowed(
+                http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            ));
+        }
+        let host = host::request_host(request.version(), request.uri(), request.headers())
+            .map_err(|e| GatewayError::BadRequest(e.as_str()))?;
+        let normalized = path::normalize(request.uri().path(), self.merge_slashes)
+            .map_err(|e| GatewayError::BadRequest(e.as_str()))?;
+        let route = table
+            .find(host.as_ref().map(|h| h.name.as_str()), &normalized.path)
+            .ok_or(GatewayError::NoRoute)?;
+        Ok(RouteTarget {
+            route,
+            host,
+            encoded_slash: normalized.encoded_slash,
+            path: match normalized.path {
+                std::borrow::Cow::Borrowed(_) => None,
+                std::borrow::Cow::Owned(path) => Some(path),
+            },
+        })
     }
 
     async fn proxy_route(
         &self,
         route: &Route,
         request: Request<Body>,
+        target: proxy::Target,
         peer: &proxy::Peer,
     ) -> Result<Response, GatewayError> {
         // Shed load before doing any work for it.
@@ -276,9 +334,19 @@ impl Gateway {
             ))
         });
         self.proxy
-            .forward(route, request, identity.as_deref(), peer)
+            .forward(route, request, &target, identity.as_deref(), peer)
             .await
     }
+}
+
+/// A request's route, with the host and path it was matched on.
+struct RouteTarget<'t> {
+    route: &'t Route,
+    host: Option<host::RequestHost>,
+    /// The normalised path, when it differs from the request's.
+    path: Option<String>,
+    /// The path holds `%2F` or `%5C`.
+    encoded_slash: bool,
 }
 
 /// Every proxied request enters here, straight from hyper (no router: there is one handler,
@@ -461,12 +529,15 @@ pub async fn run_with_reload(
             } else {
                 "http"
             },
+            sanitize::HeaderPolicy::new(&config.identity_header_prefix, &config.untrusted_headers)
+                .map_err(StartError::Config)?,
         ),
         metrics,
         registry,
         realm: config.realm.clone(),
         max_token_bytes: config.max_token_bytes,
         max_body_bytes: config.limits.max_body_bytes,
+        merge_slashes: config.merge_slashes,
         trusted_proxies: config.trusted_proxies.clone(),
         in_flight: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
     });

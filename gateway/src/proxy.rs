@@ -1,12 +1,22 @@
 //! Forwarding to the upstream over pooled keep-alive connections ([`crate::upstream`]),
 //! bodies streamed both ways.
 //!
+//! The path forwarded is the normalised path the route was matched on ([`crate::path`]).
 //! Hop-by-hop headers (RFC 9110 §7.6.1) and those the `Connection` header nominates are
-//! removed in both directions. Identity headers the client sent are replaced by the
-//! gateway's own (or removed), so an upstream can trust `X-Auth-*` from the gateway alone.
+//! removed in both directions. Identity headers the client sent are removed and the gateway
+//! adds its own ([`crate::sanitize`]), so an upstream can trust `X-Auth-*` from the gateway
+//! alone; the bearer token is removed on every route unless the route forwards it.
+//!
+//! An upstream's `101 Switching Protocols` is passed on only when the client asked for a
+//! WebSocket upgrade over HTTP/1.1 on a route that allows it; the two upgraded connections
+//! are then joined. Any other `101` is the upstream's fault (502): passed on, it would turn
+//! the client's connection into a tunnel the gateway no longer reads.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,7 +26,9 @@ use http::{Request, Response, Uri};
 
 use crate::auth::jwt::VerifiedClaims;
 use crate::error::GatewayError;
+use crate::host::RequestHost;
 use crate::routes::Route;
+use crate::sanitize::{self, HeaderPolicy};
 use crate::upstream::SendError;
 
 // Header names are statics: parsing a name from a string on every request, or building and
@@ -35,9 +47,6 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
 ];
 
-const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
-const X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
-const X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -90,14 +99,29 @@ pub struct Proxy {
     connect_timeout: Duration,
     /// `http` or `https`: how clients reach the gateway, for `X-Forwarded-Proto`.
     proto: &'static str,
+    headers: HeaderPolicy,
+}
+
+/// What the request was routed on: forwarded as such.
+pub struct Target {
+    /// The request's checked host, for the forwarding headers.
+    pub host: Option<RequestHost>,
+    /// The normalised path, when it differs from the request's own.
+    pub path: Option<String>,
 }
 
 impl Proxy {
-    pub fn new(timeout: Duration, connect_timeout: Duration, proto: &'static str) -> Self {
+    pub fn new(
+        timeout: Duration,
+        connect_timeout: Duration,
+        proto: &'static str,
+        headers: HeaderPolicy,
+    ) -> Self {
         Proxy {
             timeout,
             connect_timeout,
             proto,
+            headers,
         }
     }
 
@@ -105,58 +129,150 @@ impl Proxy {
     pub async fn forward(
         &self,
         route: &Route,
-        request: Request<Body>,
+        mut request: Request<Body>,
+        target: &Target,
         identity: Option<&VerifiedClaims>,
         peer: &Peer,
     ) -> Result<Response<Body>, GatewayError> {
+        let websocket = route.websocket && asks_for_websocket(&request);
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        parts.uri = upstream_uri(route, &parts.uri)?;
+        parts.uri = upstream_uri(route, &parts.uri, target.path.as_deref())?;
+        if parts.version == http::Version::HTTP_2 {
+            sanitize::join_cookies(&mut parts.headers);
+        }
         // Upstream connections are HTTP/1.1 whatever the client spoke.
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        // Identity headers come from the gateway alone: inserting replaces every value the
-        // client sent, and a claim that is no header value leaves the header out.
-        let identity_headers = [X_AUTH_SUBJECT, X_AUTH_CLIENT_ID, X_AUTH_SCOPE];
-        match identity {
-            Some(id) => {
-                for (name, value) in identity_headers.into_iter().zip(&id.headers) {
-                    match value {
-                        Some(value) => parts.headers.insert(name, value.clone()),
-                        None => parts.headers.remove(name),
-                    };
-                }
-                // The gateway consumed the bearer token; the upstream gets the identity
-                // instead, unless the route asks for the token too.
-                if !route.forward_token {
-                    parts.headers.remove(header::AUTHORIZATION);
-                }
-            }
-            None => {
-                for name in identity_headers {
-                    parts.headers.remove(name);
+        if websocket {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts
+                .headers
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        self.headers.clean_request(&mut parts.headers, peer.trusted);
+        // Identity headers come from the gateway alone; a claim that is no header value
+        // leaves its header out.
+        if let Some(id) = identity {
+            for (name, value) in self.headers.identity.iter().zip(&id.headers) {
+                if let Some(value) = value {
+                    parts.headers.insert(name, value.clone());
                 }
             }
         }
-        set_forwarding(&mut parts.headers, peer, host, self.proto);
+        // The bearer token is the gateway's to check; the upstream gets the identity instead,
+        // on public routes too, unless the route asks for the token.
+        if !route.forward_token {
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        set_forwarding(
+            &mut parts.headers,
+            peer,
+            target.host.as_ref().map(|h| h.value.clone()),
+            self.proto,
+        );
 
+        let body_failed = Arc::new(AtomicBool::new(false));
+        let body = Body::new(WatchedBody {
+            inner: body,
+            failed: body_failed.clone(),
+        });
         let upstream = route.upstream();
         let sent = upstream.send(Request::from_parts(parts, body), self.connect_timeout);
         let mut response = match tokio::time::timeout(self.timeout, sent).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
+            // The client's body failed, not the upstream: too large, or malformed.
             Ok(Err(SendError::Http(e))) if body_too_large(&e) => {
                 return Err(GatewayError::PayloadTooLarge)
             }
+            Ok(Err(_)) if body_failed.load(Ordering::Acquire) => return Err(GatewayError::BadBody),
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e.to_string())),
             Ok(Ok(response)) => response,
         };
+        let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(response.headers_mut());
+        self.headers.clean_response(response.headers_mut());
+        if switching {
+            let Some(client) = client_upgrade else {
+                return Err(GatewayError::UpstreamUnavailable(
+                    "101 Switching Protocols to a request that asked for no upgrade".into(),
+                ));
+            };
+            let headers = response.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(join_upgraded(client, upstream));
+        }
         Ok(response)
+    }
+}
+
+/// An HTTP/1.1 request for a WebSocket (RFC 6455 §4.1): `Upgrade: websocket` nominated by
+/// `Connection`. HTTP/2 has no `Upgrade`.
+fn asks_for_websocket(request: &Request<Body>) -> bool {
+    let headers = request.headers();
+    request.version() == http::Version::HTTP_11
+        && request.method() == http::Method::GET
+        && headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Copies both ways between the client's and the upstream's upgraded connections until
+/// either side closes.
+async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+/// The client's request body, noting whether it failed (a malformed chunk, a connection cut
+/// mid-body), so that the failure is answered as the client's (400) and not the upstream's.
+struct WatchedBody {
+    inner: Body,
+    failed: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = hyper::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Err(_)) = &frame {
+            self.failed.store(true, Ordering::Release);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -221,7 +337,8 @@ fn set_forwarding(
 }
 
 /// This hop's `Forwarded` element: `for=<ip>;proto=<proto>;host="<host>"`, IPv6 quoted and
-/// bracketed (RFC 7239 §6), quotes and backslashes left out of the host.
+/// bracketed (RFC 7239 §6), the host a quoted-string (RFC 7239 §4). The host was validated
+/// ([`crate::host`]): it holds neither quote nor backslash, which are left out regardless.
 fn forwarded_element(ip: std::net::IpAddr, proto: &str, host: Option<&HeaderValue>) -> HeaderValue {
     let mut forwarded = String::from("for=");
     if ip.is_ipv6() {
@@ -268,16 +385,20 @@ fn push_ip(out: &mut String, ip: std::net::IpAddr) {
     }
 }
 
-/// The upstream request target (origin form): the request's path, prefix stripped if the
-/// route asks, and its query.
-fn upstream_uri(route: &Route, request: &Uri) -> Result<Uri, GatewayError> {
-    if !route.strip_prefix {
+/// The upstream request target (origin form): the normalised path (`normalized`, when it
+/// differs from the request's), prefix stripped if the route asks, and the query.
+fn upstream_uri(
+    route: &Route,
+    request: &Uri,
+    normalized: Option<&str>,
+) -> Result<Uri, GatewayError> {
+    if !route.strip_prefix && normalized.is_none() {
         // The request's own path and query, shared rather than printed and parsed again.
         if let Some(path_and_query) = request.path_and_query() {
             return Ok(Uri::from(path_and_query.clone()));
         }
     }
-    let path = route.upstream_path(request.path());
+    let path = route.upstream_path(normalized.unwrap_or(request.path()));
     let path_and_query = match request.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.into_owned(),
@@ -390,25 +511,31 @@ mod tests {
     fn uri_rewrite() {
         let config = |strip| crate::config::RouteConfig {
             prefix: "/echo/".into(),
-            host: None,
             upstream: Some("http://10.0.0.1:9001".into()),
-            upstreams: vec![],
-            public: false,
-            scopes: vec![],
-            audiences: None,
             strip_prefix: strip,
-            forward_token: false,
+            ..Default::default()
         };
         let req: Uri = "/echo/a?b=c".parse().unwrap();
         let table = crate::routes::RouteTable::new(&[config(false)]).unwrap();
         let route = table.find(None, "/echo/a").unwrap();
         assert_eq!(
-            upstream_uri(route, &req).unwrap().to_string(),
+            upstream_uri(route, &req, None).unwrap().to_string(),
             "/echo/a?b=c"
+        );
+        // The normalised path replaces the request's; the query stays.
+        let odd: Uri = "/x/../echo/%61?q=%2e%2e".parse().unwrap();
+        assert_eq!(
+            upstream_uri(route, &odd, Some("/echo/a"))
+                .unwrap()
+                .to_string(),
+            "/echo/a?q=%2e%2e"
         );
         let table = crate::routes::RouteTable::new(&[config(true)]).unwrap();
         let route = table.find(None, "/echo/a").unwrap();
-        assert_eq!(upstream_uri(route, &req).unwrap().to_string(), "/a?b=c");
+        assert_eq!(
+            upstream_uri(route, &req, None).unwrap().to_string(),
+            "/a?b=c"
+        );
     }
 
     /// Forwarding headers from an untrusted peer are replaced; from a trusted one, extended.

@@ -1,15 +1,18 @@
 //! The route table: (host, path prefix) -> upstreams and policy.
 //!
-//! A route matches when its prefix starts the path and, if it names a host, the request's
-//! host (without port, case-insensitive) is that host. The longest matching prefix wins; at
+//! Paths are matched after normalisation ([`crate::path`]). A route matches when its prefix
+//! starts the path at a segment boundary — `/api` matches `/api` and `/api/x`, not `/apix`;
+//! `/api/` also matches `/api`, so that the protected spelling without its slash is not left
+//! to a broader route — and, if it names a host, the request's host is that host (compared
+//! without port or trailing dot, case-insensitive). The longest matching prefix wins; at
 //! equal length a route naming the host wins over one that does not.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use http::Uri;
+use http::{HeaderValue, Method, Uri};
 
-use crate::config::RouteConfig;
+use crate::config::{EncodedSlashes, RouteConfig};
 use crate::upstream::Upstream;
 
 /// One route, ready to use.
@@ -30,6 +33,14 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Forward the client's `Authorization` header to the upstream.
     pub forward_token: bool,
+    /// The methods allowed; `None`: every method but CONNECT and TRACE.
+    methods: Option<Vec<Method>>,
+    /// The `Allow` header of this route's 405 responses.
+    pub allow: HeaderValue,
+    /// Whether `%2F` and `%5C` in the path are forwarded or refused.
+    pub encoded_slashes: EncodedSlashes,
+    /// WebSocket upgrades are allowed (authenticated like any request).
+    pub websocket: bool,
 }
 
 impl Route {
@@ -37,6 +48,24 @@ impl Route {
     pub fn upstream(&self) -> &Arc<Upstream> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         &self.upstreams[i % self.upstreams.len()]
+    }
+
+    /// Whether `method` may be used on this route.
+    pub fn allows(&self, method: &Method) -> bool {
+        match &self.methods {
+            Some(methods) => methods.contains(method),
+            None => *method != Method::CONNECT && *method != Method::TRACE,
+        }
+    }
+
+    /// Whether this route's prefix covers `path`, at a segment boundary.
+    fn covers(&self, path: &str) -> bool {
+        let prefix = &*self.prefix;
+        match path.strip_prefix(prefix) {
+            Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+            // `/api/` covers `/api`.
+            None => prefix.len() > 1 && prefix.strip_suffix('/') == Some(path),
+        }
     }
 
     /// The path to send upstream.
@@ -77,9 +106,30 @@ impl RouteTable {
                 if upstreams.is_empty() {
                     return Err(format!("route {}: no upstream", c.prefix));
                 }
+                let methods = c
+                    .methods
+                    .as_ref()
+                    .map(|names| {
+                        names
+                            .iter()
+                            .map(|m| {
+                                m.parse::<Method>()
+                                    .map_err(|_| format!("route {}: method {m:?}", c.prefix))
+                            })
+                            .collect::<Result<Vec<_>, String>>()
+                    })
+                    .transpose()?;
+                let allow = match &methods {
+                    Some(methods) => methods
+                        .iter()
+                        .map(Method::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    None => "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".into(),
+                };
                 Ok(Route {
                     prefix: c.prefix.as_str().into(),
-                    host: c.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    host: c.host.as_deref().map(crate::host::route_name),
                     upstreams,
                     next: AtomicUsize::new(0),
                     public: c.public,
@@ -87,6 +137,11 @@ impl RouteTable {
                     audiences: c.audiences.clone(),
                     strip_prefix: c.strip_prefix,
                     forward_token: c.forward_token,
+                    allow: HeaderValue::from_str(&allow)
+                        .map_err(|_| format!("route {}: methods", c.prefix))?,
+                    methods,
+                    encoded_slashes: c.encoded_slashes,
+                    websocket: c.websocket,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -99,24 +154,12 @@ impl RouteTable {
         self.routes.iter().flat_map(|r| &r.upstreams)
     }
 
-    /// The route for `host` (as sent, port included or not) and `path`, if any.
+    /// The route for the host name `host` (lower case, without port or trailing dot: see
+    /// [`crate::host`]) and the normalised `path`, if any.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        let host = host.map(|h| {
-            h.rsplit_once(':').map_or(h, |(name, port)| {
-                // "[::1]:80" and "example.com:80" lose the port; a bare IPv6 literal has none.
-                if port.chars().all(|c| c.is_ascii_digit()) {
-                    name
-                } else {
-                    h
-                }
-            })
-        });
-        self.routes.iter().find(|r| {
-            path.starts_with(&*r.prefix)
-                && r.host
-                    .as_deref()
-                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
-        })
+        self.routes
+            .iter()
+            .find(|r| r.covers(path) && r.host.as_deref().is_none_or(|want| host == Some(want)))
     }
 }
 
@@ -129,12 +172,8 @@ mod tests {
             prefix: prefix.into(),
             host: host.map(Into::into),
             upstream: Some("http://127.0.0.1:1".into()),
-            upstreams: vec![],
             public,
-            scopes: vec![],
-            audiences: None,
-            strip_prefix: false,
-            forward_token: false,
+            ..Default::default()
         }
     }
 
@@ -151,23 +190,56 @@ mod tests {
         assert!(table.find(None, "/other").is_none());
     }
 
-    /// A host-specific route matches its host only (any port, any case) and wins ties.
+    /// Prefixes match at segment boundaries; a prefix with its slash also covers the path
+    /// without it.
+    #[test]
+    fn segment_boundaries() {
+        let table = RouteTable::new(&[
+            route("/", None, true),
+            route("/api", None, false),
+            route("/echo/", None, false),
+        ])
+        .unwrap();
+        let public = |path| table.find(None, path).unwrap().public;
+        for protected in ["/api", "/api/", "/api/x", "/echo", "/echo/", "/echo/x"] {
+            assert!(!public(protected), "{protected}");
+        }
+        for open in ["/apix", "/api.json", "/echoes", "/ech", "/", "/x/api"] {
+            assert!(public(open), "{open}");
+        }
+    }
+
+    /// A host-specific route matches its host only and wins ties; the configured host is
+    /// compared without case or trailing dot.
     #[test]
     fn hosts() {
         let table = RouteTable::new(&[
             route("/", None, false),
-            route("/", Some("Public.Example"), true),
+            route("/", Some("Public.Example."), true),
         ])
         .unwrap();
-        assert!(
-            table
-                .find(Some("public.example:8080"), "/x")
-                .unwrap()
-                .public
-        );
-        assert!(table.find(Some("PUBLIC.example"), "/x").unwrap().public);
+        assert!(table.find(Some("public.example"), "/x").unwrap().public);
         assert!(!table.find(Some("other.example"), "/x").unwrap().public);
         assert!(!table.find(None, "/x").unwrap().public);
+    }
+
+    /// Methods: the configured ones, or all but CONNECT and TRACE; `Allow` lists them.
+    #[test]
+    fn methods() {
+        let table = RouteTable::new(&[route("/", None, false)]).unwrap();
+        let r = table.find(None, "/").unwrap();
+        for m in [Method::GET, Method::POST, Method::DELETE, Method::OPTIONS] {
+            assert!(r.allows(&m), "{m}");
+        }
+        assert!(!r.allows(&Method::TRACE));
+        assert!(!r.allows(&Method::CONNECT));
+        let mut config = route("/", None, false);
+        config.methods = Some(vec!["GET".into(), "TRACE".into()]);
+        let table = RouteTable::new(&[config]).unwrap();
+        let r = table.find(None, "/").unwrap();
+        assert!(r.allows(&Method::GET) && r.allows(&Method::TRACE));
+        assert!(!r.allows(&Method::POST));
+        assert_eq!(r.allow, "GET, TRACE");
     }
 
     /// Upstreams are used in turn; the prefix is stripped when asked.
@@ -183,5 +255,6 @@ mod tests {
         assert_eq!(picks, ["a:1", "b:2", "a:1", "b:2"]);
         assert_eq!(r.upstream_path("/svc/x/y"), "/x/y");
         assert_eq!(r.upstream_path("/svc/"), "/");
+        assert_eq!(r.upstream_path("/svc"), "/");
     }
 }

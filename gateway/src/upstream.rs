@@ -101,10 +101,10 @@ impl Upstream {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
-                    let body = PooledBody {
-                        inner: body,
-                        conn: Some((sender, Arc::clone(self))),
-                    };
+                    // A connection that switched protocols is no longer HTTP: never pooled.
+                    let conn = (parts.status != http::StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| (sender, Arc::clone(self)));
+                    let body = PooledBody { inner: body, conn };
                     return Ok(Response::from_parts(parts, Body::new(body)));
                 }
                 Err(mut e) => match e.take_message() {
@@ -183,7 +183,9 @@ impl Upstream {
             .map_err(|e| failed(e.to_string()))?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // Upgrades are enabled so that a `101` hands over the connection; the proxy
+            // decides whether a `101` is passed on at all.
+            if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
