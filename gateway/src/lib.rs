@@ -362,9 +362,12 @@ async fn gateway_handler(
     // RFC 9112 §6.3: after a request with Transfer-Encoding the connection closes, so
     // nothing smuggled behind a chunked body is ever read (and `framing` can follow request
     // boundaries exactly).
+    // An upgrade request that is not switched closes too: what follows it on the connection
+    // may be the other protocol's bytes, not a request.
     let close_after = request
         .headers()
         .contains_key(http::header::TRANSFER_ENCODING);
+    let upgrade_asked = request.headers().contains_key(http::header::UPGRADE);
     let method = request.method().clone();
     // The path only, when logging: a query string may carry secrets. (A `Uri` clone shares
     // its bytes.)
@@ -391,7 +394,8 @@ async fn gateway_handler(
         }
     };
     let mut response = response;
-    if close_after {
+    let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if close_after || (upgrade_asked && !switched) {
         response.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),

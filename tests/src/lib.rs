@@ -5,6 +5,7 @@
 //! - [`Nats`]: a `nats-server` with the config `deploy/nats/render-config.sh` renders.
 //! - [`Authz`], [`Gateway`], [`Upstream`]: the services, in-process through their `run`.
 //! - [`eventually`]: a bounded wait on a condition.
+//! - [`Nginx`]: a real nginx upstream that reports the path it resolved.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+pub mod nginx;
+pub use nginx::Nginx;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -1172,6 +1176,20 @@ impl Gateway {
     /// Stops the gateway gracefully.
     pub async fn service_stop(mut self) {
         self.runner.stop().await;
+    }
+
+    /// Sends raw bytes to the proxy listener on a fresh connection and returns everything
+    /// the gateway answers until it closes the connection (at most 5 s).
+    pub async fn raw(&self, bytes: &[u8]) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(bytes).await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+            .await
+            .map_err(|_| anyhow::anyhow!("the gateway did not close the connection"))??;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// Status of `GET /readyz`.

@@ -7,19 +7,6 @@ use serde_json::Value;
 use system_tests::{Gateway, Nats, Stack, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Sends raw bytes on a fresh connection and returns everything the gateway answers until it
-/// closes the connection (or 5 s pass).
-async fn raw(gw: &Gateway, bytes: &[u8]) -> anyhow::Result<String> {
-    let addr = gw.url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(bytes).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
-        .await
-        .map_err(|_| anyhow::anyhow!("the gateway did not close the connection"))??;
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
 async fn ready(stack: &Stack, id: &str, extra: &str) -> anyhow::Result<Gateway> {
     let gw = Gateway::start_with(
         id,
@@ -260,7 +247,7 @@ async fn smuggling_is_refused() -> anyhow::Result<()> {
     ];
     for (name, request) in cases {
         let before = stack.upstream.request_count();
-        let answer = raw(gw, request.as_bytes()).await?;
+        let answer = gw.raw(request.as_bytes()).await?;
         let status_line = answer.lines().next().unwrap_or("").to_string();
         // Refused before any upstream is contacted, and the connection closed (the read to
         // the end above returned).
