@@ -11,8 +11,16 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address of the single HTTP listener (OAuth endpoints, JWKS, admin, health, metrics).
+    /// Address of the public HTTP listener: the OAuth endpoints, the JWKS, the discovery
+    /// metadata, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
+    /// Address of the operator listener: `/admin/*`, `/metrics`, `/healthz`, `/readyz`. Keep
+    /// it private (loopback or an operators' network).
+    pub admin_listen: SocketAddr,
+    /// Connection bounds of the public listener (`startup::serve`); the admin listener has
+    /// the same defaults with at most 256 connections.
+    #[serde(default)]
+    pub limits: startup::serve::ListenerLimits,
     /// The `iss` of every token, an `https` URL (or `http` on loopback for development).
     pub issuer: String,
     /// The source of truth for revocations: a SQLite file path (created on first start), or a
@@ -188,6 +196,7 @@ impl Config {
         if self.stream_replicas == 0 || self.stream_replicas > 5 {
             return Err("stream_replicas: must be between 1 and 5".into());
         }
+        self.limits.validate("limits")?;
         self.nats.validate("nats")?;
         let mut seen = std::collections::HashSet::new();
         for (i, client) in self.clients.iter().enumerate() {

@@ -33,13 +33,29 @@ use crate::AppState;
 /// Largest request body any endpoint reads; OAuth requests are a few hundred bytes.
 const MAX_BODY: usize = 16 * 1024;
 
-/// The router, with its state.
-pub fn app(state: Arc<AppState>) -> Router {
+/// The public listener's router: what clients and gateways call.
+pub fn public_app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/oauth2/token", post(oauth2_token_post))
         .route("/oauth2/revoke", post(oauth2_revoke_post))
+        .route("/oauth2/introspect", post(oauth2_introspect_post))
         .route("/.well-known/jwks.json", get(jwks_get))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(well_known_metadata_get),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz_get))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// The admin listener's router: what operators call. Admin requests still authenticate as
+/// an admin client; the listener keeps them off the public network as well.
+pub fn admin_app(state: Arc<AppState>) -> Router {
+    Router::new()
         .route("/admin/keys", get(admin_keys_get))
+        .route("/admin/keys/rotate", post(admin_keys_rotate_post))
         .route(
             "/admin/clients",
             get(admin_clients_get).post(admin_clients_post),
@@ -49,15 +65,9 @@ pub fn app(state: Arc<AppState>) -> Router {
             axum::routing::delete(admin_client_delete),
         )
         .route("/admin/clients/{id}/secret", post(admin_client_secret_post))
-        .route("/admin/keys/rotate", post(admin_keys_rotate_post))
         .route(
             "/admin/revocations",
             post(admin_revocations_post).get(admin_revocations_get),
-        )
-        .route("/oauth2/introspect", post(oauth2_introspect_post))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(well_known_metadata_get),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_get))
@@ -484,6 +494,7 @@ async fn admin_clients_post(
         return Err(OAuthError::Conflict("a client with this id exists"));
     }
     tracing::info!(client_id = %stored.id, requested_by = %admin.id, "client registered");
+    state.refresh_metadata().await;
     let mut response = no_store(serde_json::json!({
         "client_id": stored.id,
         "client_secret": secret,
@@ -539,17 +550,56 @@ async fn admin_client_delete(
         return Err(OAuthError::NotFound("no such client"));
     }
     tracing::info!(client_id = %id, requested_by = %admin.id, "client removed");
+    state.refresh_metadata().await;
+    // A removed client's tokens stop working too: a client rule covering every token it
+    // was issued up to now.
+    revoke_client_tokens(&state, &id, "client removed", &admin.id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /admin/clients/{id}/secret`: a new secret, answered once; the old one stops working.
+/// Commits a client rule for every token `client_id` was issued up to now (the cut-off
+/// covers this second, as `iat` has one-second resolution).
+async fn revoke_client_tokens(
+    state: &AppState,
+    client_id: &str,
+    reason: &str,
+    requested_by: &str,
+) -> Result<RevocationEvent, OAuthError> {
+    let not_before = revocation::unix_now() + 1;
+    let rule = Rule::Client {
+        client_id: client_id.to_string(),
+        not_before,
+    };
+    let expires_at = not_before + state.config.max_ttl;
+    commit_revocation(state, rule, expires_at, Some(reason.into()), requested_by).await
+}
+
+/// `POST /admin/clients/{id}/secret[?revoke_tokens=true]`: a new secret, answered once; the
+/// old one stops working. With `revoke_tokens=true` the tokens issued so far are revoked
+/// too (a client rule), for a secret that leaked.
 async fn admin_client_secret_post(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     axum::extract::Path(id): axum::extract::Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, OAuthError> {
     let admin = authenticate_admin(&state, &headers, peer.ip()).await?;
+    let revoke_tokens = match query.get("revoke_tokens").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(OAuthError::InvalidRequest(
+                "revoke_tokens must be true or false",
+            ))
+        }
+    };
+    if let Some(other) = query.keys().find(|k| *k != "revoke_tokens") {
+        tracing::debug!(parameter = %other, "unknown parameter");
+        return Err(OAuthError::InvalidRequest(
+            "the only parameter is revoke_tokens",
+        ));
+    }
     if state.clients.is_configured(&id) {
         return Err(OAuthError::Conflict(
             "clients from the configuration file change there",
@@ -565,10 +615,18 @@ async fn admin_client_secret_post(
     {
         return Err(OAuthError::NotFound("no such client"));
     }
-    tracing::info!(client_id = %id, requested_by = %admin.id, "client secret rotated");
-    Ok(no_store(
-        serde_json::json!({ "client_id": id, "client_secret": secret }),
-    ))
+    tracing::info!(client_id = %id, requested_by = %admin.id, revoke_tokens, "client secret rotated");
+    // After the rotation, so that no token obtained with the old secret escapes the cut-off.
+    let revocation = if revoke_tokens {
+        Some(revoke_client_tokens(&state, &id, "client secret rotated", &admin.id).await?)
+    } else {
+        None
+    };
+    Ok(no_store(serde_json::json!({
+        "client_id": id,
+        "client_secret": secret,
+        "revocation": revocation,
+    })))
 }
 
 /// Algorithms of the keys in the JWKS.
@@ -665,8 +723,22 @@ async fn admin_keys_get(
 
 /// RFC 8414 metadata: exactly what this server supports.
 async fn well_known_metadata_get(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metadata();
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The RFC 8414 metadata document, built from the clients' scopes and the keys' algorithms;
+/// kept by [`AppState::refresh_metadata`] rather than built per request.
+pub(crate) async fn build_metadata(state: &AppState) -> Result<Bytes, OAuthError> {
     let issuer = state.config.issuer.trim_end_matches('/');
-    let registered = state.clients.list().await.unwrap_or_default();
+    let registered = state.clients.list().await?;
     let mut scopes: Vec<&str> = registered
         .iter()
         .flat_map(|(c, _)| c.scopes.iter().map(String::as_str))
@@ -674,7 +746,7 @@ async fn well_known_metadata_get(State(state): State<Arc<AppState>>) -> Response
     scopes.sort_unstable();
     scopes.dedup();
     let auth_methods = ["client_secret_basic", "client_secret_post"];
-    let mut response = Json(serde_json::json!({
+    let document = serde_json::json!({
         "issuer": state.config.issuer,
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
@@ -687,14 +759,9 @@ async fn well_known_metadata_get(State(state): State<Arc<AppState>>) -> Response
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "scopes_supported": scopes,
-        "token_signing_alg_values_supported": signing_algs(&state),
-    }))
-    .into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    response
+        "token_signing_alg_values_supported": signing_algs(state),
+    });
+    Ok(Bytes::from(document.to_string()))
 }
 
 /// RFC 7662 for authenticated clients: `active: false` for anything not a live, unrevoked

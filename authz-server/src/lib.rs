@@ -53,6 +53,33 @@ pub struct AppState {
     pub nats: Arc<ConnectionState>,
     pub metrics: Metrics,
     pub registry: Registry,
+    /// The public listener's connection counts.
+    pub connections: Arc<startup::serve::ListenerStats>,
+    /// The RFC 8414 metadata document, rebuilt when clients or keys change.
+    metadata: std::sync::RwLock<axum::body::Bytes>,
+}
+
+impl AppState {
+    /// The current metadata document.
+    pub fn metadata(&self) -> axum::body::Bytes {
+        match self.metadata.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Rebuilds the metadata document (after a client change here, and periodically for
+    /// changes made through other replicas and key rotations); on a database error the last
+    /// one stays.
+    pub async fn refresh_metadata(&self) {
+        match http::build_metadata(self).await {
+            Ok(document) => match self.metadata.write() {
+                Ok(mut m) => *m = document,
+                Err(poisoned) => *poisoned.into_inner() = document,
+            },
+            Err(e) => tracing::warn!(error = ?e, "cannot rebuild the metadata document"),
+        }
+    }
 }
 
 /// Counters exposed on `/metrics`.
@@ -110,11 +137,12 @@ pub async fn load_keys(store: &store::Store, ring: &keys::KeyRing) -> Result<(),
     Ok(())
 }
 
-/// Runs the server on `listener` until `shutdown` is cancelled, then drains in-flight
-/// requests and stops the relay.
+/// Runs the server on its public `listener` and its `admin_listener` until `shutdown` is
+/// cancelled, then drains in-flight requests and stops the relay.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    admin_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     install_crypto();
@@ -263,38 +291,60 @@ pub async fn run(
         nats,
         metrics,
         registry,
+        connections: Arc::default(),
+        metadata: Default::default(),
     });
     let kid = state
         .keys
         .signing_key(revocation::unix_now())
         .map(|k| k.key.kid().to_string())
         .unwrap_or_default();
+    state.refresh_metadata().await;
     tracing::info!(addr = %listener.local_addr()?, issuer = %state.config.issuer, %kid, "authz-server listening");
+    tracing::info!(addr = %admin_listener.local_addr()?, "authz-server admin listening");
     let key_reload = {
-        let (store, keys, stop) = (store.clone(), state.keys.clone(), relay_shutdown.clone());
+        let (state, stop) = (state.clone(), relay_shutdown.clone());
         tokio::spawn(async move {
-            // Replicas share the keys through the database; a rotation on one reaches the
-            // others' JWKS within this period, long before the new key signs.
+            // Replicas share the keys and clients through the database; a rotation on one
+            // reaches the others' JWKS and metadata within this period, long before the new
+            // key signs.
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {
-                        if let Err(e) = load_keys(&store, &keys).await {
+                        if let Err(e) = load_keys(&state.store, &state.keys).await {
                             tracing::warn!(error = %e, "cannot reload the signing keys");
                         }
+                        state.refresh_metadata().await;
                     }
                 }
             }
         })
     };
-    axum::serve(
+    // In-flight requests get this long after `shutdown`; revocations commit in milliseconds.
+    let grace = Duration::from_secs(10);
+    let admin = tokio::spawn(startup::serve::serve(
+        admin_listener,
+        startup::serve::router_service(http::admin_app(state.clone())),
+        startup::serve::ListenerLimits::admin(),
+        None,
+        Arc::default(),
+        shutdown.clone(),
+        grace,
+    ));
+    startup::serve::serve(
         listener,
-        http::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        startup::serve::router_service(http::public_app(state.clone())),
+        state.config.limits.clone(),
+        None,
+        state.connections.clone(),
+        shutdown.clone(),
+        grace,
     )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await?;
+    .await;
+    let _ = admin.await;
     // Requests have drained; whatever they committed and the relay has not published yet
     // stays in the outbox for the next start.
     relay_shutdown.cancel();

@@ -1,4 +1,4 @@
-//! `authz-server --config FILE`: reads the configuration, starts tracing, binds the listener
+//! `authz-server --config FILE`: reads the configuration, starts tracing, binds the listeners
 //! and runs the server until SIGINT or SIGTERM.
 
 use std::io::Read;
@@ -59,17 +59,22 @@ enum ClientAction {
     },
     /// Lists every client (without secrets).
     List,
-    /// Removes a client.
+    /// Removes a client and revokes every token it was issued.
     Remove { id: String },
     /// Gives a client a new secret, printed this once; the old one stops working.
-    RotateSecret { id: String },
+    RotateSecret {
+        id: String,
+        /// Also revoke every token issued so far (the old secret leaked).
+        #[arg(long)]
+        revoke_tokens: bool,
+    },
 }
 
 /// How to reach a running server's admin API.
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// Base URL of the authz-server.
-    #[arg(long, env = "AUTHZ_URL", default_value = "http://127.0.0.1:8081")]
+    /// Base URL of the authz-server's admin listener (`admin_listen`).
+    #[arg(long, env = "AUTHZ_ADMIN_URL", default_value = "http://127.0.0.1:9091")]
     url: String,
     /// Admin client id.
     #[arg(long, env = "AUTHZ_ADMIN_CLIENT", default_value = "admin")]
@@ -217,10 +222,10 @@ fn main() -> ExitCode {
                 &format!("/admin/clients/{id}"),
                 None,
             ),
-            ClientAction::RotateSecret { id } => admin_request(
+            ClientAction::RotateSecret { id, revoke_tokens } => admin_request(
                 &admin,
                 Method::POST,
-                &format!("/admin/clients/{id}/secret"),
+                &format!("/admin/clients/{id}/secret?revoke_tokens={revoke_tokens}"),
                 None,
             ),
         };
@@ -271,16 +276,22 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(addr = %config.listen, error = %e, "cannot bind");
-                return ExitCode::FAILURE;
+        let mut listeners = Vec::new();
+        for addr in [config.listen, config.admin_listen] {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot bind");
+                    return ExitCode::FAILURE;
+                }
             }
+        }
+        let (Some(admin_listener), Some(listener)) = (listeners.pop(), listeners.pop()) else {
+            return ExitCode::FAILURE;
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(startup::shutdown_on_signal(shutdown.clone()));
-        match authz_server::run(config, listener, shutdown).await {
+        match authz_server::run(config, listener, admin_listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "authz-server failed");

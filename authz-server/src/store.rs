@@ -41,7 +41,8 @@ const COLUMNS: &str = "id TEXT NOT NULL UNIQUE,
     published_at BIGINT";
 
 const INDEXES: &str = "
-CREATE UNIQUE INDEX IF NOT EXISTS revocations_one_per_token
+DROP INDEX IF EXISTS revocations_one_per_token;
+CREATE INDEX IF NOT EXISTS revocations_by_token
     ON revocations (iss, rule_key) WHERE kind = 'token';
 CREATE INDEX IF NOT EXISTS revocations_unpublished
     ON revocations (seq) WHERE published_at IS NULL;
@@ -566,16 +567,45 @@ async fn insert_group(
 }
 
 /// Inserts one revocation unless it is stored already; the stored event either way.
+///
+/// A token revoked again is stored again only if the new rule lasts longer (a later
+/// `expires_at`): a revocation can only tighten what is held, so a later, longer one wins
+/// over an earlier, shorter one, and a shorter one changes nothing. Gateways keep the
+/// longest of a token's rules.
 async fn insert_one(
     conn: &mut AnyConnection,
     event: &RevocationEvent,
     requested_by: &str,
 ) -> Result<RevocationEvent, sqlx::Error> {
+    // This very event, if an earlier attempt whose commit looked failed did commit it (a
+    // retried group).
+    if let Some(row) = sqlx::query("SELECT * FROM revocations WHERE id = $1")
+        .bind(&event.id)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return Ok(from_row(&row)?.event);
+    }
     let (key, not_before) = rule_parts(&event.rule);
-    let inserted = sqlx::query(
+    if let Rule::Token { .. } = &event.rule {
+        let longest = sqlx::query(
+            "SELECT * FROM revocations WHERE kind = 'token' AND iss = $1 AND rule_key = $2
+             ORDER BY expires_at DESC, seq LIMIT 1",
+        )
+        .bind(&event.iss)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = longest {
+            let held = from_row(&row)?.event;
+            if held.expires_at >= event.expires_at {
+                return Ok(held);
+            }
+        }
+    }
+    sqlx::query(
         "INSERT INTO revocations (id, kind, iss, rule_key, not_before, expires_at, revoked_at, reason, requested_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&event.id)
     .bind(event.rule.kind())
@@ -587,29 +617,8 @@ async fn insert_one(
     .bind(event.reason.clone())
     .bind(requested_by)
     .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(event.clone());
-    }
-    // This very event, if an earlier attempt whose commit looked failed did commit it (a
-    // retried group); otherwise the rule that was there first (the token already revoked).
-    if let Some(row) = sqlx::query("SELECT * FROM revocations WHERE id = $1")
-        .bind(&event.id)
-        .fetch_optional(&mut *conn)
-        .await?
-    {
-        return Ok(from_row(&row)?.event);
-    }
-    let row = sqlx::query(
-        "SELECT * FROM revocations WHERE kind = $1 AND iss = $2 AND rule_key = $3 ORDER BY seq LIMIT 1",
-    )
-    .bind(event.rule.kind())
-    .bind(&event.iss)
-    .bind(key)
-    .fetch_one(&mut *conn)
     .await?;
-    Ok(from_row(&row)?.event)
+    Ok(event.clone())
 }
 
 fn rule_parts(rule: &Rule) -> (&str, Option<i64>) {

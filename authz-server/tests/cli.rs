@@ -14,6 +14,7 @@ fn bad_config_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let base = r#"
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 issuer = "https://auth.example"
 database = "x.db"
 signing_key_file = "key.pem"
@@ -39,6 +40,16 @@ inbox_name = "authz"
             "ttl above max",
             base.replace("database", "token_ttl = 7200\ndatabase"),
             "token_ttl",
+        ),
+        (
+            "no admin listener",
+            base.replace("admin_listen = \"127.0.0.1:0\"\n", ""),
+            "admin_listen",
+        ),
+        (
+            "no first-byte bound",
+            format!("{base}\n[limits]\nfirst_byte_timeout_ms = 0\n"),
+            "limits.first_byte_timeout_ms",
         ),
         (
             "bad algorithm",

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 # on both) and a stream replicated three ways instead of the single node.
 CLUSTER=${CLUSTER:-0}
 NATS_PORT=14222 NATS_HTTP=18222
-ports="$NATS_PORT 8081 8080 9090 9001"
+ports="$NATS_PORT 8081 9091 8080 9090 9001"
 [ "$CLUSTER" = 1 ] && ports="$ports 14223 14224 16222 16223 16224"
 for port in $ports; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -86,7 +86,7 @@ cat <<'TXT'
 
   The development stack is running (Ctrl-C stops it):
     NATS (mutual TLS)  tls://127.0.0.1:14222   monitoring http://127.0.0.1:18222
-    authz-server       http://127.0.0.1:8081   (issuer)
+    authz-server       http://127.0.0.1:8081   (issuer)   admin http://127.0.0.1:9091
     gateway            http://127.0.0.1:8080   admin http://127.0.0.1:9090
     demo upstream      http://127.0.0.1:9001
 

@@ -52,6 +52,7 @@ async fn metrics_get(State(gw): State<Arc<Gateway>>) -> Response {
     // Read at scrape time, like /readyz, so that the two never disagree.
     m.stale.set(i64::from(!gw.freshness.is_fresh(now)));
     m.heartbeat_age_ms.set(ms(gw.freshness.heartbeat_age(now)));
+    m.update_connections();
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &gw.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use revocation::nats::NatsConfig;
 use serde::Deserialize;
+use startup::serve::ListenerLimits;
 
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone, Deserialize)]
@@ -127,12 +128,24 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
-/// Limits and timeouts, all with safe defaults.
+/// Limits and timeouts of the proxy listener, all with safe defaults; the connection bounds
+/// are those of `startup::serve` (see there).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Milliseconds a new connection gets to send its first bytes (or finish its TLS
+    /// handshake) before it is closed.
+    pub first_byte_timeout_ms: u64,
     /// Milliseconds a client gets to send a request's headers (slowloris protection).
     pub header_read_timeout_ms: u64,
+    /// Milliseconds a connection may stay open with no request in flight (HTTP/1 and 2).
+    pub idle_timeout_ms: u64,
+    /// Milliseconds between HTTP/2 keep-alive pings.
+    pub http2_keep_alive_interval_ms: u64,
+    /// Milliseconds an HTTP/2 ping may go unanswered before the connection is closed.
+    pub http2_keep_alive_timeout_ms: u64,
+    /// Open client connections at most; more are closed as soon as they are accepted.
+    pub max_connections: usize,
     /// Largest request head (request line and headers) in bytes; larger gets 431.
     pub max_header_bytes: usize,
     /// Largest request body in bytes; larger gets 413.
@@ -147,13 +160,35 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        let listener = ListenerLimits::default();
         Limits {
-            header_read_timeout_ms: 10_000,
-            max_header_bytes: 16 * 1024,
+            first_byte_timeout_ms: listener.first_byte_timeout_ms,
+            header_read_timeout_ms: listener.header_read_timeout_ms,
+            idle_timeout_ms: listener.idle_timeout_ms,
+            http2_keep_alive_interval_ms: listener.http2_keep_alive_interval_ms,
+            http2_keep_alive_timeout_ms: listener.http2_keep_alive_timeout_ms,
+            max_connections: listener.max_connections,
+            max_header_bytes: listener.max_header_bytes,
             max_body_bytes: 10 * 1024 * 1024,
             max_concurrent_requests: 1024,
             upstream_connect_timeout_ms: 5_000,
-            http2_max_concurrent_streams: 128,
+            http2_max_concurrent_streams: listener.http2_max_concurrent_streams,
+        }
+    }
+}
+
+impl Limits {
+    /// The proxy listener's connection bounds.
+    pub fn listener(&self) -> ListenerLimits {
+        ListenerLimits {
+            first_byte_timeout_ms: self.first_byte_timeout_ms,
+            header_read_timeout_ms: self.header_read_timeout_ms,
+            max_header_bytes: self.max_header_bytes,
+            idle_timeout_ms: self.idle_timeout_ms,
+            http2_keep_alive_interval_ms: self.http2_keep_alive_interval_ms,
+            http2_keep_alive_timeout_ms: self.http2_keep_alive_timeout_ms,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_connections: self.max_connections,
         }
     }
 }
@@ -358,15 +393,12 @@ impl Config {
             return Err("max_staleness_ms: must be at least 500".into());
         }
         let l = &self.limits;
-        if l.header_read_timeout_ms == 0 || l.upstream_connect_timeout_ms == 0 {
-            return Err("limits: timeouts must be positive".into());
+        l.listener().validate("limits")?;
+        if l.upstream_connect_timeout_ms == 0 {
+            return Err("limits.upstream_connect_timeout_ms: must be positive".into());
         }
-        // hyper needs a buffer of at least 8 KiB to parse a request head.
-        if l.max_header_bytes < 8192 {
-            return Err("limits.max_header_bytes: must be at least 8192".into());
-        }
-        if l.max_concurrent_requests == 0 || l.http2_max_concurrent_streams == 0 {
-            return Err("limits: concurrency limits must be positive".into());
+        if l.max_concurrent_requests == 0 {
+            return Err("limits.max_concurrent_requests: must be positive".into());
         }
         if self.max_ttl == 0 {
             return Err("max_ttl: must be positive".into());

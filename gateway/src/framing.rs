@@ -10,12 +10,8 @@
 //! cannot follow (HTTP/2, an upgraded connection, a head hyper would refuse anyway) ends its
 //! watch without raising the flag; hyper's own checks still apply.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Why a request's `Transfer-Encoding` was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,64 +168,26 @@ impl Tracker {
     }
 }
 
-/// The connection's I/O with the guard on its read side.
-pub struct FramingGuard<IO> {
-    inner: IO,
+/// The guard of one connection: shown every byte the connection reads, below hyper.
+pub struct FramingGuard {
     tracker: Tracker,
     flag: AmbiguousFraming,
 }
 
-impl<IO> FramingGuard<IO> {
-    pub fn new(inner: IO, flag: AmbiguousFraming) -> Self {
+impl FramingGuard {
+    pub fn new(flag: AmbiguousFraming) -> Self {
         FramingGuard {
-            inner,
             tracker: Tracker::default(),
             flag,
         }
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let this = &mut *self;
-            if !this.tracker.done {
-                this.tracker.feed(&buf.filled()[before..], &this.flag);
-            }
+impl startup::serve::ReadObserver for FramingGuard {
+    fn observe(&mut self, data: &[u8]) {
+        if !self.tracker.done {
+            self.tracker.feed(data, &self.flag);
         }
-        result
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 

@@ -19,8 +19,11 @@
 //! - [`error`]: request-path errors and the one place they become responses.
 //! - [`admin`]: health, readiness and metrics on the admin listener.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`serve`]: the HTTP server loop with header-read timeout and graceful drain.
-//! - [`framing`]: the guard that refuses requests framed two ways (request smuggling).
+//! - [`tls`]: the proxy listener's certificate.
+//! - [`framing`]: the guard that refuses requests framed two ways (request smuggling), and
+//!   the transfer codings accepted.
+//!
+//! Both listeners run on `startup::serve`, which bounds every connection.
 //!
 //! The revocation set and the feed that fills it live in the shared `revocation` crate.
 
@@ -35,7 +38,7 @@ pub mod path;
 pub mod proxy;
 pub mod routes;
 pub mod sanitize;
-pub mod serve;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -448,7 +451,7 @@ pub async fn run_with_reload(
     let tls = config
         .tls
         .as_ref()
-        .map(serve::tls_acceptor)
+        .map(tls::tls_acceptor)
         .transpose()
         .map_err(StartError::Config)?;
     let algorithms = config
@@ -548,24 +551,28 @@ pub async fn run_with_reload(
 
     let proxy_app = {
         let gw = gateway.clone();
-        move |addr: SocketAddr, framing: framing::AmbiguousFraming| {
+        move |addr: SocketAddr| {
             let gw = gw.clone();
             let trusted = gw
                 .trusted_proxies
                 .iter()
                 .any(|net| net.contains(&addr.ip()));
             let peer = Arc::new(proxy::Peer::new(addr, trusted));
-            hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                let (gw, peer, framing) = (gw.clone(), peer.clone(), framing.clone());
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        gateway_handler(gw, peer, framing, request.map(Body::new)).await,
-                    )
-                }
-            })
+            let framing = framing::AmbiguousFraming::default();
+            let guard = framing::FramingGuard::new(framing.clone());
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let (gw, peer, framing) = (gw.clone(), peer.clone(), framing.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            gateway_handler(gw, peer, framing, request.map(Body::new)).await,
+                        )
+                    }
+                });
+            (service, guard)
         }
     };
-    let admin_app = serve::router_service(admin::app(gateway.clone()));
+    let admin_app = startup::serve::router_service(admin::app(gateway.clone()));
     let watch_task = spawn_staleness_watch(gateway.clone(), tasks.clone());
     let sweeper_task = spawn_sweeper(gateway.clone(), tasks.clone());
     tracing::info!(addr = %listener.local_addr()?, "gateway proxy listening");
@@ -607,19 +614,21 @@ pub async fn run_with_reload(
             }
         })
     };
-    let admin = tokio::spawn(serve::serve(
+    let admin = tokio::spawn(startup::serve::serve(
         admin_listener,
         admin_app,
-        config::Limits::default(),
+        startup::serve::ListenerLimits::admin(),
         None,
+        Arc::default(),
         stop_accepting.clone(),
         grace,
     ));
-    serve::serve(
+    startup::serve::serve(
         listener,
         proxy_app,
-        config.limits.clone(),
+        config.limits.listener(),
         tls,
+        gateway.metrics.connections.clone(),
         stop_accepting.clone(),
         grace,
     )

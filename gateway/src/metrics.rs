@@ -64,6 +64,10 @@ impl Default for Metrics {
             token_cache_hits: Counter::default(),
             token_cache_misses: Counter::default(),
             no_route: "none".into(),
+            connections: Arc::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_timed_out: Counter::default(),
         }
     }
 }
@@ -98,6 +102,14 @@ pub struct Metrics {
     pub token_cache_misses: Counter,
     /// The route label of requests that matched none.
     pub no_route: Arc<str>,
+    /// The proxy listener's connection counts, kept by `startup::serve`.
+    pub connections: Arc<startup::serve::ListenerStats>,
+    /// Client connections open (set on scrape).
+    pub connections_open: Gauge,
+    /// Client connections closed at once at `max_connections` (brought up to date on scrape).
+    pub connections_refused: Counter,
+    /// Client connections closed for sending nothing in time or idling (likewise).
+    pub connections_timed_out: Counter,
 }
 
 impl Metrics {
@@ -134,6 +146,19 @@ impl Metrics {
         self.auth_failures
             .get_or_create(&vec![("reason", reason.as_str().to_string())])
             .inc();
+    }
+
+    /// Brings the connection series up to the listener's counts (on scrape).
+    pub fn update_connections(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.connections;
+        self.connections_open.set(c.open.load(Relaxed) as i64);
+        for (counter, now) in [
+            (&self.connections_refused, c.refused.load(Relaxed)),
+            (&self.connections_timed_out, c.timed_out.load(Relaxed)),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
     }
 
     /// A registry with these metrics and the feed's and connection's counters.
@@ -273,6 +298,21 @@ impl Metrics {
             "nats_server_errors",
             "Errors reported by the NATS server",
             nats.server_errors.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Client connections open on the proxy listener",
+            self.connections_open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Client connections closed at once because max_connections were open",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "connections_timed_out",
+            "Client connections closed for sending nothing in time or staying idle",
+            self.connections_timed_out.clone(),
         );
         r.register(
             "nats_disconnects",

@@ -4,6 +4,9 @@
 //!   `__`), unknown keys rejected by the target type; the message names the file and the key.
 //! - [`parse_config`]: the same from a string, for tests.
 //! - [`shutdown_on_signal`]: cancels a token on the first SIGINT or SIGTERM.
+//! - [`serve`]: the HTTP server loop of every listener, each connection bounded.
+
+pub mod serve;
 
 use std::path::Path;
 

@@ -688,10 +688,17 @@ fn without_overridden(defaults: &str, extra: &str) -> String {
 }
 
 /// The authz-server configuration the tests use; keys in `extra` replace the defaults.
-fn authz_config(url: &str, listen: &str, dir: &Path, nats_urls: &[String], extra: &str) -> String {
+fn authz_config(
+    url: &str,
+    listen: &str,
+    admin_listen: &str,
+    dir: &Path,
+    nats_urls: &[String],
+    extra: &str,
+) -> String {
     let [(demo, demo_hash), (other, other_hash), (admin, admin_hash)] = hashes();
     let defaults = format!(
-        "listen = \"{listen}\"\nissuer = \"{url}\"\ndatabase = {db:?}\nsigning_key_file = {key:?}\ntoken_ttl = 300\nmax_ttl = 3600\nleeway = 30\n",
+        "listen = \"{listen}\"\nadmin_listen = \"{admin_listen}\"\nissuer = \"{url}\"\ndatabase = {db:?}\nsigning_key_file = {key:?}\ntoken_ttl = 300\nmax_ttl = 3600\nleeway = 30\n",
         db = dir.join("authz.db").display().to_string(),
         key = dir.join("signing-key.pem"),
     );
@@ -726,7 +733,10 @@ admin = true
 
 /// The authz-server, with its database and key in its own directory.
 pub struct Authz {
+    /// The public listener: the issuer URL.
     pub url: String,
+    /// The admin listener (`/admin/*`, `/metrics`).
+    pub admin_url: String,
     pub dir: PathBuf,
     pub nats_urls: Vec<String>,
     pub extra: String,
@@ -753,7 +763,7 @@ impl Authz {
 
     /// The authz-server's `/metrics` text (empty if it does not answer).
     pub async fn metrics(&self) -> String {
-        get_text(&format!("{}/metrics", self.url))
+        get_text(&format!("{}/metrics", self.admin_url))
             .await
             .unwrap_or_default()
     }
@@ -765,33 +775,36 @@ impl Authz {
 
     /// Starts an authz-server in-process whose files live in `dir` (reuse `dir` to restart it).
     pub async fn start(dir: &Path, nats_urls: &[String]) -> Result<Authz> {
-        Self::start_on(bind().await?, dir, nats_urls, "").await
+        Self::start_on(bind().await?, bind().await?, dir, nats_urls, "").await
     }
 
     /// Like [`Authz::start`], with `extra` top-level TOML keys (e.g. `signing_alg = "ES256"`).
     pub async fn start_with(dir: &Path, nats_urls: &[String], extra: &str) -> Result<Authz> {
-        Self::start_on(bind().await?, dir, nats_urls, extra).await
+        Self::start_on(bind().await?, bind().await?, dir, nats_urls, extra).await
     }
 
     async fn start_on(
         listener: TcpListener,
+        admin_listener: TcpListener,
         dir: &Path,
         nats_urls: &[String],
         extra: &str,
     ) -> Result<Authz> {
         init_tracing();
         let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
-        let text = authz_config(&url, "127.0.0.1:0", dir, nats_urls, extra);
+        let admin_url = format!("http://127.0.0.1:{}", admin_listener.local_addr()?.port());
+        let text = authz_config(&url, "127.0.0.1:0", "127.0.0.1:0", dir, nats_urls, extra);
         let config = authz_server::Config::from_toml(&text).map_err(anyhow::Error::msg)?;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = authz_server::run(config, listener, token).await {
+            if let Err(e) = authz_server::run(config, listener, admin_listener, token).await {
                 eprintln!("authz-server failed: {e}");
             }
         });
         let authz = Authz {
             url,
+            admin_url,
             dir: dir.to_path_buf(),
             nats_urls: nats_urls.to_vec(),
             extra: extra.to_string(),
@@ -804,22 +817,43 @@ impl Authz {
         Ok(authz)
     }
 
-    /// Starts the authz-server binary as its own process on `port`.
+    /// Starts the authz-server binary as its own process on `port`, its admin listener on
+    /// a free port (the same again when it restarts).
     pub async fn spawn_process(
         dir: &Path,
         port: u16,
         nats_urls: &[String],
         extra: &str,
     ) -> Result<Authz> {
+        let admin_port = free_ports(1)?[0];
+        Self::spawn_process_on(dir, port, admin_port, nats_urls, extra).await
+    }
+
+    async fn spawn_process_on(
+        dir: &Path,
+        port: u16,
+        admin_port: u16,
+        nats_urls: &[String],
+        extra: &str,
+    ) -> Result<Authz> {
         let url = format!("http://127.0.0.1:{port}");
+        let admin_url = format!("http://127.0.0.1:{admin_port}");
         let config = dir.join("authz.toml");
         std::fs::write(
             &config,
-            authz_config(&url, &format!("127.0.0.1:{port}"), dir, nats_urls, extra),
+            authz_config(
+                &url,
+                &format!("127.0.0.1:{port}"),
+                &format!("127.0.0.1:{admin_port}"),
+                dir,
+                nats_urls,
+                extra,
+            ),
         )?;
         let process = Process::spawn("authz-server", &config, dir.join("authz.log"))?;
         let authz = Authz {
             url,
+            admin_url,
             dir: dir.to_path_buf(),
             nats_urls: nats_urls.to_vec(),
             extra: extra.to_string(),
@@ -866,18 +900,25 @@ impl Authz {
 
     async fn start_again(&mut self) -> Result<()> {
         let addr = self.url.trim_start_matches("http://").to_string();
+        let admin_addr = self.admin_url.trim_start_matches("http://").to_string();
         let (dir, urls, extra) = (self.dir.clone(), self.nats_urls.clone(), self.extra.clone());
         *self = match self.runner {
             Runner::Task(_) => {
-                Authz::start_on(TcpListener::bind(&addr).await?, &dir, &urls, &extra).await?
+                let (listener, admin) = (
+                    TcpListener::bind(&addr).await?,
+                    TcpListener::bind(&admin_addr).await?,
+                );
+                Authz::start_on(listener, admin, &dir, &urls, &extra).await?
             }
             Runner::Process(_) => {
-                let port = addr
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .context("port")?;
-                Authz::spawn_process(&dir, port, &urls, &extra).await?
+                let port = |a: &str| -> Result<u16> {
+                    a.rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .context("port")
+                };
+                let (port, admin_port) = (port(&addr)?, port(&admin_addr)?);
+                Authz::spawn_process_on(&dir, port, admin_port, &urls, &extra).await?
             }
         };
         Ok(())
@@ -915,7 +956,7 @@ impl Authz {
     /// Revokes through the admin API with a JSON body; returns the status and body.
     pub async fn admin_revoke(&self, body: serde_json::Value) -> Result<(u16, serde_json::Value)> {
         let response = reqwest::Client::new()
-            .post(format!("{}/admin/revocations", self.url))
+            .post(format!("{}/admin/revocations", self.admin_url))
             .basic_auth("admin", Some("admin-secret"))
             .json(&body)
             .send()

@@ -224,7 +224,7 @@ async fn revocation_endpoint_rules() -> anyhow::Result<()> {
 async fn admin_revocation_api() -> anyhow::Result<()> {
     let (_nats, _dir, authz) = start().await?;
     let http = reqwest::Client::new();
-    let url = format!("{}/admin/revocations", authz.url);
+    let url = format!("{}/admin/revocations", authz.admin_url);
     let token = authz.token("demo-client", "demo-secret").await?;
     let claims = decode_part(&token, 1);
 
@@ -450,7 +450,7 @@ async fn revoke_cli() -> anyhow::Result<()> {
         std::process::Command::new(&bin)
             .arg("revoke")
             .arg("--url")
-            .arg(&authz.url)
+            .arg(&authz.admin_url)
             .args(args)
             .env("AUTHZ_ADMIN_SECRET", secret)
             .output()
@@ -499,7 +499,7 @@ async fn revoke_cli() -> anyhow::Result<()> {
     );
 
     let page: Value = reqwest::Client::new()
-        .get(format!("{}/admin/revocations", authz.url))
+        .get(format!("{}/admin/revocations", authz.admin_url))
         .basic_auth("admin", Some("admin-secret"))
         .send()
         .await?
@@ -521,7 +521,7 @@ async fn clients_in_the_database() -> anyhow::Result<()> {
     let bin = system_tests::binary("authz-server")?;
     let cli = |args: &[&str]| {
         std::process::Command::new(&bin)
-            .args(["clients", "--url", &authz.url])
+            .args(["clients", "--url", &authz.admin_url])
             .args(args)
             .env("AUTHZ_ADMIN_SECRET", "admin-secret")
             .output()
@@ -610,7 +610,7 @@ async fn clients_in_the_database() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&again.stderr).contains("404"));
 
     let r = http
-        .get(format!("{}/admin/clients", authz.url))
+        .get(format!("{}/admin/clients", authz.admin_url))
         .basic_auth("demo-client", Some("demo-secret"))
         .send()
         .await?;
@@ -623,7 +623,14 @@ async fn clients_in_the_database() -> anyhow::Result<()> {
 async fn methods_and_content_types() -> anyhow::Result<()> {
     let (_nats, _dir, authz) = start().await?;
     let http = reqwest::Client::new();
-    let url = |p: &str| format!("{}{p}", authz.url);
+    let url = |p: &str| {
+        let base = if p.starts_with("/admin/") {
+            &authz.admin_url
+        } else {
+            &authz.url
+        };
+        format!("{base}{p}")
+    };
     for (method, path) in [
         (reqwest::Method::GET, "/oauth2/token"),
         (reqwest::Method::PUT, "/oauth2/token"),

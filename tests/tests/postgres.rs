@@ -70,7 +70,10 @@ async fn two_replicas_share_one_database() -> anyhow::Result<()> {
     // Both replicas list the same rules: one source of truth.
     for replica in [&a, &b] {
         let page: serde_json::Value = http
-            .get(format!("{}/admin/revocations?limit=1000", replica.url))
+            .get(format!(
+                "{}/admin/revocations?limit=1000",
+                replica.admin_url
+            ))
             .basic_auth("admin", Some("admin-secret"))
             .send()
             .await?

@@ -423,7 +423,7 @@ async fn subject_and_client_rules() -> anyhow::Result<()> {
     }
     assert_eq!(seen, ["subject", "client", "token"]);
     let denied = http
-        .get(format!("{}/admin/revocations", stack.authz.url))
+        .get(format!("{}/admin/revocations", stack.authz.admin_url))
         .basic_auth("demo-client", Some("demo-secret"))
         .send()
         .await?;

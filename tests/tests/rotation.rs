@@ -77,7 +77,7 @@ async fn rotate_twice_under_load() -> anyhow::Result<()> {
 
     let http = reqwest::Client::new();
     let rotated: Value = http
-        .post(format!("{}/admin/keys/rotate", authz.url))
+        .post(format!("{}/admin/keys/rotate", authz.admin_url))
         .basic_auth("admin", Some("admin-secret"))
         .send()
         .await?
@@ -146,7 +146,7 @@ async fn rotate_twice_under_load() -> anyhow::Result<()> {
     // The first key still verifies the tokens it signed; all three are published.
     assert_eq!(gw.call(&http, "/echo/", &first_token).await, 200);
     let keys: Value = http
-        .get(format!("{}/admin/keys", authz.url))
+        .get(format!("{}/admin/keys", authz.admin_url))
         .basic_auth("admin", Some("admin-secret"))
         .send()
         .await?

@@ -103,7 +103,7 @@ async fn main() -> Result<()> {
     let acknowledged = Instant::now();
 
     // The relay's backlog as the server sees it, then the stream itself.
-    let metrics_url = format!("{}/metrics", authz.url);
+    let metrics_url = format!("{}/metrics", authz.admin_url);
     let backlog_at_end = metric(&http, &metrics_url, "authz_outbox_backlog").await;
     eventually(Duration::from_secs(60), "the outbox to drain", || async {
         (metric(&http, &metrics_url, "authz_outbox_backlog").await == Some(0.0)).then_some(())
