@@ -572,13 +572,46 @@ async fn insert_group(
 /// `expires_at`): a revocation can only tighten what is held, so a later, longer one wins
 /// over an earlier, shorter one, and a shorter one changes nothing. Gateways keep the
 /// longest of a token's rules.
+///
+/// The insert comes first and decides in one statement: a transaction that read first would
+/// have to upgrade to a writer, which SQLite refuses outright (not after `busy_timeout`)
+/// when another connection wrote in between.
 async fn insert_one(
     conn: &mut AnyConnection,
     event: &RevocationEvent,
     requested_by: &str,
 ) -> Result<RevocationEvent, sqlx::Error> {
+    let (key, not_before) = rule_parts(&event.rule);
+    let is_token = matches!(event.rule, Rule::Token { .. });
+    let statement = if is_token {
+        "INSERT INTO revocations (id, kind, iss, rule_key, not_before, expires_at, revoked_at, reason, requested_by)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+         WHERE NOT EXISTS (SELECT 1 FROM revocations
+             WHERE kind = 'token' AND iss = $3 AND rule_key = $4 AND expires_at >= $6)
+         ON CONFLICT DO NOTHING"
+    } else {
+        "INSERT INTO revocations (id, kind, iss, rule_key, not_before, expires_at, revoked_at, reason, requested_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT DO NOTHING"
+    };
+    let inserted = sqlx::query(statement)
+        .bind(&event.id)
+        .bind(event.rule.kind())
+        .bind(&event.iss)
+        .bind(key)
+        .bind(not_before)
+        .bind(event.expires_at as i64)
+        .bind(event.revoked_at as i64)
+        .bind(event.reason.clone())
+        .bind(requested_by)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if inserted == 1 {
+        return Ok(event.clone());
+    }
     // This very event, if an earlier attempt whose commit looked failed did commit it (a
-    // retried group).
+    // retried group); otherwise the token's longest rule, which lasts at least as long.
     if let Some(row) = sqlx::query("SELECT * FROM revocations WHERE id = $1")
         .bind(&event.id)
         .fetch_optional(&mut *conn)
@@ -586,39 +619,15 @@ async fn insert_one(
     {
         return Ok(from_row(&row)?.event);
     }
-    let (key, not_before) = rule_parts(&event.rule);
-    if let Rule::Token { .. } = &event.rule {
-        let longest = sqlx::query(
-            "SELECT * FROM revocations WHERE kind = 'token' AND iss = $1 AND rule_key = $2
-             ORDER BY expires_at DESC, seq LIMIT 1",
-        )
-        .bind(&event.iss)
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = longest {
-            let held = from_row(&row)?.event;
-            if held.expires_at >= event.expires_at {
-                return Ok(held);
-            }
-        }
-    }
-    sqlx::query(
-        "INSERT INTO revocations (id, kind, iss, rule_key, not_before, expires_at, revoked_at, reason, requested_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    let row = sqlx::query(
+        "SELECT * FROM revocations WHERE kind = 'token' AND iss = $1 AND rule_key = $2
+         ORDER BY expires_at DESC, seq LIMIT 1",
     )
-    .bind(&event.id)
-    .bind(event.rule.kind())
     .bind(&event.iss)
     .bind(key)
-    .bind(not_before)
-    .bind(event.expires_at as i64)
-    .bind(event.revoked_at as i64)
-    .bind(event.reason.clone())
-    .bind(requested_by)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(event.clone())
+    Ok(from_row(&row)?.event)
 }
 
 fn rule_parts(rule: &Rule) -> (&str, Option<i64>) {

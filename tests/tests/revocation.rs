@@ -405,7 +405,7 @@ async fn subject_and_client_rules() -> anyhow::Result<()> {
         let page: serde_json::Value = http
             .get(format!(
                 "{}/admin/revocations?limit=2&after={after}",
-                stack.authz.url
+                stack.authz.admin_url
             ))
             .basic_auth("admin", Some("admin-secret"))
             .send()

@@ -108,7 +108,7 @@ async fn rotate_twice_under_load() -> anyhow::Result<()> {
 
     // Second rotation through the CLI.
     let out = std::process::Command::new(system_tests::binary("authz-server")?)
-        .args(["rotate-key", "--url", &authz.url])
+        .args(["rotate-key", "--url", &authz.admin_url])
         .env("AUTHZ_ADMIN_SECRET", "admin-secret")
         .output()?;
     assert!(
