@@ -44,9 +44,9 @@ pub struct Credentials {
     basic: bool,
 }
 
-/// Failed client authentications, counted per client id and per source address in fixed
-/// windows. Past the limit, attempts are answered 429 before any Argon2 work is spent on
-/// them, which also bounds how fast a secret can be guessed.
+/// Failed client authentications counted per key in fixed windows: per source, to refuse a
+/// source past its budget before any Argon2 work is spent on it; per client id, only to see
+/// an id under attack (never to refuse it: that would let anyone lock a client out).
 pub struct FailureLimiter {
     max_failures: u32,
     window: std::time::Duration,
@@ -71,7 +71,8 @@ impl FailureLimiter {
             .then(|| (self.window - elapsed).as_secs().max(1))
     }
 
-    fn record_failure(&self, key: String, now: std::time::Instant) {
+    /// Counts a failure; returns the count in the current window.
+    fn record_failure(&self, key: String, now: std::time::Instant) -> u32 {
         // Bounded memory: an attacker cycling through ids and addresses cannot grow the map
         // past this; stale windows are dropped first.
         if self.counts.len() > 100_000 {
@@ -83,6 +84,76 @@ impl FailureLimiter {
             *entry = (0, now);
         }
         entry.0 += 1;
+        entry.0
+    }
+}
+
+/// The source a failure budget belongs to: an IPv4 address, or an IPv6 /64 (one host
+/// usually holds a whole /64, so a budget per address would be no budget).
+fn source_key(source: std::net::IpAddr) -> String {
+    match source {
+        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Counts of client authentication, for `/metrics` (`authz_client_auth_*`).
+#[derive(Default)]
+pub struct AuthMetrics {
+    /// Failed verifications, by reason (`wrong_secret`, `unknown_client`).
+    pub failures: prometheus_client::metrics::family::Family<
+        Vec<(&'static str, &'static str)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// Attempts refused before verification, by reason (`source_budget`, `busy`).
+    pub refused: prometheus_client::metrics::family::Family<
+        Vec<(&'static str, &'static str)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// Argon2 verifications run.
+    pub verifications: prometheus_client::metrics::counter::Counter,
+}
+
+impl AuthMetrics {
+    fn failure(&self, reason: &'static str) {
+        self.failures.get_or_create(&vec![("reason", reason)]).inc();
+    }
+    fn refusal(&self, reason: &'static str) {
+        self.refused.get_or_create(&vec![("reason", reason)]).inc();
+    }
+}
+
+/// The bounds on the Argon2 work strangers can cause.
+pub struct AuthLimits {
+    /// Failed authentications per source and window (see [`FailureLimiter`]).
+    pub sources: FailureLimiter,
+    /// Failures per client id and window past which the id is reported as under attack.
+    pub ids: FailureLimiter,
+    /// Argon2 verifications at once, for the whole server.
+    pub verifications: tokio::sync::Semaphore,
+    /// How long a request waits for a verification slot before 503.
+    pub verification_wait: std::time::Duration,
+}
+
+impl AuthLimits {
+    pub fn new(
+        failures_per_source: u32,
+        window: std::time::Duration,
+        max_concurrent_verifications: usize,
+        verification_wait: std::time::Duration,
+    ) -> Self {
+        AuthLimits {
+            sources: FailureLimiter::new(failures_per_source, window),
+            ids: FailureLimiter::new(failures_per_source, window),
+            verifications: tokio::sync::Semaphore::new(max_concurrent_verifications),
+            verification_wait,
+        }
     }
 }
 
@@ -235,7 +306,9 @@ pub struct Clients {
     by_id: HashMap<String, Arc<Client>>,
     /// Clients registered at run time (CLI, admin API).
     store: crate::store::Store,
-    limiter: FailureLimiter,
+    limits: AuthLimits,
+    /// Counts for `/metrics`.
+    pub metrics: Arc<AuthMetrics>,
     /// Recent successful verifications, so that repeat requests skip Argon2.
     cache: CredentialCache,
     /// Verified against when the client id is unknown, so that an unknown id costs as long as
@@ -247,7 +320,8 @@ impl Clients {
     pub fn new(
         configured: &[ClientConfig],
         store: crate::store::Store,
-        limiter: FailureLimiter,
+        limits: AuthLimits,
+        metrics: Arc<AuthMetrics>,
         cache: CredentialCache,
     ) -> Self {
         let by_id = configured
@@ -268,7 +342,8 @@ impl Clients {
         Clients {
             by_id,
             store,
-            limiter,
+            limits,
+            metrics,
             cache,
             dummy_hash: hash_secret("not a real secret").unwrap_or_default(),
         }
@@ -291,15 +366,22 @@ impl Clients {
     }
 
     /// Checks the credentials; the Argon2 work runs off the async workers.
+    ///
+    /// Nobody can make another client's correct secret fail: failures are budgeted per
+    /// source, never per client id. A source past its budget is answered 429 before any
+    /// Argon2 work; every verification holds one of a fixed number of slots, and a request
+    /// that waits too long for one is answered 503 (both with `Retry-After`). A recently
+    /// verified secret needs no slot (the credential cache).
     pub async fn authenticate(
         &self,
         credentials: Credentials,
         source: std::net::IpAddr,
     ) -> Result<Arc<Client>, OAuthError> {
         let now = std::time::Instant::now();
-        let keys = [format!("client:{}", credentials.id), format!("ip:{source}")];
-        if let Some(retry_after) = keys.iter().find_map(|k| self.limiter.blocked(k, now)) {
-            tracing::warn!(client_id = %credentials.id, %source, "client authentication rate-limited");
+        let source_key = source_key(source);
+        if let Some(retry_after) = self.limits.sources.blocked(&source_key, now) {
+            self.metrics.refusal("source_budget");
+            tracing::debug!(client_id = %credentials.id, %source, "client authentication refused: source over its failure budget");
             return Err(OAuthError::TooManyFailures { retry_after });
         }
         let client = match self.by_id.get(&credentials.id) {
@@ -322,6 +404,17 @@ impl Clients {
                 return Ok(client.clone());
             }
         }
+        let Ok(Ok(_slot)) = tokio::time::timeout(
+            self.limits.verification_wait,
+            self.limits.verifications.acquire(),
+        )
+        .await
+        else {
+            self.metrics.refusal("busy");
+            tracing::debug!(client_id = %credentials.id, %source, "client authentication refused: every verification slot busy");
+            return Err(OAuthError::Busy);
+        };
+        self.metrics.verifications.inc();
         let hash = client
             .as_ref()
             .map(|c| c.secret_hash.clone())
@@ -339,11 +432,22 @@ impl Clients {
                     .remember(&client.id, &secret, &client.secret_hash, now);
                 Ok(client)
             }
-            _ => {
-                for key in keys {
-                    self.limiter.record_failure(key, now);
-                }
+            client => {
+                self.metrics.failure(if client.is_some() {
+                    "wrong_secret"
+                } else {
+                    "unknown_client"
+                });
+                let from_source = self.limits.sources.record_failure(source_key, now);
+                let for_id = self.limits.ids.record_failure(credentials.id.clone(), now);
                 tracing::info!(client_id = %credentials.id, %source, "client authentication failed");
+                // Once per window each: the source is now refused, the id is under attack.
+                if from_source == self.limits.sources.max_failures {
+                    tracing::warn!(%source, failures = from_source, "source over its client authentication failure budget: refused for the rest of the window");
+                }
+                if for_id == self.limits.ids.max_failures {
+                    tracing::warn!(client_id = %credentials.id, failures = for_id, "many failed authentications for this client id (its correct secret still works)");
+                }
                 Err(OAuthError::InvalidClient {
                     basic: credentials.basic,
                 })
@@ -567,7 +671,8 @@ mod tests {
         let clients = Clients::new(
             &[],
             store.clone(),
-            FailureLimiter::new(100, Duration::from_secs(60)),
+            AuthLimits::new(100, Duration::from_secs(60), 4, Duration::from_secs(5)),
+            Arc::default(),
             cache(16),
         );
         (clients, store)

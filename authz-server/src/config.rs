@@ -59,13 +59,22 @@ pub struct Config {
     /// the rules the last snapshot held, if that is more).
     #[serde(default = "default_snapshot_min_events")]
     pub snapshot_min_events: u64,
-    /// Failed client authentications allowed per client id, and per source address, in each
-    /// `auth_failure_window`; past it the server answers 429 with `Retry-After`.
+    /// Failed client authentications allowed per source (an IPv4 address, an IPv6 /64) in
+    /// each `auth_failure_window`; past it that source gets 429 with `Retry-After`, before
+    /// any Argon2 work. Never counted against the client id: nobody can lock a client out.
     #[serde(default = "default_auth_failure_limit")]
     pub auth_failure_limit: u32,
     /// Length of the failure-counting window, seconds.
     #[serde(default = "default_auth_failure_window")]
     pub auth_failure_window: u64,
+    /// Argon2 verifications running at once for the whole server (each about 20 ms of one
+    /// core); a request that cannot start one within `verification_wait_ms` gets 503 with
+    /// `Retry-After`. A recently verified secret needs none (`credential_cache_entries`).
+    #[serde(default = "default_max_concurrent_verifications")]
+    pub max_concurrent_verifications: usize,
+    /// Milliseconds a client authentication waits for a verification slot.
+    #[serde(default = "default_verification_wait_ms")]
+    pub verification_wait_ms: u64,
     /// Clients whose last successful authentication is remembered, so that their next
     /// requests skip the Argon2 verification (about 20 ms of CPU each); 0 turns it off. Only
     /// a keyed hash of the secret (HMAC-SHA256 under a per-process random key) is kept, with
@@ -125,6 +134,12 @@ fn default_auth_failure_limit() -> u32 {
 fn default_auth_failure_window() -> u64 {
     60
 }
+fn default_max_concurrent_verifications() -> usize {
+    4
+}
+fn default_verification_wait_ms() -> u64 {
+    1000
+}
 fn default_credential_cache_entries() -> usize {
     4096
 }
@@ -177,6 +192,12 @@ impl Config {
         }
         if self.auth_failure_limit == 0 || self.auth_failure_window == 0 {
             return Err("auth_failure_limit, auth_failure_window: must be positive".into());
+        }
+        if !(1..=1024).contains(&self.max_concurrent_verifications) {
+            return Err("max_concurrent_verifications: must be between 1 and 1024".into());
+        }
+        if self.verification_wait_ms > 60_000 {
+            return Err("verification_wait_ms: must be at most 60000".into());
         }
         if self.credential_cache_entries > 1_000_000 {
             return Err("credential_cache_entries: must be at most 1000000".into());

@@ -20,9 +20,12 @@ pub enum OAuthError {
     /// The client authenticated but may not use this endpoint (a non-admin on `/admin`).
     #[error("access_denied")]
     AccessDenied,
-    /// Too many failed authentications from this client id or address (429).
+    /// Too many failed authentications from this source (429).
     #[error("too many failed attempts")]
     TooManyFailures { retry_after: u64 },
+    /// Every client-authentication slot is busy: the server is being flooded (503).
+    #[error("busy")]
+    Busy,
     /// Only `client_credentials` is supported.
     #[error("unsupported_grant_type")]
     UnsupportedGrantType,
@@ -74,6 +77,11 @@ impl OAuthError {
                 "temporarily_unavailable",
                 Some("too many failed client authentications; retry later"),
             ),
+            OAuthError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                Some("the server is busy; retry later"),
+            ),
             OAuthError::UnsupportedGrantType => (
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -118,6 +126,9 @@ impl IntoResponse for OAuthError {
             if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
                 headers.insert(header::RETRY_AFTER, value);
             }
+        }
+        if let OAuthError::Busy = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let OAuthError::InvalidClient { basic: true } = self {
             headers.insert(

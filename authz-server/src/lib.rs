@@ -166,6 +166,22 @@ pub async fn run(
     let metrics = Metrics::default();
     let relay_metrics = Arc::new(relay::RelayMetrics::default());
     let mut registry = Registry::with_prefix("authz");
+    let auth_metrics = Arc::new(clients::AuthMetrics::default());
+    registry.register(
+        "client_auth_failures",
+        "Failed client authentications, by reason (wrong_secret, unknown_client)",
+        auth_metrics.failures.clone(),
+    );
+    registry.register(
+        "client_auth_refused",
+        "Client authentications refused before verification, by reason (source_budget, busy)",
+        auth_metrics.refused.clone(),
+    );
+    registry.register(
+        "client_auth_verifications",
+        "Argon2 verifications of client secrets",
+        auth_metrics.verifications.clone(),
+    );
     registry.register(
         "tokens_issued",
         "Access tokens issued",
@@ -274,10 +290,13 @@ pub async fn run(
         clients: clients::Clients::new(
             &config.clients,
             store.clone(),
-            clients::FailureLimiter::new(
+            clients::AuthLimits::new(
                 config.auth_failure_limit,
                 Duration::from_secs(config.auth_failure_window),
+                config.max_concurrent_verifications,
+                Duration::from_millis(config.verification_wait_ms),
             ),
+            auth_metrics,
             clients::CredentialCache::new(
                 config.credential_cache_entries,
                 Duration::from_secs(config.credential_cache_ttl),
