@@ -6,10 +6,16 @@
 //! checks only that the run was sane (every revoke answered 200, every event in the stream)
 //! and prints figures.
 //!
-//! Usage: revoke-bench [--tokens N] [--concurrency C] [--seconds S]
-//!   --tokens N        tokens issued, then revoked (default 20000)
-//!   --concurrency C   concurrent HTTP clients, for issuing and for revoking (default 64)
-//!   --seconds S       stop revoking after S seconds even if tokens remain (default 120)
+//! Then, unless `--flood-seconds 0`, the lock-out scenario: legitimate clients get tokens and
+//! revoke them while an attacker floods wrong secrets for the same client ids, from one
+//! address and then from 50; it prints the legitimate calls' latency (p50, p99) and status
+//! counts in each phase, and how the attacker's requests were answered.
+//!
+//! Usage: revoke-bench [--tokens N] [--concurrency C] [--seconds S] [--flood-seconds F]
+//!   --tokens N          tokens issued, then revoked (default 20000)
+//!   --concurrency C     concurrent HTTP clients, for issuing and for revoking (default 64)
+//!   --seconds S         stop revoking after S seconds even if tokens remain (default 120)
+//!   --flood-seconds F   length of each phase of the lock-out scenario (default 10; 0: skip)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,6 +37,9 @@ struct Options {
     /// Stop revoking after this many seconds even if tokens remain.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
+    /// Length of each phase of the lock-out scenario (0: skip it).
+    #[arg(long, default_value_t = 10)]
+    flood_seconds: u64,
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -39,6 +48,7 @@ async fn main() -> Result<()> {
         tokens,
         concurrency,
         seconds,
+        flood_seconds,
     } = clap::Parser::parse();
     let (count, concurrency) = (tokens as usize, concurrency as usize);
     // rustls needs a process-wide provider for the stream check's NATS connection.
@@ -149,6 +159,147 @@ async fn main() -> Result<()> {
         "the stream holds {} messages, {revoked} revocations were acknowledged",
         stream.messages
     );
+    if flood_seconds > 0 {
+        lockout_scenario(&authz, Duration::from_secs(flood_seconds)).await?;
+    }
+    Ok(())
+}
+
+/// The attacker's addresses in each phase of the lock-out scenario.
+const PHASES: [(&str, u8); 3] = [("no attack", 0), ("one address", 1), ("50 addresses", 50)];
+
+/// Legitimate token and revoke calls while wrong secrets flood in (BENCHMARKS.md): the
+/// legitimate clients call from 127.0.0.1, the attacker from 127.0.0.2 onwards.
+async fn lockout_scenario(authz: &Authz, phase: Duration) -> Result<()> {
+    println!(
+        "\nlock-out: 4 legitimate clients (token, then RFC 7009 revoke) from 127.0.0.1 while 32 \
+         attacker connections send wrong secrets for the same ids; {} s a phase",
+        phase.as_secs()
+    );
+    println!(
+        "{:<14} {:>22} {:>22} {:>10} {:>28}",
+        "attacker", "token p50 / p99", "revoke p50 / p99", "legit ok", "attacker 401 / 429 / 503"
+    );
+    for (name, addresses) in PHASES {
+        let stop = Instant::now() + phase;
+        let attack = (0..32u8).map(|i| {
+            let url = format!("{}/oauth2/token", authz.url);
+            let octet = if addresses == 0 { 0 } else { 2 + i % addresses };
+            async move {
+                let mut answers = [0usize; 3];
+                if octet == 0 {
+                    return Ok::<_, anyhow::Error>(answers);
+                }
+                let http = reqwest::Client::builder()
+                    .local_address(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                        127, 0, 0, octet,
+                    )))
+                    .build()?;
+                let mut n = 0u64;
+                while Instant::now() < stop {
+                    n += 1;
+                    let id = if n.is_multiple_of(2) {
+                        "demo-client"
+                    } else {
+                        "admin"
+                    };
+                    let response = http
+                        .post(&url)
+                        .basic_auth(id, Some(format!("guess-{n}")))
+                        .form(&[("grant_type", "client_credentials")])
+                        .send()
+                        .await?;
+                    match response.status().as_u16() {
+                        401 => answers[0] += 1,
+                        429 => answers[1] += 1,
+                        503 => answers[2] += 1,
+                        other => anyhow::bail!("the attacker got {other}"),
+                    }
+                }
+                Ok(answers)
+            }
+        });
+        let legit = (0..4).map(|_| {
+            let (token_url, revoke_url) = (
+                format!("{}/oauth2/token", authz.url),
+                format!("{}/oauth2/revoke", authz.url),
+            );
+            async move {
+                let http = reqwest::Client::new();
+                let (mut token_times, mut revoke_times, mut failed) = (Vec::new(), Vec::new(), 0);
+                while Instant::now() < stop {
+                    let sent = Instant::now();
+                    let response = http
+                        .post(&token_url)
+                        .basic_auth("demo-client", Some("demo-secret"))
+                        .form(&[("grant_type", "client_credentials")])
+                        .send()
+                        .await?;
+                    if !response.status().is_success() {
+                        failed += 1;
+                        continue;
+                    }
+                    let body: serde_json::Value = response.json().await?;
+                    token_times.push(sent.elapsed());
+                    let token = body["access_token"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let sent = Instant::now();
+                    let response = http
+                        .post(&revoke_url)
+                        .basic_auth("demo-client", Some("demo-secret"))
+                        .form(&[("token", token.as_str())])
+                        .send()
+                        .await?;
+                    if response.status().is_success() {
+                        revoke_times.push(sent.elapsed());
+                    } else {
+                        failed += 1;
+                    }
+                }
+                Ok::<_, anyhow::Error>((token_times, revoke_times, failed))
+            }
+        });
+        let (attack, legit) = tokio::join!(
+            futures::future::join_all(attack),
+            futures::future::join_all(legit)
+        );
+        let mut answers = [0usize; 3];
+        for a in attack {
+            for (total, n) in answers.iter_mut().zip(a?) {
+                *total += n;
+            }
+        }
+        let (mut tokens, mut revokes, mut failed) = (Vec::new(), Vec::new(), 0);
+        for l in legit {
+            let (t, r, f) = l?;
+            tokens.extend(t);
+            revokes.extend(r);
+            failed += f;
+        }
+        tokens.sort();
+        revokes.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let pair = |v: &[Duration]| {
+            format!(
+                "{:.2} / {:.2} ms",
+                ms(system_tests::quantile(v, 0.5)),
+                ms(system_tests::quantile(v, 0.99))
+            )
+        };
+        println!(
+            "{name:<14} {:>22} {:>22} {:>10} {:>28}",
+            pair(&tokens),
+            pair(&revokes),
+            format!(
+                "{}/{}",
+                tokens.len() + revokes.len(),
+                tokens.len() + revokes.len() + failed
+            ),
+            format!("{} / {} / {}", answers[0], answers[1], answers[2])
+        );
+    }
     Ok(())
 }
 
