@@ -8,7 +8,7 @@
 //!
 //! Then, unless `--flood-seconds 0`, the lock-out scenario: legitimate clients get tokens and
 //! revoke them while an attacker floods wrong secrets for the same client ids, from one
-//! address and then from 50; it prints the legitimate calls' latency (p50, p99) and status
+//! address and then from 32; it prints the legitimate calls' latency (p50, p99) and status
 //! counts in each phase, and how the attacker's requests were answered.
 //!
 //! Usage: revoke-bench [--tokens N] [--concurrency C] [--seconds S] [--flood-seconds F]
@@ -166,7 +166,7 @@ async fn main() -> Result<()> {
 }
 
 /// The attacker's addresses in each phase of the lock-out scenario.
-const PHASES: [(&str, u8); 3] = [("no attack", 0), ("one address", 1), ("50 addresses", 50)];
+const PHASES: [(&str, u8); 3] = [("no attack", 0), ("one address", 1), ("32 addresses", 32)];
 
 /// Legitimate token and revoke calls while wrong secrets flood in (BENCHMARKS.md): the
 /// legitimate clients call from 127.0.0.1, the attacker from 127.0.0.2 onwards.
