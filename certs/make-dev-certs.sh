@@ -5,6 +5,8 @@
 #   ca.pem / ca-key.pem                    self-signed CA "revgate dev CA" (10 years)
 #   nats-server.pem / nats-server-key.pem  SAN DNS:localhost, IP:127.0.0.1;
 #                                          EKU serverAuth+clientAuth (825 days)
+#   upstream.pem / upstream-key.pem        an upstream service reached over TLS: SAN
+#                                          DNS:localhost, IP:127.0.0.1; EKU serverAuth
 #   <name>.pem / <name>-key.pem            client certs for "authz" and every IDENTITY
 #                                          (default: gateway-1 gateway-2); CN=<name>,
 #                                          email SAN <name>@revgate.local, EKU clientAuth
@@ -156,6 +158,10 @@ EOF
 issue nats-server nats-server \
     "subjectAltName=DNS:localhost,IP:127.0.0.1" \
     "extendedKeyUsage=serverAuth,clientAuth"
+
+issue upstream upstream \
+    "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    "extendedKeyUsage=serverAuth"
 
 # ---------------------------------------------------------------- clients
 declare -A seen=()

@@ -41,6 +41,18 @@ async fn echo(
     }))
 }
 
+/// The echo, counting every request it receives in `requests`.
+pub fn app(requests: Arc<AtomicU64>) -> axum::Router {
+    axum::Router::new()
+        .fallback(echo)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                requests.fetch_add(1, Ordering::SeqCst);
+                next.run(request)
+            },
+        ))
+}
+
 /// Serves the echo on `listener` until `shutdown` is cancelled.
 pub async fn run(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     run_counting(listener, shutdown, Arc::default()).await
@@ -53,15 +65,7 @@ pub async fn run_counting(
     shutdown: CancellationToken,
     requests: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
-    let app = axum::Router::new()
-        .fallback(echo)
-        .layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
-                requests.fetch_add(1, Ordering::SeqCst);
-                next.run(request)
-            },
-        ));
-    axum::serve(listener, app)
+    axum::serve(listener, app(requests))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

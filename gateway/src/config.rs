@@ -92,6 +92,10 @@ pub struct Config {
     /// Serve the proxy listener over TLS (HTTP/2 and HTTP/1.1 by ALPN) instead of cleartext.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// TLS to `https://` upstreams: the CA to trust and, for mutual TLS, the gateway's
+    /// certificate. Required when a route has an `https` upstream.
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTlsConfig>,
     /// Limits and timeouts of the proxy listener.
     #[serde(default)]
     pub limits: Limits,
@@ -126,6 +130,21 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+}
+
+/// How the gateway speaks TLS to `https://` upstreams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of the CA certificates upstream certificates must chain to (only these: the
+    /// public web's roots are not trusted for upstreams).
+    pub ca_file: PathBuf,
+    /// PEM certificate chain the gateway presents to upstreams (mutual TLS), with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Limits and timeouts of the proxy listener, all with safe defaults; the connection bounds
@@ -352,8 +371,15 @@ impl Config {
         match (&self.jwks_url, &self.jwks_file) {
             (Some(url), None) => {
                 let parsed = url::Url::parse(url).map_err(|e| format!("jwks_url: {e}"))?;
-                if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err("jwks_url: must be an http(s) URL".into());
+                // The root of trust: fetched over TLS, except from this very host.
+                let loopback = match parsed.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+                    None => false,
+                };
+                if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
+                    return Err("jwks_url: must be an https URL (http only on loopback)".into());
                 }
             }
             (None, Some(_)) => {}
@@ -379,6 +405,23 @@ impl Config {
                 ("tls.key_file", &tls.key_file),
             ] {
                 if !path.is_file() {
+                    return Err(format!(
+                        "{field}: {} is not a readable file",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if let Some(tls) = &self.upstream_tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err("upstream_tls: give cert_file and key_file together".into());
+            }
+            for (field, path) in [
+                ("upstream_tls.ca_file", Some(&tls.ca_file)),
+                ("upstream_tls.cert_file", tls.cert_file.as_ref()),
+                ("upstream_tls.key_file", tls.key_file.as_ref()),
+            ] {
+                if let Some(path) = path.filter(|p| !p.is_file()) {
                     return Err(format!(
                         "{field}: {} is not a readable file",
                         path.display()
@@ -438,13 +481,18 @@ impl Config {
                 }
             }
             for method in route.methods.iter().flatten() {
+                // Methods are case-sensitive: `get` would be an extension method, not GET.
+                let upper = !method.is_empty()
+                    && method.bytes().all(|b| {
+                        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    });
                 match method.parse::<http::Method>() {
                     Ok(m) if m == http::Method::CONNECT => {
                         return Err(format!(
                             "routes[{i}].methods: CONNECT is not proxied (the gateway does not tunnel)"
                         ))
                     }
-                    Ok(m) if m.as_str() == method => {}
+                    Ok(m) if upper && m.as_str() == method => {}
                     _ => {
                         return Err(format!(
                             "routes[{i}].methods: {method:?} is not a method name (upper case, e.g. GET)"
@@ -462,10 +510,19 @@ impl Config {
             for upstream in upstreams {
                 let parsed = url::Url::parse(upstream)
                     .map_err(|e| format!("routes[{i}].upstream {upstream:?}: {e}"))?;
-                if parsed.scheme() != "http" || parsed.host_str().is_none() || parsed.path() != "/"
+                if !matches!(parsed.scheme(), "http" | "https")
+                    || parsed.host_str().is_none()
+                    || parsed.path() != "/"
+                    || !parsed.username().is_empty()
+                    || parsed.query().is_some()
                 {
                     return Err(format!(
-                        "routes[{i}].upstream {upstream:?}: must be an http://host:port URL without a path"
+                        "routes[{i}].upstream {upstream:?}: must be an http(s)://host:port URL without a path"
+                    ));
+                }
+                if parsed.scheme() == "https" && self.upstream_tls.is_none() {
+                    return Err(format!(
+                        "routes[{i}].upstream {upstream:?}: an https upstream needs [upstream_tls] (ca_file)"
                     ));
                 }
             }

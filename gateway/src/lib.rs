@@ -85,6 +85,8 @@ pub struct Gateway {
     max_token_bytes: usize,
     max_body_bytes: u64,
     merge_slashes: bool,
+    /// The TLS client of `https://` upstreams, kept for reloads.
+    upstream_tls: Option<tokio_rustls::TlsConnector>,
     trusted_proxies: Vec<ipnet::IpNet>,
     in_flight: tokio::sync::Semaphore,
 }
@@ -211,7 +213,8 @@ impl Gateway {
     /// Replaces the routes and their policies with those of `config`; on error the old
     /// ones stay.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
-        let table = RouteTable::new(&config.routes)?;
+        // The upstream TLS settings are the ones the gateway started with.
+        let table = RouteTable::with_tls(&config.routes, self.upstream_tls.as_ref())?;
         match self.routes.write() {
             Ok(mut guard) => *guard = Arc::new(table),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(table),
@@ -447,7 +450,14 @@ pub async fn run_with_reload(
     mut reloads: tokio::sync::mpsc::Receiver<Config>,
 ) -> Result<(), StartError> {
     install_crypto();
-    let routes = RouteTable::new(&config.routes).map_err(StartError::Config)?;
+    let upstream_tls = config
+        .upstream_tls
+        .as_ref()
+        .map(tls::upstream_connector)
+        .transpose()
+        .map_err(StartError::Config)?;
+    let routes =
+        RouteTable::with_tls(&config.routes, upstream_tls.as_ref()).map_err(StartError::Config)?;
     let tls = config
         .tls
         .as_ref()
@@ -545,6 +555,7 @@ pub async fn run_with_reload(
         max_token_bytes: config.max_token_bytes,
         max_body_bytes: config.limits.max_body_bytes,
         merge_slashes: config.merge_slashes,
+        upstream_tls,
         trusted_proxies: config.trusted_proxies.clone(),
         in_flight: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
     });

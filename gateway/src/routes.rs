@@ -89,7 +89,16 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// Routes to `http://` upstreams only.
     pub fn new(configs: &[RouteConfig]) -> Result<Self, String> {
+        Self::with_tls(configs, None)
+    }
+
+    /// Routes whose `https://` upstreams are reached with `tls`.
+    pub fn with_tls(
+        configs: &[RouteConfig],
+        tls: Option<&tokio_rustls::TlsConnector>,
+    ) -> Result<Self, String> {
         let mut routes = configs
             .iter()
             .map(|c| {
@@ -100,7 +109,7 @@ impl RouteTable {
                         let uri = u
                             .parse::<Uri>()
                             .map_err(|e| format!("route {}: upstream {u}: {e}", c.prefix))?;
-                        Upstream::new(&uri).map(Arc::new)
+                        Upstream::with_tls(&uri, tls).map(Arc::new)
                     })
                     .collect::<Result<Vec<_>, String>>()?;
                 if upstreams.is_empty() {

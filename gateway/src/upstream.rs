@@ -28,10 +28,14 @@ const MAX_IDLE: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An upstream service: where to connect, the `Host` it expects, and its idle connections.
-#[derive(Debug)]
 pub struct Upstream {
     /// `host:port` to connect to.
     address: String,
+    /// For an `https://` upstream: the TLS client and the name its certificate must carry.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     /// The `Host` header sent upstream: the authority, its port left out when it is 80.
     host: HeaderValue,
     idle: Mutex<VecDeque<Idle>>,
@@ -52,15 +56,44 @@ pub enum SendError {
     Http(#[from] hyper::Error),
 }
 
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("address", &self.address)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
 impl Upstream {
     /// From an `http://host[:port]` URI (checked by the configuration).
     pub fn new(uri: &Uri) -> Result<Self, String> {
+        Self::with_tls(uri, None)
+    }
+
+    /// From an `http://` or `https://host[:port]` URI; an `https` one needs `tls`.
+    pub fn with_tls(uri: &Uri, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Self, String> {
         let authority = uri
             .authority()
             .ok_or_else(|| format!("upstream {uri}: no host"))?;
-        let port = authority.port_u16().unwrap_or(80);
+        let https = uri.scheme_str() == Some("https");
+        let default_port = if https { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default_port);
         let address = format!("{}:{port}", authority.host());
-        let host = if port == 80 {
+        let tls = match (https, tls) {
+            (false, _) => None,
+            (true, None) => return Err(format!("upstream {uri}: https needs [upstream_tls]")),
+            (true, Some(connector)) => {
+                let name = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(name.to_string())
+                    .map_err(|e| format!("upstream {uri}: {e}"))?;
+                Some((connector.clone(), name))
+            }
+        };
+        let host = if port == default_port {
             authority.host().to_owned()
         } else {
             address.clone()
@@ -69,6 +102,7 @@ impl Upstream {
             HeaderValue::from_str(&host).map_err(|_| format!("upstream {uri}: unusable host"))?;
         Ok(Upstream {
             address,
+            tls,
             host,
             idle: Mutex::new(VecDeque::new()),
         })
@@ -181,16 +215,32 @@ impl Upstream {
         stream
             .set_nodelay(true)
             .map_err(|e| failed(e.to_string()))?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            // Upgrades are enabled so that a `101` hands over the connection; the proxy
-            // decides whether a `101` is passed on at all.
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        let Some((connector, name)) = &self.tls else {
+            return handshake(stream).await;
+        };
+        // The TLS handshake counts against the same connect timeout.
+        match tokio::time::timeout(timeout, connector.connect(name.clone(), stream)).await {
+            Err(_) => Err(failed("TLS handshake timed out".into())),
+            Ok(Err(e)) => Err(failed(format!("TLS: {e}"))),
+            Ok(Ok(stream)) => handshake(stream).await,
+        }
     }
+}
+
+/// Starts an HTTP/1.1 client connection on `io`; its task runs until the connection ends.
+async fn handshake<IO>(io: IO) -> Result<SendRequest<Body>, SendError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        // Upgrades are enabled so that a `101` hands over the connection; the proxy decides
+        // whether a `101` is passed on at all.
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// A response body that returns its connection to the pool once read to its end.

@@ -74,6 +74,79 @@ fn bad_config_exits_64() {
             config(&certs, "").replace("gateway-1.pem", "nobody.pem"),
             "cert_file",
         ),
+        (
+            "JWKS over plain http from another host",
+            config(&certs, "").replace(
+                "jwks_file = \"/nonexistent/jwks.json\"",
+                "jwks_url = \"http://idp.example/jwks.json\"",
+            ),
+            "jwks_url",
+        ),
+        (
+            "https upstream without upstream_tls",
+            config(&certs, "").replace("http://127.0.0.1:9", "https://127.0.0.1:9"),
+            "upstream_tls",
+        ),
+        (
+            "upstream with a path",
+            config(&certs, "").replace("http://127.0.0.1:9", "http://127.0.0.1:9/api"),
+            "upstream",
+        ),
+        (
+            "upstream client certificate without its key",
+            config(
+                &certs,
+                &format!(
+                    "[upstream_tls]\nca_file = \"{c}/ca.pem\"\ncert_file = \"{c}/gateway-1.pem\"",
+                    c = certs.display()
+                ),
+            ),
+            "upstream_tls",
+        ),
+        (
+            "prefix not in normal form",
+            config(&certs, "").replace("prefix = \"/echo/\"", "prefix = \"/a/../echo/\""),
+            "prefix",
+        ),
+        (
+            "prefix with an encoded slash",
+            config(&certs, "").replace("prefix = \"/echo/\"", "prefix = \"/a%2Fb/\""),
+            "prefix",
+        ),
+        (
+            "CONNECT on a route",
+            config(&certs, "").replace(
+                "scopes = [\"echo:read\"]",
+                "scopes = [\"echo:read\"]\nmethods = [\"GET\", \"CONNECT\"]",
+            ),
+            "CONNECT",
+        ),
+        (
+            "lower-case method",
+            config(&certs, "").replace(
+                "scopes = [\"echo:read\"]",
+                "scopes = [\"echo:read\"]\nmethods = [\"get\"]",
+            ),
+            "methods",
+        ),
+        (
+            "identity prefix not a header name",
+            config(&certs, "identity_header_prefix = \"x auth\""),
+            "identity_header_prefix",
+        ),
+        (
+            "no first-byte bound",
+            config(&certs, "[limits]\nfirst_byte_timeout_ms = 0"),
+            "first_byte_timeout_ms",
+        ),
+        (
+            "route host with a port",
+            config(&certs, "").replace(
+                "scopes = [\"echo:read\"]",
+                "scopes = [\"echo:read\"]\nhost = \"api.example:443\"",
+            ),
+            "host",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = dir.path().join("gateway.toml");
