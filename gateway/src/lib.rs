@@ -22,6 +22,8 @@
 //! - [`tls`]: the proxy listener's certificate.
 //! - [`framing`]: the guard that refuses requests framed two ways (request smuggling), and
 //!   the transfer codings accepted.
+//! - [`fuzz`]: the client-facing parsers' invariants on arbitrary bytes (property tests,
+//!   `make fuzz`).
 //!
 //! Both listeners run on `startup::serve`, which bounds every connection.
 //!
@@ -32,6 +34,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod framing;
+pub mod fuzz;
 pub mod host;
 pub mod metrics;
 pub mod path;

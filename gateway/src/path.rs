@@ -4,7 +4,8 @@
 //! Normalisation follows Envoy's `normalize_path`: percent-encoded unreserved characters are
 //! decoded and the hex digits of the other escapes upper-cased (RFC 3986 §6.2.2), dot
 //! segments are removed (§5.2.4), and repeated slashes are merged when `merge_slashes` is on.
-//! Raw non-ASCII characters are percent-encoded (§2.1 allows only ASCII in a path).
+//! Raw characters a path may not hold (non-ASCII, space, `"`, `<`, `{`, `|`, …) are
+//! percent-encoded (§3.3 allows only `pchar` and `/`).
 //!
 //! What cannot be normalised safely is refused, since an upstream may read it in a way the
 //! gateway did not: a backslash, a control character (raw or encoded, `%00` included), an
@@ -84,12 +85,11 @@ pub fn normalize(path: &str, merge_slashes: bool) -> Result<Normalized<'_>, Path
     })
 }
 
-/// The fast path: printable ASCII without `%` or `\`, no segment starting with `.`, and no
-/// empty segment when slashes are merged. Such a path is its own normal form.
+/// The fast path: RFC 3986 path characters only (`pchar` and `/`, no `%`), no segment
+/// starting with `.`, and no empty segment when slashes are merged. Such a path is its own
+/// normal form.
 fn is_normal(bytes: &[u8], merge_slashes: bool) -> bool {
-    let plain = bytes
-        .iter()
-        .all(|&b| b > 0x20 && b < 0x7f && b != b'%' && b != b'\\');
+    let plain = bytes.iter().all(|&b| b == b'/' || is_pchar(b));
     plain
         && !bytes
             .windows(2)
@@ -98,6 +98,15 @@ fn is_normal(bytes: &[u8], merge_slashes: bool) -> bool {
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 `pchar` but for percent-encodings: unreserved, sub-delims, `:` and `@`.
+fn is_pchar(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+        )
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -160,6 +169,9 @@ fn decode(bytes: &[u8]) -> Result<(String, bool), PathError> {
                 push_escape(&mut out, value);
             }
             (v, true) if !is_unreserved(v) => push_escape(&mut out, v),
+            // A raw character a path may not hold (space, `"`, `<`, `{`, `|`, `^`, …) is
+            // encoded, so that what is forwarded is a strict RFC 3986 path.
+            (v, false) if v != b'/' && !is_pchar(v) => push_escape(&mut out, v),
             (v, _) => out.push(char::from(v)),
         }
     }
@@ -264,6 +276,8 @@ mod tests {
             ("/café", "/caf%C3%A9", false),
             ("/%F0%9F%98%80", "/%F0%9F%98%80", false),
             ("/a;b=c/d", "/a;b=c/d", false),
+            ("/a b\"c<d>{e}|^`", "/a%20b%22c%3Cd%3E%7Be%7D%7C%5E%60", false),
+            ("/!$&'()*+,;=:@", "/!$&'()*+,;=:@", false),
         ] {
             let n = normalize(input, true).unwrap();
             assert_eq!(n.path, want, "{input}");
