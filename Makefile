@@ -1,5 +1,5 @@
 # The two commands the README starts with.
-.PHONY: run test deps bench bench-revocation
+.PHONY: run test deps bench bench-revocation fuzz
 
 ## run: build and start the whole development stack in the foreground (Ctrl-C stops it)
 run: deps
@@ -28,3 +28,7 @@ bench: deps
 	target/release/replay-bench --runs 3
 	target/release/revocation-bench --tokens 1000
 	target/release/revoke-bench
+
+## fuzz: every libFuzzer target for FUZZ_SECONDS each (default 60; needs a nightly toolchain)
+fuzz:
+	@deploy/fuzz.sh $(or $(FUZZ_SECONDS),60)

@@ -19,7 +19,7 @@
 //! - [`error`]: request-path errors and the one place they become responses.
 //! - [`admin`]: health, readiness and metrics on the admin listener.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`tls`]: the proxy listener's certificate.
+//! - [`tls`]: the proxy listener's certificate, and TLS to `https://` upstreams.
 //! - [`framing`]: the guard that refuses requests framed two ways (request smuggling), and
 //!   the transfer codings accepted.
 //! - [`fuzz`]: the client-facing parsers' invariants on arbitrary bytes (property tests,
@@ -256,13 +256,9 @@ impl Gateway {
                 Err(GatewayError::MethodNotAllowed(route.allow.clone())),
             );
         }
-        let forward = proxy::Target {
-            host: target.host,
-            path: target.path,
-        };
         (
             prefix,
-            self.proxy_route(route, request, forward, peer).await,
+            self.proxy_route(route, request, target.forward, peer).await,
         )
     }
 
@@ -289,7 +285,7 @@ impl Gateway {
         // The gateway does not tunnel: a CONNECT has no path to route.
         if request.method() == http::Method::CONNECT {
             return Err(GatewayError::MethodNotAllowed(
-                http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                http::HeaderValue::from_static(routes::DEFAULT_ALLOW),
             ));
         }
         let host = host::request_host(request.version(), request.uri(), request.headers())
@@ -301,11 +297,13 @@ impl Gateway {
             .ok_or(GatewayError::NoRoute)?;
         Ok(RouteTarget {
             route,
-            host,
             encoded_slash: normalized.encoded_slash,
-            path: match normalized.path {
-                std::borrow::Cow::Borrowed(_) => None,
-                std::borrow::Cow::Owned(path) => Some(path),
+            forward: proxy::Target {
+                host,
+                path: match normalized.path {
+                    std::borrow::Cow::Borrowed(_) => None,
+                    std::borrow::Cow::Owned(path) => Some(path),
+                },
             },
         })
     }
@@ -348,12 +346,10 @@ impl Gateway {
     }
 }
 
-/// A request's route, with the host and path it was matched on.
+/// A request's route, with the host and path it was matched on (forwarded as such).
 struct RouteTarget<'t> {
     route: &'t Route,
-    host: Option<host::RequestHost>,
-    /// The normalised path, when it differs from the request's.
-    path: Option<String>,
+    forward: proxy::Target,
     /// The path holds `%2F` or `%5C`.
     encoded_slash: bool,
 }

@@ -105,7 +105,18 @@ fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
         )
 }
 
@@ -130,7 +141,7 @@ fn push_escape(out: &mut String, b: u8) {
 fn decode(bytes: &[u8]) -> Result<(String, bool), PathError> {
     let mut out = String::with_capacity(bytes.len() + 8);
     let mut encoded_slash = false;
-    // Bytes >= 0x80 of the current run of escapes, checked as UTF-8 when the run ends.
+    // Bytes >= 0x80 of the current run, escaped or raw, checked as UTF-8 when the run ends.
     let mut high = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
@@ -150,10 +161,9 @@ fn decode(bytes: &[u8]) -> Result<(String, bool), PathError> {
         };
         let value = escaped.unwrap_or(b);
         if value >= 0x80 {
-            // Raw non-ASCII comes from a `str`, so it is UTF-8 already; escapes are checked.
-            if escaped.is_some() {
-                high.push(value);
-            }
+            // Checked as one run with the raw bytes around it: an escaped lead byte and a raw
+            // character after it decode to bytes that are not UTF-8 together.
+            high.push(value);
             push_escape(&mut out, value);
             continue;
         }
@@ -276,7 +286,11 @@ mod tests {
             ("/café", "/caf%C3%A9", false),
             ("/%F0%9F%98%80", "/%F0%9F%98%80", false),
             ("/a;b=c/d", "/a;b=c/d", false),
-            ("/a b\"c<d>{e}|^`", "/a%20b%22c%3Cd%3E%7Be%7D%7C%5E%60", false),
+            (
+                "/a b\"c<d>{e}|^`",
+                "/a%20b%22c%3Cd%3E%7Be%7D%7C%5E%60",
+                false,
+            ),
             ("/!$&'()*+,;=:@", "/!$&'()*+,;=:@", false),
         ] {
             let n = normalize(input, true).unwrap();
@@ -319,6 +333,9 @@ mod tests {
             ("/%c3/x", PathError::InvalidUtf8),
             ("/%ed%a0%80", PathError::InvalidUtf8),
             ("/%ff", PathError::InvalidUtf8),
+            // Found by `make fuzz`: an escaped lead byte, a raw character, an escaped tail.
+            ("/%EF%BF\u{fffd}%BD", PathError::InvalidUtf8),
+            ("/%c3\u{e9}", PathError::InvalidUtf8),
             ("/public/..;/echo", PathError::DotSegmentParameters),
             ("/public/..;x=1/echo", PathError::DotSegmentParameters),
             ("/public/.;x/echo", PathError::DotSegmentParameters),

@@ -15,6 +15,9 @@ use http::{HeaderValue, Method, Uri};
 use crate::config::{EncodedSlashes, RouteConfig};
 use crate::upstream::Upstream;
 
+/// The `Allow` header of a route that lists no methods: every method but CONNECT and TRACE.
+pub const DEFAULT_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 /// One route, ready to use.
 #[derive(Debug)]
 pub struct Route {
@@ -134,7 +137,7 @@ impl RouteTable {
                         .map(Method::as_str)
                         .collect::<Vec<_>>()
                         .join(", "),
-                    None => "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".into(),
+                    None => DEFAULT_ALLOW.into(),
                 };
                 Ok(Route {
                     prefix: c.prefix.as_str().into(),
