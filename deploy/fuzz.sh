@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# fuzz.sh [SECONDS]: runs every libFuzzer target of fuzz/ for SECONDS (default 60) each and
-# prints how many inputs each ran. The targets check the invariants of the crates' `fuzz`
+# fuzz.sh [SECONDS [TARGET...]]: runs the libFuzzer targets of fuzz/ (all by default) for
+# SECONDS (default 60) each and prints how many inputs each ran. The targets check the invariants of the crates' `fuzz`
 # modules, which `cargo test` also checks as property tests on every run.
 #
 # cargo fuzz needs a nightly toolchain (for the sanitizer flags); cargo-fuzz itself is
@@ -21,6 +21,7 @@ if [ ! -x "$tools/bin/cargo-fuzz" ]; then
 fi
 export PATH="$tools/bin:$PATH"
 targets=(path bearer jwt framing event snapshot)
+[ $# -le 1 ] || targets=("${@:2}")
 results=()
 for target in "${targets[@]}"; do
     corpus="target/fuzz-corpus/$target"
