@@ -3,7 +3,8 @@
 //!
 //! - [`Pki`]: the development PKI made by `certs/make-dev-certs.sh`, once per test process.
 //! - [`Nats`]: a `nats-server` with the config `deploy/nats/render-config.sh` renders.
-//! - [`Authz`], [`Gateway`], [`Upstream`]: the services, in-process through their `run`.
+//! - [`Authz`], [`Gateway`], [`Upstream`]: the services, in-process through their `run`;
+//!   [`TlsUpstream`]: the demo upstream behind mutual TLS.
 //! - [`eventually`]: a bounded wait on a condition.
 //! - [`Nginx`]: a real nginx upstream that reports the path it resolved.
 
