@@ -71,14 +71,42 @@ impl FailureLimiter {
             .then(|| (self.window - elapsed).as_secs().max(1))
     }
 
-    /// Counts a failure; returns the count in the current window.
-    fn record_failure(&self, key: String, now: std::time::Instant) -> u32 {
-        // Bounded memory: an attacker cycling through ids and addresses cannot grow the map
-        // past this; stale windows are dropped first.
+    /// Takes one attempt from `key`'s budget before the attempt is verified, so that
+    /// concurrent attempts cannot all pass the check before any failure is counted: the
+    /// count after it, or the seconds until the window ends when the budget is spent. A
+    /// success gives the attempt back ([`FailureLimiter::refund`]).
+    fn reserve(&self, key: &str, now: std::time::Instant) -> Result<u32, u64> {
+        self.prune(now);
+        let mut entry = self.counts.entry(key.to_string()).or_insert((0, now));
+        let elapsed = now.saturating_duration_since(entry.1);
+        if elapsed >= self.window {
+            *entry = (0, now);
+        } else if entry.0 >= self.max_failures {
+            return Err((self.window - elapsed).as_secs().max(1));
+        }
+        entry.0 += 1;
+        Ok(entry.0)
+    }
+
+    /// Gives back an attempt [`FailureLimiter::reserve`] took, once it succeeded.
+    fn refund(&self, key: &str) {
+        if let Some(mut entry) = self.counts.get_mut(key) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+    }
+
+    /// Bounded memory: an attacker cycling through ids and addresses cannot grow the map
+    /// past this; stale windows are dropped first.
+    fn prune(&self, now: std::time::Instant) {
         if self.counts.len() > 100_000 {
             self.counts
                 .retain(|_, (_, start)| now.saturating_duration_since(*start) < self.window);
         }
+    }
+
+    /// Counts a failure; returns the count in the current window.
+    fn record_failure(&self, key: String, now: std::time::Instant) -> u32 {
+        self.prune(now);
         let mut entry = self.counts.entry(key).or_insert((0, now));
         if now.saturating_duration_since(entry.1) >= self.window {
             *entry = (0, now);
@@ -404,6 +432,15 @@ impl Clients {
                 return Ok(client.clone());
             }
         }
+        // The attempt is counted against the source before it is verified (and given back
+        // if it succeeds): concurrent wrong secrets cannot all slip in before the first fails.
+        let attempts = match self.limits.sources.reserve(&source_key, now) {
+            Ok(attempts) => attempts,
+            Err(retry_after) => {
+                self.metrics.refusal("source_budget");
+                return Err(OAuthError::TooManyFailures { retry_after });
+            }
+        };
         let Ok(Ok(_slot)) = tokio::time::timeout(
             self.limits.verification_wait,
             self.limits.verifications.acquire(),
@@ -411,6 +448,7 @@ impl Clients {
         .await
         else {
             self.metrics.refusal("busy");
+            self.limits.sources.refund(&source_key);
             tracing::debug!(client_id = %credentials.id, %source, "client authentication refused: every verification slot busy");
             return Err(OAuthError::Busy);
         };
@@ -428,6 +466,7 @@ impl Clients {
         .map_err(OAuthError::internal)?;
         match client {
             Some(client) if matches => {
+                self.limits.sources.refund(&source_key);
                 self.cache
                     .remember(&client.id, &secret, &client.secret_hash, now);
                 Ok(client)
@@ -438,12 +477,16 @@ impl Clients {
                 } else {
                     "unknown_client"
                 });
-                let from_source = self.limits.sources.record_failure(source_key, now);
-                let for_id = self.limits.ids.record_failure(credentials.id.clone(), now);
+                // Ids are counted only when they exist: attacker-chosen names would grow the
+                // map for nothing.
+                let for_id = match &client {
+                    Some(c) => self.limits.ids.record_failure(c.id.clone(), now),
+                    None => 0,
+                };
                 tracing::info!(client_id = %credentials.id, %source, "client authentication failed");
                 // Once per window each: the source is now refused, the id is under attack.
-                if from_source == self.limits.sources.max_failures {
-                    tracing::warn!(%source, failures = from_source, "source over its client authentication failure budget: refused for the rest of the window");
+                if attempts == self.limits.sources.max_failures {
+                    tracing::warn!(%source, failures = attempts, "source over its client authentication failure budget: refused for the rest of the window");
                 }
                 if for_id == self.limits.ids.max_failures {
                     tracing::warn!(client_id = %credentials.id, failures = for_id, "many failed authentications for this client id (its correct secret still works)");

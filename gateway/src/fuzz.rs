@@ -30,8 +30,8 @@ pub fn path(input: &[u8]) {
         assert!(path.starts_with('/'), "{path:?} is not absolute");
         assert!(
             path.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b)),
-            "{path:?} holds a character an RFC 3986 path may not"
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@/%".contains(&b)),
+            "{path:?} holds a character an RFC 3986 path may not, or a path parameter"
         );
         let segments: Vec<&str> = path[1..].split('/').collect();
         for (i, segment) in segments.iter().enumerate() {

@@ -7,6 +7,10 @@
 //! Raw characters a path may not hold (non-ASCII, space, `"`, `<`, `{`, `|`, …) are
 //! percent-encoded (§3.3 allows only `pchar` and `/`).
 //!
+//! Path parameters (`;…` at the end of a segment) are removed, as Tomcat, Jetty and Spring
+//! remove them before they route: `/echo;x/secret` is `/echo/secret` to them, so it must be
+//! to the gateway too. An encoded `;` (`%3B`) is data and stays.
+//!
 //! What cannot be normalised safely is refused, since an upstream may read it in a way the
 //! gateway did not: a backslash, a control character (raw or encoded, `%00` included), an
 //! invalid escape, escapes that are not valid UTF-8 (overlong forms of `.` and `/` among
@@ -89,7 +93,9 @@ pub fn normalize(path: &str, merge_slashes: bool) -> Result<Normalized<'_>, Path
 /// starting with `.`, and no empty segment when slashes are merged. Such a path is its own
 /// normal form.
 fn is_normal(bytes: &[u8], merge_slashes: bool) -> bool {
-    let plain = bytes.iter().all(|&b| b == b'/' || is_pchar(b));
+    let plain = bytes
+        .iter()
+        .all(|&b| b == b'/' || (is_pchar(b) && b != b';'));
     plain
         && !bytes
             .windows(2)
@@ -212,6 +218,8 @@ fn resolve(path: &str, merge_slashes: bool) -> Result<String, PathError> {
                 return Err(PathError::DotSegmentParameters);
             }
         }
+        // The segment without its parameters (see the module's doc).
+        let segment = segment.split(';').next().unwrap_or("");
         match segment {
             "." => trailing_slash = last,
             ".." => {
@@ -285,13 +293,18 @@ mod tests {
             ("/caf%c3%a9", "/caf%C3%A9", false),
             ("/café", "/caf%C3%A9", false),
             ("/%F0%9F%98%80", "/%F0%9F%98%80", false),
-            ("/a;b=c/d", "/a;b=c/d", false),
+            ("/a;b=c/d", "/a/d", false),
+            ("/echo;x/secret", "/echo/secret", false),
+            ("/echo;jsessionid=1", "/echo", false),
+            ("/public;x=1/../echo", "/echo", false),
+            ("/a%3Bb/c", "/a%3Bb/c", false),
+            ("/a/;x/b", "/a/b", false),
             (
                 "/a b\"c<d>{e}|^`",
                 "/a%20b%22c%3Cd%3E%7Be%7D%7C%5E%60",
                 false,
             ),
-            ("/!$&'()*+,;=:@", "/!$&'()*+,;=:@", false),
+            ("/!$&'()*+,=:@", "/!$&'()*+,=:@", false),
         ] {
             let n = normalize(input, true).unwrap();
             assert_eq!(n.path, want, "{input}");
@@ -364,7 +377,7 @@ mod tests {
             "/a/./b/../c//d/",
             "/%41%2f%2e%2E/x",
             "/café/%7e",
-            "/a/.%2e/b;c",
+            "/a/.%2e/b;c/d",
             "/x/%252e",
         ] {
             let once = norm(input).unwrap();

@@ -1,7 +1,7 @@
 //! The route table: (host, path prefix) -> upstreams and policy.
 //!
-//! Paths are matched after normalisation ([`crate::path`]). A route matches when its prefix
-//! starts the path at a segment boundary — `/api` matches `/api` and `/api/x`, not `/apix`;
+//! Paths are matched after normalisation ([`crate::path`]), ignoring ASCII case. A route
+//! matches when its prefix starts the path at a segment boundary — `/api` matches `/api` and `/api/x`, not `/apix`;
 //! `/api/` also matches `/api`, so that the protected spelling without its slash is not left
 //! to a broader route — and, if it names a host, the request's host is that host (compared
 //! without port or trailing dot, case-insensitive). The longest matching prefix wins; at
@@ -61,13 +61,23 @@ impl Route {
         }
     }
 
-    /// Whether this route's prefix covers `path`, at a segment boundary.
+    /// Whether this route's prefix covers `path`, at a segment boundary and whatever the
+    /// case: Express and ASP.NET route `/ECHO/x` to `/echo/x`, so the gateway must apply
+    /// `/echo/`'s policy to it.
     fn covers(&self, path: &str) -> bool {
-        let prefix = &*self.prefix;
-        match path.strip_prefix(prefix) {
-            Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        let (prefix, path) = (self.prefix.as_bytes(), path.as_bytes());
+        match path.get(..prefix.len()) {
+            Some(head) if head.eq_ignore_ascii_case(prefix) => {
+                let rest = &path[prefix.len()..];
+                prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/")
+            }
             // `/api/` covers `/api`.
-            None => prefix.len() > 1 && prefix.strip_suffix('/') == Some(path),
+            _ => {
+                prefix.len() > 1
+                    && prefix
+                        .strip_suffix(b"/")
+                        .is_some_and(|p| p.eq_ignore_ascii_case(path))
+            }
         }
     }
 
@@ -213,7 +223,9 @@ mod tests {
         ])
         .unwrap();
         let public = |path| table.find(None, path).unwrap().public;
-        for protected in ["/api", "/api/", "/api/x", "/echo", "/echo/", "/echo/x"] {
+        for protected in [
+            "/api", "/api/", "/api/x", "/echo", "/echo/", "/echo/x", "/API/x", "/Echo", "/eChO/x",
+        ] {
             assert!(!public(protected), "{protected}");
         }
         for open in ["/apix", "/api.json", "/echoes", "/ech", "/", "/x/api"] {

@@ -86,14 +86,21 @@ const SPELLINGS: &[(&str, Expect)] = &[
     ("/echo/x/../../public/y", PUBLIC),
     ("/public/..", CATCHALL),
     ("/echoes", CATCHALL),
-    ("/ECHO/x", CATCHALL),
+    ("/ECHO/x", PROTECTED),
+    ("/Echo", PROTECTED),
+    ("/echo;x/secret", PROTECTED),
+    ("/echo;jsessionid=1/x", PROTECTED),
+    ("/eCHo;/x", PROTECTED),
+    ("/public;x/y", PUBLIC),
+    ("/x;/echo", CATCHALL),
     ("/ech%6f", PROTECTED),
     ("/x/..%2f..%2fecho", Refused),
 ];
 
 /// The route a path resolved by nginx belongs to, by the gateway's own rule (prefix at a
-/// segment boundary; `/echo/` also covers `/echo`).
+/// segment boundary, any case, as Express and ASP.NET route; `/echo/` also covers `/echo`).
 fn route_of(uri: &str) -> &'static str {
+    let uri = uri.to_ascii_lowercase();
     let under = |prefix: &str| uri == prefix || uri.starts_with(&format!("{prefix}/"));
     if under("/echo") {
         "protected"

@@ -17,8 +17,8 @@ fn client_from(last_octet: u8) -> anyhow::Result<reqwest::Client> {
 
 /// While one address sends 2,000 wrong secrets for `admin` and `demo-client`, the right
 /// secrets keep working from another address, every time through Argon2 (no credential
-/// cache): tokens are issued and an admin revocation goes through. The flood costs at most
-/// its budget (plus what was in flight) of Argon2 verifications.
+/// cache): tokens are issued and an admin revocation goes through. The flood costs exactly
+/// its budget of Argon2 verifications, however many of its attempts arrive at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_wrong_secrets_locks_nobody_out() -> anyhow::Result<()> {
     let nats = Nats::start()?;
@@ -89,11 +89,9 @@ async fn a_flood_of_wrong_secrets_locks_nobody_out() -> anyhow::Result<()> {
         .iter()
         .filter(|(s, retry)| *s == 429 && *retry)
         .count();
-    assert!(unauthorized >= 5, "{unauthorized} answered 401");
-    assert!(
-        unauthorized <= 5 + CONCURRENCY,
-        "{unauthorized} verified before the budget held"
-    );
+    // Attempts are taken from the budget before they are verified: however many arrive at
+    // once, exactly the budget is verified.
+    assert_eq!(unauthorized, 5, "{unauthorized} answered 401");
     assert_eq!(unauthorized + limited, FLOOD);
     // The Argon2 work the flood caused is its budget, plus what was in flight; the rest of
     // the verifications are the legitimate client's.
