@@ -547,6 +547,7 @@ pub async fn run_with_reload(
             },
             sanitize::HeaderPolicy::new(&config.identity_header_prefix, &config.untrusted_headers)
                 .map_err(StartError::Config)?,
+            Duration::from_millis(config.limits.idle_timeout_ms),
         ),
         metrics,
         registry,

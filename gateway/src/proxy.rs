@@ -100,6 +100,9 @@ pub struct Proxy {
     /// `http` or `https`: how clients reach the gateway, for `X-Forwarded-Proto`.
     proto: &'static str,
     headers: HeaderPolicy,
+    /// A WebSocket tunnel quiet this long in both directions is closed (the listener's idle
+    /// timeout).
+    tunnel_idle: Duration,
 }
 
 /// What the request was routed on: forwarded as such.
@@ -116,12 +119,14 @@ impl Proxy {
         connect_timeout: Duration,
         proto: &'static str,
         headers: HeaderPolicy,
+        tunnel_idle: Duration,
     ) -> Self {
         Proxy {
             timeout,
             connect_timeout,
             proto,
             headers,
+            tunnel_idle,
         }
     }
 
@@ -204,7 +209,12 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             let upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(join_upgraded(client, upstream));
+            // A tunnel lasts no longer than the token that opened it, and closes when idle.
+            let until = identity.map(|id| {
+                let left = id.exp.saturating_sub(revocation::unix_now());
+                tokio::time::Instant::now() + Duration::from_secs(left)
+            });
+            tokio::spawn(join_upgraded(client, upstream, self.tunnel_idle, until));
         }
         Ok(response)
     }
@@ -229,8 +239,14 @@ fn asks_for_websocket(request: &Request<Body>) -> bool {
 }
 
 /// Copies both ways between the client's and the upstream's upgraded connections until
-/// either side closes.
-async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// either side closes, nothing moves for `idle`, or `until` (the token's expiry) passes.
+async fn join_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    until: Option<tokio::time::Instant>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(e) => {
@@ -238,11 +254,33 @@ async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgra
             return;
         }
     };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection ended");
+    let (mut client_in, mut client_out) = tokio::io::split(hyper_util::rt::TokioIo::new(client));
+    let (mut upstream_in, mut upstream_out) =
+        tokio::io::split(hyper_util::rt::TokioIo::new(upstream));
+    let (mut from_client, mut from_upstream) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let end = tokio::time::sleep_until(
+        until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600)),
+    );
+    tokio::pin!(end);
+    loop {
+        // A write that the other side does not take within `idle` ends the tunnel too.
+        let moved = tokio::select! {
+            _ = &mut end => break,
+            _ = tokio::time::sleep(idle) => break,
+            read = client_in.read(&mut from_client) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => tokio::time::timeout(idle, upstream_out.write_all(&from_client[..n])).await,
+            },
+            read = upstream_in.read(&mut from_upstream) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => tokio::time::timeout(idle, client_out.write_all(&from_upstream[..n])).await,
+            },
+        };
+        if !matches!(moved, Ok(Ok(()))) {
+            break;
+        }
     }
+    tracing::debug!("upgraded connection ended");
 }
 
 /// The client's request body, noting whether it failed (a malformed chunk, a connection cut

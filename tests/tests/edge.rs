@@ -745,3 +745,60 @@ async fn http2_host_and_cookies() -> anyhow::Result<()> {
     assert_eq!(response.status(), 400);
     Ok(())
 }
+
+/// A WebSocket tunnel is bounded too: once nothing moves in either direction for the idle
+/// timeout, both connections are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_close_when_idle() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let token = stack.authz.token("demo-client", "demo-secret").await?;
+    let switching = RawUpstream::start(Behaviour::Answer(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ))
+    .await?;
+    let routes = format!(
+        "[limits]\nidle_timeout_ms = 800\n\n[[routes]]\nprefix = \"/ws/\"\nupstream = \"{}\"\nscopes = [\"echo:read\"]\nwebsocket = true\n",
+        switching.url
+    );
+    let gw = Gateway::start_with(
+        "gateway-1",
+        "gateway-1",
+        &[stack.nats.url()],
+        &stack.authz,
+        &stack.upstream,
+        &routes,
+    )
+    .await?;
+    gw.wait_ready().await?;
+    let addr = gw.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET /ws/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte)).await??;
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    stream.write_all(b"ping").await?;
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed)).await??;
+    assert_eq!(&echoed, b"ping");
+    // Silence: the gateway closes the tunnel, and the upstream sees its side close.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await??;
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "closed too early"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the upstream side to close",
+        || async { (switching.closed.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
