@@ -1409,6 +1409,25 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Starts a gateway as identity `id` on this stack's NATS, authz-server and demo
+    /// upstream, with `extra` configuration (see [`Gateway::start_with`]), and waits until
+    /// it is ready.
+    pub async fn ready_gateway(&self, id: &str, extra: &str) -> Result<Gateway> {
+        let gw = Gateway::start_with(
+            id,
+            id,
+            &[self.nats.url()],
+            &self.authz,
+            &self.upstream,
+            extra,
+        )
+        .await?;
+        gw.wait_ready().await?;
+        Ok(gw)
+    }
+}
+
 /// Tokens a [`Probe`] sends, each with when its revocation was acknowledged.
 type WatchedTokens = Arc<std::sync::Mutex<Vec<(String, Option<Instant>)>>>;
 

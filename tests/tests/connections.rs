@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use system_tests::{eventually, Gateway, Stack};
+use system_tests::{eventually, Stack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -80,16 +80,7 @@ async fn keep_alive_gets(stream: &mut TcpStream, path: &str, n: usize) -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_preface_only_sockets_are_closed() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
-    let gw = Gateway::start_with(
-        "gateway-1",
-        "gateway-1",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        "[limits]\nfirst_byte_timeout_ms = 500\nidle_timeout_ms = 1000\nhttp2_keep_alive_interval_ms = 500\nhttp2_keep_alive_timeout_ms = 500\nmax_connections = 1000",
-    )
-    .await?;
-    gw.wait_ready().await?;
+    let gw = stack.ready_gateway("gateway-1", "[limits]\nfirst_byte_timeout_ms = 500\nidle_timeout_ms = 1000\nhttp2_keep_alive_interval_ms = 500\nhttp2_keep_alive_timeout_ms = 500\nmax_connections = 1000").await?;
     let addr = gw.url.trim_start_matches("http://").to_string();
     let silent = open(&addr, 200, b"").await?;
     let preface = open(&addr, 200, PREFACE).await?;
@@ -139,16 +130,9 @@ async fn silent_and_preface_only_sockets_are_closed() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_are_refused_at_once() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
-    let gw = Gateway::start_with(
-        "gateway-1",
-        "gateway-1",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        "[limits]\nmax_connections = 20",
-    )
-    .await?;
-    gw.wait_ready().await?;
+    let gw = stack
+        .ready_gateway("gateway-1", "[limits]\nmax_connections = 20")
+        .await?;
     let addr = gw.url.trim_start_matches("http://").to_string();
     let mut client = TcpStream::connect(&addr).await?;
     assert_eq!(keep_alive_gets(&mut client, "/public/x", 1).await?, [200]);

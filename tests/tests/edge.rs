@@ -151,16 +151,7 @@ scopes = ["echo:read"]
         public = nginx.url("public"),
         protected = nginx.url("protected"),
     );
-    let gw = Gateway::start_with(
-        "gateway-1",
-        "gateway-1",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        &routes,
-    )
-    .await?;
-    gw.wait_ready().await?;
+    let gw = stack.ready_gateway("gateway-1", &routes).await?;
     let token = stack.authz.token("demo-client", "demo-secret").await?;
     assert!(SPELLINGS.len() >= 40);
     let mut served = 0;
@@ -250,17 +241,20 @@ public = true
 encoded_slashes = "keep"
 "#
     );
-    let gw = Gateway::start_with(
-        "gateway-1",
-        "gateway-1",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        &routes,
-    )
-    .await?;
-    gw.wait_ready().await?;
+    let gw = stack.ready_gateway("gateway-1", &routes).await?;
     Ok(gw)
+}
+
+/// Reads a response head byte by byte (at most 5 s a byte), leaving what follows it (an
+/// upgraded connection's bytes) unread.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte)).await??;
+        head.push(byte[0]);
+    }
+    Ok(head)
 }
 
 /// Sends a raw request and returns the status and, on 200, the demo upstream's echo.
@@ -415,16 +409,12 @@ async fn spoofed_headers_never_reach_the_upstream() -> anyhow::Result<()> {
     }
 
     // Another prefix: its own headers are the gateway's; the default ones become ordinary.
-    let custom = Gateway::start_with(
-        "gateway-2",
-        "gateway-2",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        "identity_header_prefix = \"X-Gw-\"\nuntrusted_headers = [\"X-Tenant-Override\"]",
-    )
-    .await?;
-    custom.wait_ready().await?;
+    let custom = stack
+        .ready_gateway(
+            "gateway-2",
+            "identity_header_prefix = \"X-Gw-\"\nuntrusted_headers = [\"X-Tenant-Override\"]",
+        )
+        .await?;
     let request = format!(
         "GET /echo/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nX-Gw-Subject: evil\r\nX_GW_ROLE: evil\r\nX-Tenant-Override: evil\r\nX-Real-IP: 10.0.0.1\r\nConnection: close\r\n\r\n"
     );
@@ -577,16 +567,7 @@ async fn gateway_to(
     let routes = format!(
         "upstream_timeout = 3\n[[routes]]\nprefix = \"/echo/\"\nupstream = \"{upstream}\"\nscopes = [\"echo:read\"]\n{extra}\n[[routes]]\nprefix = \"/plain/\"\nupstream = \"{upstream}\"\npublic = true\n"
     );
-    let gw = Gateway::start_with(
-        id,
-        id,
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        &routes,
-    )
-    .await?;
-    gw.wait_ready().await?;
+    let gw = stack.ready_gateway(id, &routes).await?;
     Ok(gw)
 }
 
@@ -670,12 +651,7 @@ async fn upgrades_and_responses() -> anyhow::Result<()> {
     stream
         .write_all(upgrade("/echo/ws", true).as_bytes())
         .await?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte)).await??;
-        head.push(byte[0]);
-    }
+    let head = read_head(&mut stream).await?;
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
@@ -760,27 +736,13 @@ async fn websocket_tunnels_close_when_idle() -> anyhow::Result<()> {
         "[limits]\nidle_timeout_ms = 800\n\n[[routes]]\nprefix = \"/ws/\"\nupstream = \"{}\"\nscopes = [\"echo:read\"]\nwebsocket = true\n",
         switching.url
     );
-    let gw = Gateway::start_with(
-        "gateway-1",
-        "gateway-1",
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        &routes,
-    )
-    .await?;
-    gw.wait_ready().await?;
+    let gw = stack.ready_gateway("gateway-1", &routes).await?;
     let addr = gw.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
         .write_all(format!("GET /ws/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").as_bytes())
         .await?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte)).await??;
-        head.push(byte[0]);
-    }
+    let head = read_head(&mut stream).await?;
     assert!(head.starts_with(b"HTTP/1.1 101"));
     stream.write_all(b"ping").await?;
     let mut echoed = [0u8; 4];

@@ -7,20 +7,6 @@ use serde_json::Value;
 use system_tests::{Gateway, Nats, Stack, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn ready(stack: &Stack, id: &str, extra: &str) -> anyhow::Result<Gateway> {
-    let gw = Gateway::start_with(
-        id,
-        id,
-        &[stack.nats.url()],
-        &stack.authz,
-        &stack.upstream,
-        extra,
-    )
-    .await?;
-    gw.wait_ready().await?;
-    Ok(gw)
-}
-
 /// Host routes, longest prefix, round-robin over two upstreams, prefix stripping, per-route
 /// audiences and token forwarding; an unknown route is 404 and touches no upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,11 +14,11 @@ async fn routing_and_policy() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
     let second = Upstream::start().await?;
     let (a, b) = (&stack.upstream.url, &second.url);
-    let gw = ready(
-        &stack,
-        "gateway-1",
-        &format!(
-            r#"
+    let gw = stack
+        .ready_gateway(
+            "gateway-1",
+            &format!(
+                r#"
 [[routes]]
 prefix = "/"
 upstream = "{a}"
@@ -60,9 +46,9 @@ prefix = "/with-token/"
 upstream = "{a}"
 forward_token = true
 "#
-        ),
-    )
-    .await?;
+            ),
+        )
+        .await?;
     let token = stack.authz.token("demo-client", "demo-secret").await?;
     let http = reqwest::Client::new();
     let get = |path: &str| http.get(format!("{}{path}", gw.url));
@@ -182,7 +168,9 @@ async fn not_found_and_http2() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_and_trusted_proxies() -> anyhow::Result<()> {
     let stack = Stack::start(1).await?;
-    let trusting = ready(&stack, "gateway-2", "trusted_proxies = [\"127.0.0.0/8\"]").await?;
+    let trusting = stack
+        .ready_gateway("gateway-2", "trusted_proxies = [\"127.0.0.0/8\"]")
+        .await?;
     let token = stack.authz.token("demo-client", "demo-secret").await?;
     let http = reqwest::Client::new();
     for (gw, kept) in [(&stack.gateways[0], false), (&trusting, true)] {
@@ -400,16 +388,16 @@ public = true
 async fn tls_listener_with_http2() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
     let certs = &system_tests::Pki::get().certs;
-    let gw = ready(
-        &stack,
-        "gateway-1",
-        &format!(
-            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-            certs.join("nats-server.pem"),
-            certs.join("nats-server-key.pem")
-        ),
-    )
-    .await?;
+    let gw = stack
+        .ready_gateway(
+            "gateway-1",
+            &format!(
+                "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+                certs.join("nats-server.pem"),
+                certs.join("nats-server-key.pem")
+            ),
+        )
+        .await?;
     let token = stack.authz.token("demo-client", "demo-secret").await?;
     let url = format!("{}/echo/tls", gw.url.replace("http://", "https://"));
     let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem"))?)?;
@@ -449,9 +437,7 @@ async fn tls_listener_with_http2() -> anyhow::Result<()> {
 async fn http2_stream_limit() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
     let silent = Upstream::silent().await?;
-    let gw = ready(
-        &stack,
-        "gateway-1",
+    let gw = stack.ready_gateway("gateway-1",
         &format!(
             "upstream_timeout = 30\n[limits]\nhttp2_max_concurrent_streams = 1\n\n[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\npublic = true\n",
             silent.url
