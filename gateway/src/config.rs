@@ -159,12 +159,18 @@ pub struct Limits {
     pub header_read_timeout_ms: u64,
     /// Milliseconds a connection may stay open with no request in flight (HTTP/1 and 2).
     pub idle_timeout_ms: u64,
+    /// Milliseconds a response may wait on the client to take its next part before the
+    /// connection is closed.
+    pub send_timeout_ms: u64,
     /// Milliseconds between HTTP/2 keep-alive pings.
     pub http2_keep_alive_interval_ms: u64,
     /// Milliseconds an HTTP/2 ping may go unanswered before the connection is closed.
     pub http2_keep_alive_timeout_ms: u64,
     /// Open client connections at most; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Open client connections from one source (an IPv4 address or an IPv6 /64) at most; a
+    /// quarter of `max_connections` when not set.
+    pub max_connections_per_source: Option<usize>,
     /// Largest request head (request line and headers) in bytes; larger gets 431.
     pub max_header_bytes: usize,
     /// Largest request body in bytes; larger gets 413.
@@ -184,9 +190,11 @@ impl Default for Limits {
             first_byte_timeout_ms: listener.first_byte_timeout_ms,
             header_read_timeout_ms: listener.header_read_timeout_ms,
             idle_timeout_ms: listener.idle_timeout_ms,
+            send_timeout_ms: listener.send_timeout_ms,
             http2_keep_alive_interval_ms: listener.http2_keep_alive_interval_ms,
             http2_keep_alive_timeout_ms: listener.http2_keep_alive_timeout_ms,
             max_connections: listener.max_connections,
+            max_connections_per_source: listener.max_connections_per_source,
             max_header_bytes: listener.max_header_bytes,
             max_body_bytes: 10 * 1024 * 1024,
             max_concurrent_requests: 1024,
@@ -204,10 +212,12 @@ impl Limits {
             header_read_timeout_ms: self.header_read_timeout_ms,
             max_header_bytes: self.max_header_bytes,
             idle_timeout_ms: self.idle_timeout_ms,
+            send_timeout_ms: self.send_timeout_ms,
             http2_keep_alive_interval_ms: self.http2_keep_alive_interval_ms,
             http2_keep_alive_timeout_ms: self.http2_keep_alive_timeout_ms,
             http2_max_concurrent_streams: self.http2_max_concurrent_streams,
             max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
         }
     }
 }

@@ -68,6 +68,7 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             connections_timed_out: Counter::default(),
+            connections_stalled: Counter::default(),
         }
     }
 }
@@ -110,6 +111,7 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Client connections closed for sending nothing in time or idling (likewise).
     pub connections_timed_out: Counter,
+    pub connections_stalled: Counter,
 }
 
 impl Metrics {
@@ -156,6 +158,7 @@ impl Metrics {
         for (counter, now) in [
             (&self.connections_refused, c.refused.load(Relaxed)),
             (&self.connections_timed_out, c.timed_out.load(Relaxed)),
+            (&self.connections_stalled, c.stalled.load(Relaxed)),
         ] {
             counter.inc_by(now.saturating_sub(counter.get()));
         }
@@ -306,13 +309,19 @@ impl Metrics {
         );
         r.register(
             "connections_refused",
-            "Client connections closed at once because max_connections were open",
+            "Client connections closed at once because max_connections were open, or \
+             max_connections_per_source from their source",
             self.connections_refused.clone(),
         );
         r.register(
             "connections_timed_out",
             "Client connections closed for sending nothing in time or staying idle",
             self.connections_timed_out.clone(),
+        );
+        r.register(
+            "connections_stalled",
+            "Client connections closed because the client took no response for send_timeout_ms",
+            self.connections_stalled.clone(),
         );
         r.register(
             "nats_disconnects",

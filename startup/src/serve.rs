@@ -9,10 +9,16 @@
 //!   timer, which needs the timer this loop installs: axum's `serve` installs none);
 //! - **idleness**: a connection with no request in flight for `idle_timeout_ms` is closed,
 //!   HTTP/2 ones included (a client that only sent the preface, or only answers pings);
+//! - **stalled responses**: a connection whose client has not taken the next part of a
+//!   response for `send_timeout_ms` is closed (as nginx's `send_timeout`): a client that
+//!   never reads (a zero HTTP/2 window, a full TCP receive buffer) would otherwise keep its
+//!   request in flight, and the idle bound away, forever. A response waiting on its upstream
+//!   is not stalled;
 //! - **dead peers**: HTTP/2 connections are pinged every `http2_keep_alive_interval_ms` and
 //!   closed when a ping is not answered within `http2_keep_alive_timeout_ms`;
-//! - **count**: past `max_connections` open connections, a new one is closed at once, while
-//!   the open ones keep being served.
+//! - **count**: past `max_connections` open connections, or `max_connections_per_source`
+//!   from one source (an IPv4 address, or an IPv6 /64, which one host usually holds whole),
+//!   a new one is closed at once, while the open ones keep being served.
 //!
 //! HTTP/1.1 and HTTP/2 (with TLS by ALPN, or prior knowledge) are both served.
 
@@ -46,6 +52,9 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     /// Milliseconds a connection may stay open with no request in flight.
     pub idle_timeout_ms: u64,
+    /// Milliseconds a response may wait on the client to take its next part before the
+    /// connection is closed.
+    pub send_timeout_ms: u64,
     /// Milliseconds between HTTP/2 keep-alive pings.
     pub http2_keep_alive_interval_ms: u64,
     /// Milliseconds an HTTP/2 ping may go unanswered before the connection is closed.
@@ -54,6 +63,9 @@ pub struct ListenerLimits {
     pub http2_max_concurrent_streams: u32,
     /// Open connections at most; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Open connections from one source at most (an IPv4 address or an IPv6 /64); a quarter
+    /// of `max_connections` when not set.
+    pub max_connections_per_source: Option<usize>,
 }
 
 impl Default for ListenerLimits {
@@ -63,10 +75,12 @@ impl Default for ListenerLimits {
             header_read_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
             idle_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
             http2_keep_alive_interval_ms: 20_000,
             http2_keep_alive_timeout_ms: 10_000,
             http2_max_concurrent_streams: 128,
             max_connections: 10_000,
+            max_connections_per_source: None,
         }
     }
 }
@@ -87,6 +101,7 @@ impl ListenerLimits {
             ("first_byte_timeout_ms", self.first_byte_timeout_ms),
             ("header_read_timeout_ms", self.header_read_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            ("send_timeout_ms", self.send_timeout_ms),
             (
                 "http2_keep_alive_interval_ms",
                 self.http2_keep_alive_interval_ms,
@@ -103,12 +118,22 @@ impl ListenerLimits {
         if self.max_header_bytes < 8192 {
             return Err(format!("{section}.max_header_bytes: must be at least 8192"));
         }
-        if self.http2_max_concurrent_streams == 0 || self.max_connections == 0 {
+        if self.http2_max_concurrent_streams == 0
+            || self.max_connections == 0
+            || self.max_connections_per_source == Some(0)
+        {
             return Err(format!(
-                "{section}: http2_max_concurrent_streams and max_connections must be positive"
+                "{section}: http2_max_concurrent_streams, max_connections and \
+                 max_connections_per_source must be positive"
             ));
         }
         Ok(())
+    }
+
+    /// Open connections one source may hold.
+    pub fn per_source(&self) -> usize {
+        self.max_connections_per_source
+            .unwrap_or(self.max_connections.div_ceil(4))
     }
 }
 
@@ -117,10 +142,13 @@ impl ListenerLimits {
 pub struct ListenerStats {
     /// Connections open now.
     pub open: AtomicU64,
-    /// Connections closed at once because `max_connections` were open.
+    /// Connections closed at once because `max_connections` were open, or
+    /// `max_connections_per_source` from their source.
     pub refused: AtomicU64,
     /// Connections closed because they sent nothing in time or stayed idle.
     pub timed_out: AtomicU64,
+    /// Connections closed because the client did not take a response in time.
+    pub stalled: AtomicU64,
 }
 
 /// Reads a connection's incoming bytes as they arrive, below the HTTP parser (the gateway's
@@ -176,6 +204,7 @@ pub async fn serve<M, S, B, O>(
         )))
         .keep_alive_timeout(Duration::from_millis(limits.http2_keep_alive_timeout_ms));
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let sources = Arc::new(Sources::new(limits.per_source()));
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -190,8 +219,13 @@ pub async fn serve<M, S, B, O>(
                 }
             },
         };
+        // At a cap: closed at once, so the client fails fast instead of waiting.
+        let Some(source) = Sources::enter(&sources, peer) else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // At the cap: closed at once, so the client fails fast instead of waiting.
             stats.refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
@@ -206,7 +240,7 @@ pub async fn serve<M, S, B, O>(
             shutdown.clone(),
         );
         connections.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, source);
             stats.open.fetch_add(1, Ordering::Relaxed);
             let first_byte = Duration::from_millis(limits.first_byte_timeout_ms);
             let outcome = match tls {
@@ -227,9 +261,11 @@ pub async fn serve<M, S, B, O>(
                     }
                 }
             };
-            if outcome == Ended::TimedOut {
-                stats.timed_out.fetch_add(1, Ordering::Relaxed);
-            }
+            match outcome {
+                Ended::TimedOut => stats.timed_out.fetch_add(1, Ordering::Relaxed),
+                Ended::Stalled => stats.stalled.fetch_add(1, Ordering::Relaxed),
+                Ended::Closed => 0,
+            };
             stats.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -247,6 +283,67 @@ pub async fn serve<M, S, B, O>(
 enum Ended {
     Closed,
     TimedOut,
+    Stalled,
+}
+
+/// The open connections of each source, for `max_connections_per_source`.
+struct Sources {
+    cap: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl Sources {
+    fn new(cap: usize) -> Self {
+        Sources {
+            cap,
+            open: Default::default(),
+        }
+    }
+
+    /// What counts as one source: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6
+    /// /64, the block one host or customer usually holds whole.
+    fn key(peer: SocketAddr) -> std::net::IpAddr {
+        match peer.ip() {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.into(),
+                None => std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX)).into(),
+            },
+            v4 => v4,
+        }
+    }
+
+    /// Counts a connection from `peer`, unless its source is at the cap.
+    fn enter(sources: &Arc<Sources>, peer: SocketAddr) -> Option<SourceGuard> {
+        let key = Sources::key(peer);
+        let mut open = sources.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= sources.cap {
+            return None;
+        }
+        *count += 1;
+        Some(SourceGuard {
+            sources: sources.clone(),
+            key,
+        })
+    }
+}
+
+/// One open connection of a source; its drop counts it out.
+struct SourceGuard {
+    sources: Arc<Sources>,
+    key: std::net::IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut open = self.sources.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// How long a connection asked to close gracefully (idle, or shutting down) may take before
@@ -288,16 +385,23 @@ where
     tokio::pin!(connection);
     let first_byte = Duration::from_millis(limits.first_byte_timeout_ms);
     let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let send = Duration::from_millis(limits.send_timeout_ms);
     let mut closing: Option<(tokio::time::Instant, Ended)> = None;
     loop {
+        // Whatever the state, look again within a quarter of the send bound: a request may
+        // start meanwhile, and its response stall.
+        let soon = tokio::time::Instant::now() + send / 4;
         let wake = match &closing {
             Some((deadline, _)) => *deadline,
-            // Busy: look again in a while (a request may last long; it is not idleness).
-            None if activity.in_flight.load(Ordering::Acquire) > 0 => {
-                tokio::time::Instant::now() + idle
+            // Busy (a request may last long; it is not idleness): look again when the oldest
+            // response waiting on the client would be stalled.
+            None if activity.in_flight.load(Ordering::Acquire) > 0 => activity
+                .waiting_on_client_since()
+                .map_or(soon, |since| soon.min(since + send)),
+            None if !activity.read_any.load(Ordering::Relaxed) => {
+                soon.min(activity.started + first_byte)
             }
-            None if !activity.read_any.load(Ordering::Relaxed) => activity.started + first_byte,
-            None => activity.idle_since() + idle,
+            None => soon.min(activity.idle_since() + idle),
         };
         tokio::select! {
             _ = connection.as_mut() => return closing.map_or(Ended::Closed, |(_, why)| why),
@@ -309,10 +413,15 @@ where
                 if let Some((_, why)) = closing {
                     return why;
                 }
+                let now = tokio::time::Instant::now();
                 if activity.in_flight.load(Ordering::Acquire) > 0 {
+                    if activity.waiting_on_client_since().is_some_and(|since| since + send <= now) {
+                        tracing::debug!("closing a connection whose client takes no response");
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some((now + CLOSE_GRACE, Ended::Stalled));
+                    }
                     continue;
                 }
-                let now = tokio::time::Instant::now();
                 let quiet = if activity.read_any.load(Ordering::Relaxed) {
                     activity.idle_since() + idle <= now
                 } else {
@@ -336,6 +445,26 @@ struct Activity {
     in_flight: AtomicUsize,
     /// When the last request finished, in milliseconds after `started`.
     last_end_ms: AtomicU64,
+    /// Each request in flight: since when its response waits on the client to take more.
+    waits: std::sync::Mutex<Vec<std::sync::Weak<Waiting>>>,
+}
+
+/// Since when a response has been waiting on the client to take its next part, in
+/// milliseconds after its connection started; [`Waiting::NOT`] while the response is not
+/// ready yet, or waits on its upstream.
+struct Waiting(AtomicU64);
+
+impl Waiting {
+    const NOT: u64 = u64::MAX;
+
+    fn set(&self, activity: &Activity, waiting: bool) {
+        let value = if waiting {
+            activity.started.elapsed().as_millis() as u64
+        } else {
+            Waiting::NOT
+        };
+        self.0.store(value, Ordering::Relaxed);
+    }
 }
 
 impl Activity {
@@ -345,7 +474,21 @@ impl Activity {
             read_any: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(0),
+            waits: Default::default(),
         }
+    }
+
+    /// Since when the response that has waited longest on the client has been waiting.
+    fn waiting_on_client_since(&self) -> Option<tokio::time::Instant> {
+        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        waits.retain(|w| w.strong_count() > 0);
+        let oldest = waits
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .map(|w| w.0.load(Ordering::Relaxed))
+            .min()
+            .filter(|&ms| ms != Waiting::NOT)?;
+        Some(self.started + Duration::from_millis(oldest))
     }
 
     /// Since when the connection has had no request in flight.
@@ -355,20 +498,41 @@ impl Activity {
 }
 
 /// Held while a request is in flight; its drop records when the request finished.
-struct InFlight(Arc<Activity>);
+struct InFlight {
+    activity: Arc<Activity>,
+    waiting: Arc<Waiting>,
+}
 
 impl InFlight {
     fn start(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(activity.clone())
+        let waiting = Arc::new(Waiting(AtomicU64::new(Waiting::NOT)));
+        let mut waits = activity.waits.lock().unwrap_or_else(|e| e.into_inner());
+        // Finished requests leave dead entries; a long keep-alive connection must not
+        // collect them.
+        if waits.len() >= 16 {
+            waits.retain(|w| w.strong_count() > 0);
+        }
+        waits.push(Arc::downgrade(&waiting));
+        drop(waits);
+        InFlight {
+            activity: activity.clone(),
+            waiting,
+        }
+    }
+
+    /// Notes whether the response now waits on the client.
+    fn waiting_on_client(&self, waiting: bool) {
+        self.waiting.set(&self.activity, waiting);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let elapsed = self.0.started.elapsed().as_millis() as u64;
-        self.0.last_end_ms.fetch_max(elapsed, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let activity = &self.activity;
+        let elapsed = activity.started.elapsed().as_millis() as u64;
+        activity.last_end_ms.fetch_max(elapsed, Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -469,21 +633,21 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         let guard = this.guard.take();
-        Poll::Ready(result.map(|response| {
-            response.map(|inner| CountedBody {
-                inner,
-                _guard: guard,
-            })
-        }))
+        // The response is ready: it is the client's (and hyper's) to take now.
+        if let Some(guard) = &guard {
+            guard.waiting_on_client(true);
+        }
+        Poll::Ready(result.map(|response| response.map(|inner| CountedBody { inner, guard })))
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body; the request stops counting as in flight when it is dropped.
+    /// A response body; the request stops counting as in flight when it is dropped. Between
+    /// a frame handed over and the next poll, it waits on the client.
     pub struct CountedBody<B> {
         #[pin]
         inner: B,
-        _guard: Option<InFlight>,
+        guard: Option<InFlight>,
     }
 }
 
@@ -495,7 +659,12 @@ impl<B: Body> Body for CountedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let Some(guard) = this.guard {
+            guard.waiting_on_client(matches!(frame, Poll::Ready(Some(Ok(_)))));
+        }
+        frame
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -537,5 +706,119 @@ impl hyper::service::Service<http::Request<Incoming>> for RouterService {
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.peer));
         self.router.clone().oneshot(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::{Bytes, Frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A body whose one frame comes after `sleep`, as a slow upstream's would.
+    struct Late {
+        sleep: Pin<Box<tokio::time::Sleep>>,
+        done: bool,
+    }
+
+    impl Body for Late {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            self.done = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"late")))))
+        }
+    }
+
+    /// A response that waits on its upstream for many times the send bound is not stalled:
+    /// the client that reads gets it whole, and no connection is counted as stalled.
+    #[tokio::test]
+    async fn a_response_waiting_on_its_upstream_is_not_stalled() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ListenerLimits {
+            send_timeout_ms: 100,
+            idle_timeout_ms: 100,
+            ..Default::default()
+        };
+        let stats = Arc::new(ListenerStats::default());
+        let shutdown = CancellationToken::new();
+        let make = |_| {
+            let service = hyper::service::service_fn(|_request| async {
+                let body = Late {
+                    sleep: Box::pin(tokio::time::sleep(Duration::from_millis(800))),
+                    done: false,
+                };
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            });
+            (service, ())
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            make,
+            limits,
+            None,
+            stats.clone(),
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        // Twice on one connection: a connection closing as stalled would answer the first
+        // request and close.
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for _ in 0..2 {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"0\r\n\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                    .await
+                    .expect("the response came")
+                    .unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got.windows(4).any(|w| w == b"late"));
+            let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            assert!(!head.contains("connection: close"), "{head}");
+        }
+        assert_eq!(stats.stalled.load(Ordering::Relaxed), 0);
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    /// One source is an IPv4 address (mapped or not) or an IPv6 /64.
+    #[test]
+    fn sources_group_ipv6_by_64() {
+        let key = |s: &str| Sources::key(s.parse().unwrap());
+        assert_eq!(key("[2001:db8:1:2::1]:1"), key("[2001:db8:1:2:ffff::9]:2"));
+        assert_ne!(key("[2001:db8:1:2::1]:1"), key("[2001:db8:1:3::1]:1"));
+        assert_eq!(key("[::ffff:10.0.0.1]:1"), key("10.0.0.1:2"));
+        assert_ne!(key("10.0.0.1:1"), key("10.0.0.2:1"));
+    }
+
+    /// Past `max_connections_per_source`, a source is refused until one of its connections
+    /// ends; other sources are not affected.
+    #[test]
+    fn a_source_at_its_cap_is_refused_until_one_ends() {
+        let sources = Arc::new(Sources::new(2));
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let first = Sources::enter(&sources, a).unwrap();
+        let _second = Sources::enter(&sources, a).unwrap();
+        assert!(Sources::enter(&sources, a).is_none());
+        assert!(Sources::enter(&sources, b).is_some());
+        drop(first);
+        assert!(Sources::enter(&sources, a).is_some());
     }
 }

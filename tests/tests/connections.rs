@@ -1,6 +1,8 @@
 //! Every connection on every listener has a bound: silent sockets and HTTP/2 preface-only
 //! sockets are closed within the first-byte and idle bounds while a legitimate client keeps
-//! being answered, and past `max_connections` new connections are refused at once.
+//! being answered; clients that never take their response (a zero HTTP/2 window, a full TCP
+//! receive buffer) are closed within the send bound; past `max_connections`, or
+//! `max_connections_per_source` from one source, new connections are refused at once.
 
 use std::time::{Duration, Instant};
 
@@ -80,7 +82,7 @@ async fn keep_alive_gets(stream: &mut TcpStream, path: &str, n: usize) -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_preface_only_sockets_are_closed() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
-    let gw = stack.ready_gateway("gateway-1", "[limits]\nfirst_byte_timeout_ms = 500\nidle_timeout_ms = 1000\nhttp2_keep_alive_interval_ms = 500\nhttp2_keep_alive_timeout_ms = 500\nmax_connections = 1000").await?;
+    let gw = stack.ready_gateway("gateway-1", "[limits]\nfirst_byte_timeout_ms = 500\nidle_timeout_ms = 1000\nhttp2_keep_alive_interval_ms = 500\nhttp2_keep_alive_timeout_ms = 500\nmax_connections = 1000\nmax_connections_per_source = 1000").await?;
     let addr = gw.url.trim_start_matches("http://").to_string();
     let silent = open(&addr, 200, b"").await?;
     let preface = open(&addr, 200, PREFACE).await?;
@@ -131,7 +133,10 @@ async fn silent_and_preface_only_sockets_are_closed() -> anyhow::Result<()> {
 async fn connections_past_the_cap_are_refused_at_once() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
     let gw = stack
-        .ready_gateway("gateway-1", "[limits]\nmax_connections = 20")
+        .ready_gateway(
+            "gateway-1",
+            "[limits]\nmax_connections = 20\nmax_connections_per_source = 20",
+        )
         .await?;
     let addr = gw.url.trim_start_matches("http://").to_string();
     let mut client = TcpStream::connect(&addr).await?;
@@ -162,5 +167,157 @@ async fn connections_past_the_cap_are_refused_at_once() -> anyhow::Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+/// A public `/big/` route to an upstream whose every response is `BIG` bytes, streamed,
+/// besides the usual `/public/` route.
+const BIG: usize = 64 << 20;
+
+async fn big_upstream() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new().fallback(|| async {
+        let chunks = (0..BIG / 65536)
+            .map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 65536])));
+        axum::body::Body::from_stream(futures::stream::iter(chunks))
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+fn big_routes(big: &str, upstream: &str) -> String {
+    format!(
+        "\n[[routes]]\nprefix = \"/big/\"\nupstream = \"{big}\"\npublic = true\n\n[[routes]]\nprefix = \"/public/\"\nupstream = \"{upstream}\"\npublic = true\n"
+    )
+}
+
+/// A client that never takes its response is closed within the send bound (plus the grace a
+/// closing connection gets), while the idle bound alone would never close it (a request is in
+/// flight) and a legitimate client keeps being served:
+/// - over HTTP/2, twenty connections that announce a zero window and ask for a response;
+/// - over HTTP/1, a client with a tiny receive buffer that asks for 64 MiB and reads nothing.
+///
+/// The HTTP/1 client got only part of the body: the gateway gave up, not the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_take_no_response_are_closed() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let big = big_upstream().await?;
+    let upstream = stack.upstream.url.clone();
+    let gw = stack
+        .ready_gateway(
+            "gateway-1",
+            &format!(
+                "[limits]\nsend_timeout_ms = 1000\nidle_timeout_ms = 600000\n{}",
+                big_routes(&big, &upstream)
+            ),
+        )
+        .await?;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+
+    // HTTP/2, zero window: the headers come (they are not flow-controlled), no data can.
+    let mut connections = Vec::new();
+    for _ in 0..20 {
+        let tcp = TcpStream::connect(&addr).await?;
+        let (mut client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, hyper::body::Bytes>(tcp)
+            .await?;
+        let connection = tokio::spawn(connection);
+        client = client.ready().await?;
+        let request = http::Request::get(format!("http://{addr}/public/x")).body(())?;
+        let (response, _) = client.send_request(request, true)?;
+        let response = response.await?;
+        assert_eq!(response.status(), 200);
+        connections.push((client, response, connection));
+    }
+    // HTTP/1, a receive buffer of a few KiB and nothing read.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut reader = socket.connect(addr.parse()?).await?;
+    reader
+        .write_all(b"GET /big/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await?;
+
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let closed = futures::future::join_all(connections.into_iter().map(
+        |(client, response, connection)| async move {
+            let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
+            drop((client, response));
+            ended.is_ok()
+        },
+    ));
+    let legit = async {
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            statuses.push(gw.call(&http, "/public/x", "").await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        statuses
+    };
+    let (closed, statuses) = tokio::join!(closed, legit);
+    eprintln!(
+        "zero-window HTTP/2 connections closed within {:?}",
+        started.elapsed()
+    );
+    assert!(
+        closed.iter().all(|c| *c),
+        "an HTTP/2 connection outlived the bound"
+    );
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    eventually(
+        Duration::from_secs(20),
+        "the HTTP/1 reader closed",
+        || async { (gw.metric("gateway_connections_stalled_total").await >= 21.0).then_some(()) },
+    )
+    .await?;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await? {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    eprintln!("the HTTP/1 reader got {got} of {BIG} bytes before the close");
+    assert!(got > 0 && got < BIG, "{got}");
+    assert_eq!(gw.call(&http, "/public/x", "").await, 200);
+    Ok(())
+}
+
+/// One source holds at most `max_connections_per_source`: past it, its new connections are
+/// refused at once while its open ones keep being served, and another source (127.0.0.2)
+/// still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_every_connection() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let gw = stack
+        .ready_gateway(
+            "gateway-1",
+            "[limits]\nmax_connections = 100\nmax_connections_per_source = 5",
+        )
+        .await?;
+    let addr: std::net::SocketAddr = gw.url.trim_start_matches("http://").parse()?;
+    let mut held = open(&addr.to_string(), 5, b"").await?;
+    eventually(Duration::from_secs(5), "5 open connections", || async {
+        (gw.metric("gateway_connections_open").await == 5.0).then_some(())
+    })
+    .await?;
+    for _ in 0..5 {
+        let refused = TcpStream::connect(addr).await?;
+        all_closed(vec![refused], Duration::from_secs(2)).await?;
+    }
+    assert_eq!(gw.metric("gateway_connections_refused_total").await, 5.0);
+    assert_eq!(
+        keep_alive_gets(&mut held[0], "/public/x", 2).await?,
+        [200, 200]
+    );
+    let other = tokio::net::TcpSocket::new_v4()?;
+    other.bind("127.0.0.2:0".parse()?)?;
+    let mut other = other.connect(addr).await?;
+    assert_eq!(keep_alive_gets(&mut other, "/public/x", 1).await?, [200]);
+    assert_eq!(gw.metric("gateway_connections_refused_total").await, 5.0);
     Ok(())
 }
