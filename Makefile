@@ -15,6 +15,7 @@ test: deps
 
 deps:
 	@deploy/ensure-deps.sh
+	@deploy/ensure-nats-server.sh
 
 ## bench-revocation: revoke 1,000 tokens while three gateways serve them; print the delays
 bench-revocation: deps

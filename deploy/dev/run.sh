@@ -39,7 +39,7 @@ else
         --port "$NATS_PORT" --http-port "$NATS_HTTP" gateway-1 gateway-2 > .dev/nats/nats.conf
 fi
 
-NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
+NATS_SERVER=${NATS_SERVER:-target/nats-venv/bin/nats-server}
 pids=()
 stop() {
     trap - EXIT INT TERM

@@ -3,7 +3,8 @@
 #                  [--server-name NAME] [--cluster-port P --routes HOST:P,HOST:P]
 #                  [GATEWAY_IDENTITY ...]
 #
-# Prints a nats-server (2.9.x) config to stdout for the revgate dev/test setup:
+# Prints a nats-server config (2.15.1, the version tested and the minimum supported) to stdout
+# for the revgate dev/test setup:
 #   * listens on 127.0.0.1 only; mutual TLS required, users mapped from the client
 #     certificate's email SAN (verify_and_map), no anonymous/password users;
 #   * JetStream enabled (store_dir = --store);
@@ -19,7 +20,8 @@
 #   --http-port P      monitoring port on 127.0.0.1, default 0 = no monitoring;
 #                      -1 = random port (see "Starting http monitor on 127.0.0.1:<port>")
 #   --server-name NAME server_name, default nats-dev (must differ per cluster node)
-#   --cluster-port P   join a cluster: route listener on 127.0.0.1:P (mutual TLS, same CA)
+#   --cluster-port P   join a cluster: route listener on 127.0.0.1:P (mutual TLS, same CA; only
+#                      the servers' own certificate, subject CN=nats-server, may be a route)
 #   --routes LIST      comma-separated HOST:PORT route listeners of the other nodes
 set -euo pipefail
 
@@ -119,7 +121,10 @@ jetstream {
 EOF
 if [ -n "$CLUSTER_PORT" ]; then
     echo
-    echo "# cluster routes: mutual TLS with the same CA (server certificates carry clientAuth)"
+    echo "# Cluster routes: mutual TLS with the same CA, and only a server may be a route: the"
+    echo "# route's certificate must map to the one route user, the servers' subject CN=nats-server."
+    echo "# A client certificate of the same CA (a gateway's, authz's) is refused: route traffic"
+    echo "# bypasses every client permission."
     echo "cluster {"
     echo "  name: \"revgate\""
     echo "  listen: \"127.0.0.1:$CLUSTER_PORT\""
@@ -129,11 +134,12 @@ if [ -n "$CLUSTER_PORT" ]; then
         echo "    \"nats-route://$route\""
     done
     echo "  ]"
+    echo "  authorization { user: \"CN=nats-server\" }"
     echo "  tls {"
     echo "    cert_file: \"$CERTS/nats-server.pem\""
     echo "    key_file: \"$CERTS/nats-server-key.pem\""
     echo "    ca_file: \"$CERTS/ca.pem\""
-    echo "    verify: true"
+    echo "    verify_and_map: true"
     echo "    timeout: 2"
     echo "  }"
     echo "}"

@@ -54,8 +54,10 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// Made once per test process.
+    /// Made once per test process. Also installs the process's TLS crypto provider (the
+    /// services do so at start; a test's own NATS client may come first).
     pub fn get() -> &'static Pki {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         static PKI: OnceLock<Pki> = OnceLock::new();
         PKI.get_or_init(|| Pki::make().expect("the dev PKI script failed"))
     }
@@ -99,20 +101,13 @@ impl Pki {
     }
 }
 
-fn nats_server_binary() -> PathBuf {
+/// The product's nats-server: `NATS_SERVER` if set, else the pinned one that
+/// `deploy/ensure-nats-server.sh` installs (`make test` runs it), never whatever is on `PATH`.
+pub fn nats_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("NATS_SERVER") {
         return PathBuf::from(path);
     }
-    for candidate in [
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-        "/usr/local/bin/nats-server",
-    ] {
-        if Path::new(candidate).exists() {
-            return PathBuf::from(candidate);
-        }
-    }
-    PathBuf::from("nats-server")
+    repo_root().join("target/nats-venv/bin/nats-server")
 }
 
 /// A real nats-server with mutual TLS and JetStream, killed and deleted on drop.
@@ -286,7 +281,9 @@ impl Nats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("cannot start nats-server (is it installed?)")?;
+            .context(
+                "cannot start nats-server (run deploy/ensure-nats-server.sh; make test does)",
+            )?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

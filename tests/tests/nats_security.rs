@@ -205,9 +205,11 @@ fn claim(token: &str, name: &str) -> String {
     value[name].as_str().unwrap_or_default().to_string()
 }
 
-/// Cluster routes are mutual TLS: a server with a certificate from another CA cannot join.
+/// Only a NATS server may be a route: a server started with a certificate from another CA,
+/// with a gateway's certificate, or with the authz-server's (both from the cluster's own CA)
+/// cannot join the cluster (route traffic would bypass every client permission).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_server_cannot_join_the_cluster() -> anyhow::Result<()> {
+async fn only_servers_can_join_the_cluster() -> anyhow::Result<()> {
     let nodes = Nats::start_cluster()?;
     let log_value = |log: &str, needle: &str| -> Option<String> {
         log.lines()
@@ -222,52 +224,87 @@ async fn foreign_server_cannot_join_the_cluster() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no monitor address in the log"))?;
 
     let pki = Pki::get();
-    let dir = tempfile::tempdir()?;
-    let rogue_route = system_tests::free_ports(1)?[0];
-    let rendered =
-        std::process::Command::new(system_tests::repo_root().join("deploy/nats/render-config.sh"))
-            .arg("--certs")
-            .arg(&pki.other_ca)
-            .arg("--store")
-            .arg(dir.path().join("store"))
-            .args([
-                "--port",
-                "-1",
-                "--server-name",
-                "rogue",
-                "--cluster-port",
-                &rogue_route.to_string(),
-            ])
-            .args(["--routes", &format!("127.0.0.1:{route_port}")])
-            .output()?;
-    anyhow::ensure!(rendered.status.success(), "render-config.sh failed");
-    let config = dir.path().join("rogue.conf");
-    std::fs::write(&config, rendered.stdout)?;
-    let log = dir.path().join("rogue.log");
-    let mut rogue = std::process::Command::new("nats-server")
-        .arg("-c")
-        .arg(&config)
-        .arg("-l")
-        .arg(&log)
-        .spawn()?;
-    let refused = eventually(
-        Duration::from_secs(10),
-        "the route to be refused",
-        || async {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.lines()
-                .find(|l| l.contains("[ERR]") && l.contains("TLS") && l.contains("rid:"))
-                .map(str::to_string)
-        },
-    )
-    .await;
-    let routez: serde_json::Value = reqwest::get(format!("http://{monitor}/routez"))
-        .await?
-        .json()
-        .await?;
-    let _ = rogue.kill();
-    let _ = rogue.wait();
-    println!("refused: {}", refused?);
-    assert_eq!(routez["num_routes"], 2, "only the two real peers: {routez}");
+    // A certificates directory whose "server" certificate is `identity`'s, from `source`.
+    let as_server = |source: &Path, identity: &str| -> anyhow::Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir()?;
+        std::fs::copy(source.join("ca.pem"), dir.path().join("ca.pem"))?;
+        std::fs::copy(
+            source.join(format!("{identity}.pem")),
+            dir.path().join("nats-server.pem"),
+        )?;
+        std::fs::copy(
+            source.join(format!("{identity}-key.pem")),
+            dir.path().join("nats-server-key.pem"),
+        )?;
+        Ok(dir)
+    };
+    let intruders = [
+        (
+            "another CA's server",
+            as_server(&pki.other_ca, "nats-server")?,
+        ),
+        ("gateway-1", as_server(&pki.certs, "gateway-1")?),
+        ("authz", as_server(&pki.certs, "authz")?),
+    ];
+    for (i, (who, certs)) in intruders.iter().enumerate() {
+        let dir = tempfile::tempdir()?;
+        let rogue_route = system_tests::free_ports(1)?[0];
+        let name = format!("rogue-{i}");
+        let rendered = std::process::Command::new(
+            system_tests::repo_root().join("deploy/nats/render-config.sh"),
+        )
+        .arg("--certs")
+        .arg(certs.path())
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .args(["--port", "-1", "--server-name", &name])
+        .args(["--cluster-port", &rogue_route.to_string()])
+        .args(["--routes", &format!("127.0.0.1:{route_port}")])
+        .output()?;
+        anyhow::ensure!(rendered.status.success(), "render-config.sh failed");
+        let config = dir.path().join("rogue.conf");
+        std::fs::write(&config, rendered.stdout)?;
+        let log = dir.path().join("rogue.log");
+        let mut rogue = std::process::Command::new(system_tests::nats_server_binary())
+            .arg("-c")
+            .arg(&config)
+            .arg("-l")
+            .arg(&log)
+            .spawn()?;
+        // Refused by TLS (another CA) or by the route authorization (the same CA's clients).
+        let refused = eventually(
+            Duration::from_secs(10),
+            "the route to be refused",
+            || async {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.lines()
+                    .find(|l| {
+                        l.contains("[ERR]")
+                            && l.contains("rid:")
+                            && (l.contains("TLS") || l.contains("Authorization Violation"))
+                    })
+                    .map(str::to_string)
+            },
+        )
+        .await;
+        let routez: serde_json::Value = reqwest::get(format!("http://{monitor}/routez"))
+            .await?
+            .json()
+            .await?;
+        let _ = rogue.kill();
+        let _ = rogue.wait();
+        println!("{who}: refused: {}", refused?);
+        let peers: std::collections::BTreeSet<String> = routez["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["remote_name"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(
+            peers.into_iter().collect::<Vec<_>>(),
+            ["node-2", "node-3"],
+            "{who} joined: {routez}"
+        );
+    }
     Ok(())
 }
