@@ -130,7 +130,17 @@ impl Gateway {
         if !self.freshness.is_fresh(std::time::Instant::now()) {
             reasons.push("stale");
         }
+        if self.unknown_event() {
+            reasons.push("unknown_event");
+        }
         reasons
+    }
+
+    /// Whether the feed met a revocation event it cannot read that may still matter (its
+    /// `expires_at`, plus the leeway, not past): the gateway cannot claim to enforce it.
+    pub fn unknown_event(&self) -> bool {
+        let until = self.feed.unreadable_until();
+        until != 0 && until.saturating_add(self.verifier.leeway) >= revocation::unix_now()
     }
 
     /// Bearer, signature, claims, revocation and scope: the identity to forward, or why not.
@@ -153,9 +163,16 @@ impl Gateway {
         if !self.feed.is_caught_up() {
             return Err(GatewayError::NotReady("revocations_not_replayed"));
         }
-        if !self.freshness.is_fresh(std::time::Instant::now()) {
+        let stale = if !self.freshness.is_fresh(std::time::Instant::now()) {
+            Some("stale")
+        } else if self.unknown_event() {
+            Some("unknown_event")
+        } else {
+            None
+        };
+        if let Some(why) = stale {
             match self.on_stale {
-                OnStale::Reject => return Err(GatewayError::NotReady("stale")),
+                OnStale::Reject => return Err(GatewayError::NotReady(why)),
                 OnStale::Serve => {
                     self.metrics.stale_served.inc();
                 }

@@ -91,6 +91,12 @@ impl Rule {
 }
 
 /// Why a message was skipped. Each is counted; none carries the message's content.
+///
+/// Two classes: garbage that could not be a revocation (not a JSON event envelope, or
+/// oversized) is skipped and forgotten; an event whose envelope (`v`, `kind`) reads but which
+/// this code cannot apply (an unknown version or kind, fields missing or out of range) may be a
+/// revocation it does not understand, and keeps the gateway from reporting fresh (see
+/// [`SkipReason::is_unreadable_revocation`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum SkipReason {
     #[error("message larger than {MAX_EVENT_BYTES} bytes")]
@@ -101,7 +107,7 @@ pub enum SkipReason {
     UnknownVersion,
     #[error("unknown rule kind")]
     UnknownKind,
-    #[error("event fields out of range")]
+    #[error("event fields missing or out of range")]
     Invalid,
 }
 
@@ -114,6 +120,14 @@ impl SkipReason {
         SkipReason::UnknownKind,
         SkipReason::Invalid,
     ];
+
+    /// Whether the message may be a revocation this code cannot read (as opposed to garbage).
+    pub fn is_unreadable_revocation(self) -> bool {
+        matches!(
+            self,
+            SkipReason::UnknownVersion | SkipReason::UnknownKind | SkipReason::Invalid
+        )
+    }
 
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -298,8 +312,10 @@ impl RevocationEvent {
         if !matches!(envelope.kind.as_str(), "token" | "subject" | "client") {
             return Err(SkipReason::UnknownKind);
         }
+        // A known version and kind whose fields do not read: not garbage, a revocation this
+        // code cannot apply.
         let event: RevocationEvent =
-            serde_json::from_slice(payload).map_err(|_| SkipReason::Malformed)?;
+            serde_json::from_slice(payload).map_err(|_| SkipReason::Invalid)?;
         let field_ok = |s: &str| !s.is_empty() && s.len() <= MAX_FIELD_LEN;
         if !field_ok(&event.id) || !field_ok(&event.iss) || !field_ok(event.rule.key()) {
             return Err(SkipReason::Invalid);
@@ -336,6 +352,17 @@ impl RevocationEvent {
             None => Self::decode(payload).map(EventRef::from),
         }
     }
+}
+
+/// Until when (Unix seconds) an event this code cannot apply may matter: its top-level
+/// `expires_at` when that reads as a Unix time, else for ever (`u64::MAX`). Every event
+/// version must keep that meaning of `expires_at`, or leave it out.
+pub fn unreadable_until(payload: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Expiry {
+        expires_at: u64,
+    }
+    serde_json::from_slice::<Expiry>(payload).map_or(u64::MAX, |e| e.expires_at)
 }
 
 #[cfg(test)]
@@ -384,14 +411,14 @@ mod tests {
             (b"{}", SkipReason::Malformed),
             (br#"{"v":2,"kind":"token"}"#, SkipReason::UnknownVersion),
             (br#"{"v":1,"kind":"tenant"}"#, SkipReason::UnknownKind),
-            (br#"{"v":1,"kind":"token","id":"x"}"#, SkipReason::Malformed),
+            (br#"{"v":1,"kind":"token","id":"x"}"#, SkipReason::Invalid),
             (
                 br#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"","expires_at":1,"revoked_at":1}"#,
                 SkipReason::Invalid,
             ),
             (
                 br#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"j","expires_at":-1,"revoked_at":1}"#,
-                SkipReason::Malformed,
+                SkipReason::Invalid,
             ),
         ];
         for (payload, reason) in cases {
@@ -404,6 +431,68 @@ mod tests {
         }
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
         assert_eq!(RevocationEvent::decode(&big), Err(SkipReason::Oversized));
+    }
+
+    /// Garbage is only skipped; anything with a readable envelope that cannot be applied may be
+    /// a revocation, and is marked unreadable until its `expires_at` (for ever without one).
+    #[test]
+    fn unreadable_revocations_are_told_from_garbage() {
+        let long = "i".repeat(MAX_FIELD_LEN + 1);
+        let unreadable: Vec<(String, u64)> = vec![
+            (r#"{"v":2,"kind":"token","id":"x","expires_at":500}"#.into(), 500),
+            (r#"{"v":99,"kind":"anything"}"#.into(), u64::MAX),
+            (r#"{"v":0,"kind":"token","expires_at":7}"#.into(), 7),
+            (r#"{"v":1,"kind":"tenant","tenant":"t","expires_at":900}"#.into(), 900),
+            (r#"{"v":1,"kind":"TOKEN","jti":"j"}"#.into(), u64::MAX),
+            (r#"{"v":1,"kind":"token","id":"x"}"#.into(), u64::MAX),
+            (
+                format!(r#"{{"v":1,"kind":"token","id":"x","iss":"{long}","jti":"j","expires_at":60,"revoked_at":1}}"#),
+                60,
+            ),
+            (
+                r#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"","expires_at":61,"revoked_at":1}"#.into(),
+                61,
+            ),
+            (
+                r#"{"v":1,"kind":"token","id":"x","iss":"i","jti":"j","expires_at":-1,"revoked_at":1}"#.into(),
+                u64::MAX,
+            ),
+            (
+                r#"{"v":1,"kind":"subject","id":"x","iss":"i","sub":"s","not_before":"soon","expires_at":62,"revoked_at":1}"#.into(),
+                62,
+            ),
+            // A doubled expiry is not trusted either way.
+            (r#"{"v":2,"kind":"token","expires_at":1,"expires_at":2}"#.into(), u64::MAX),
+        ];
+        for (payload, until) in &unreadable {
+            let reason = RevocationEvent::decode(payload.as_bytes()).unwrap_err();
+            assert!(reason.is_unreadable_revocation(), "{payload}: {reason:?}");
+            assert_eq!(unreadable_until(payload.as_bytes()), *until, "{payload}");
+        }
+        let mut garbage: Vec<Vec<u8>> = [
+            &b"not json"[..],
+            b"{}",
+            b"[]",
+            b"null",
+            br#"{"v":"1","kind":"token"}"#,
+            br#"{"v":1}"#,
+            br#"{"kind":"token"}"#,
+            br#"{"v":1,"kind":7}"#,
+            br#"{"v":-1,"kind":"token"}"#,
+            b"\xff\xfe",
+        ]
+        .iter()
+        .map(|p| p.to_vec())
+        .collect();
+        garbage.push(vec![b' '; MAX_EVENT_BYTES + 1]);
+        for payload in &garbage {
+            let reason = RevocationEvent::decode(payload).unwrap_err();
+            assert!(
+                !reason.is_unreadable_revocation(),
+                "{}: {reason:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
     }
 
     /// The borrowing decoder agrees with the full one on every payload, good or bad, and

@@ -52,6 +52,8 @@ pub struct FeedStatus {
     caught_up: AtomicBool,
     epoch: AtomicU64,
     last_sequence: AtomicU64,
+    /// Until when (Unix seconds; 0: never) an event the feed could not apply may matter.
+    unreadable_until: AtomicU64,
     /// Events that added or tightened a rule.
     pub applied: Counter,
     /// Events the set already enforced (replays, re-publishes).
@@ -82,6 +84,7 @@ impl Default for FeedStatus {
             caught_up: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             last_sequence: AtomicU64::new(0),
+            unreadable_until: AtomicU64::new(0),
             applied: Counter::default(),
             duplicates: Counter::default(),
             expired: Counter::default(),
@@ -113,6 +116,13 @@ impl FeedStatus {
     /// The stream sequence of the last message handled (applied or skipped).
     pub fn last_sequence(&self) -> u64 {
         self.last_sequence.load(Ordering::Acquire)
+    }
+
+    /// Until when (Unix seconds) a revocation the feed could not read may matter (0: none was
+    /// met): an event of a version or kind this code does not know, or with fields it cannot
+    /// read. Until then the gateway must not report fresh, whatever the heartbeats say.
+    pub fn unreadable_until(&self) -> u64 {
+        self.unreadable_until.load(Ordering::Acquire)
     }
 
     /// Number of messages skipped for one reason.
@@ -295,6 +305,18 @@ fn apply(set: &RevocationSet, status: &FeedStatus, payload: &[u8], sequence: u64
             };
             counter.inc();
             tracing::debug!(sequence, id = %event.id, kind = event.rule.kind(), "revocation applied");
+        }
+        Err(reason) if reason.is_unreadable_revocation() => {
+            status.skipped.get_or_create(&label(reason)).inc();
+            let until = crate::event::unreadable_until(payload);
+            status.unreadable_until.fetch_max(until, Ordering::AcqRel);
+            tracing::error!(
+                sequence,
+                reason = reason.as_str(),
+                until,
+                "revocation event this gateway cannot read: not fresh (unknown_event) until it \
+                 expires; upgrade the gateway"
+            );
         }
         Err(reason) => {
             status.skipped.get_or_create(&label(reason)).inc();
