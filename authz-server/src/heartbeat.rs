@@ -77,19 +77,15 @@ impl HeartbeatTask {
         js: &jetstream::Context,
         instance: &str,
     ) -> Result<bool, async_nats::Error> {
-        let before = now_ms();
-        let covers_until_ms = match self.store.oldest_unpublished().await? {
-            Some(oldest_s) => before.min(oldest_s.saturating_mul(1000)),
-            None => before,
-        };
-        let stream = js
+        // First the stream's identity, recorded (by this replica, another, or the relay) with
+        // every rule the old stream held queued again.
+        let mut stream = js
             .get_or_create_stream(stream::config(
                 self.settings.max_age,
                 self.settings.replicas,
             ))
             .await?;
-        let info = stream.cached_info();
-        let epoch = stream::epoch(info);
+        let epoch = stream::epoch(stream.cached_info());
         let requeued = self
             .store
             .switch_epoch(epoch, revocation::unix_now(), self.leeway)
@@ -100,6 +96,19 @@ impl HeartbeatTask {
                 "the revocation stream lost its history; publishing every rule in force again"
             );
             self.wake_relay.notify_one();
+            return Ok(false);
+        }
+        // Then what is published: every commit before the oldest unpublished one is marked,
+        // and marks are only made for this epoch (`Store::mark_published`)...
+        let before = now_ms();
+        let covers_until_ms = match self.store.oldest_unpublished().await? {
+            Some(oldest_s) => before.min(oldest_s.saturating_mul(1000)),
+            None => before,
+        };
+        // ... so at or below the stream's last sequence read now, if the stream is still the
+        // same one (recreated meanwhile, the marks may be in the old one: no heartbeat).
+        let info = stream.info().await?;
+        if stream::epoch(info) != epoch {
             return Ok(false);
         }
         let heartbeat = Heartbeat {

@@ -230,6 +230,7 @@ pub async fn run(
     let settings = relay::StreamSettings {
         max_age: Duration::from_secs(config.max_ttl + config.leeway),
         replicas: config.stream_replicas,
+        leeway: config.leeway,
     };
     let relay = relay::spawn(
         client.clone(),

@@ -2,6 +2,9 @@
 //! stream and marks it published once JetStream has acknowledged it.
 //!
 //! It is woken at once after each commit, so the normal path costs one publish round trip.
+//! A mark is conditional on the stream's identity (its epoch) at the time the relay made sure
+//! of the stream: if the stream was recreated in between, the mark is refused, the relay looks
+//! at the stream again, and the events are published to the new one.
 //! While NATS is unreachable it retries with backoff; after a restart it starts with whatever
 //! was committed but never acknowledged. Each event carries its id as `Nats-Msg-Id`, so a retry
 //! after a lost ack is dropped by the stream's duplicate window instead of stored twice.
@@ -24,6 +27,9 @@ use crate::store::Store;
 pub struct StreamSettings {
     pub max_age: Duration,
     pub replicas: usize,
+    /// Seconds of token leeway: rules are queued again on a new stream until their expiry
+    /// plus this.
+    pub leeway: u64,
 }
 
 /// Counters the relay keeps for `/metrics`.
@@ -61,16 +67,16 @@ pub fn spawn(
     js.set_timeout(Duration::from_secs(2));
     tokio::spawn(async move {
         let relay = Relay { js, store, metrics };
-        let mut stream_ready = false;
+        // The identity of the stream, once the relay has made sure of it.
+        let mut stream: Option<u64> = None;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let result = if stream_ready {
-                relay.drain().await
-            } else {
-                relay.ensure_stream(settings).await.map(|()| {
-                    stream_ready = true;
+            let result = match stream {
+                Some(epoch) => relay.drain(epoch).await,
+                None => relay.ensure_stream(settings).await.map(|epoch| {
+                    stream = Some(epoch);
                     true
-                })
+                }),
             };
             let pause = match result {
                 // More may be waiting: go round again at once.
@@ -87,7 +93,7 @@ pub fn spawn(
                 Err(err) => {
                     // The stream may be gone (deleted, or a new NATS store): make sure it
                     // exists before the next attempt.
-                    stream_ready = false;
+                    stream = None;
                     relay.metrics.publish_failures.inc();
                     tracing::warn!(error = %err, retry_in = ?backoff, "revocation relay cannot publish yet");
                     let pause = backoff;
@@ -111,17 +117,31 @@ struct Relay {
 }
 
 impl Relay {
-    async fn ensure_stream(&self, settings: StreamSettings) -> Result<(), async_nats::Error> {
+    /// Makes sure the stream exists and records its identity (queuing every rule in force
+    /// again if it is a new stream); returns that identity.
+    async fn ensure_stream(&self, settings: StreamSettings) -> Result<u64, async_nats::Error> {
         let stream = self
             .js
             .get_or_create_stream(stream::config(settings.max_age, settings.replicas))
             .await?;
+        let epoch = stream::epoch(stream.cached_info());
+        let requeued = self
+            .store
+            .switch_epoch(epoch, revocation::unix_now(), settings.leeway)
+            .await?;
+        if requeued > 0 {
+            tracing::warn!(
+                requeued,
+                "the revocation stream lost its history; publishing every rule in force again"
+            );
+        }
         tracing::info!(
             stream = stream::STREAM_NAME,
+            epoch,
             last_sequence = stream.cached_info().state.last_sequence,
             "revocation stream ready"
         );
-        Ok(())
+        Ok(epoch)
     }
 
     /// Publishes one batch; returns whether a full batch was sent (more may wait).
@@ -136,9 +156,10 @@ impl Relay {
     /// later events of its batch. Gateways apply the stream as a set of rules, so that order
     /// changes nothing they enforce.
     ///
-    /// An event is marked published only after its ack, so the heartbeat's reading (the
-    /// oldest unpublished commit time, then the stream's last sequence) stays true.
-    async fn drain(&self) -> Result<bool, async_nats::Error> {
+    /// An event is marked published only after its ack, and only while `epoch` is still the
+    /// stream's recorded identity, so the heartbeat's reading (the oldest unpublished commit
+    /// time, then the stream's last sequence) stays true.
+    async fn drain(&self, epoch: u64) -> Result<bool, async_nats::Error> {
         const BATCH: i64 = 512;
         let pending = self.store.unpublished(BATCH).await?;
         if pending.is_empty() {
@@ -188,9 +209,15 @@ impl Relay {
             }
         }
         if !published.is_empty() {
-            self.store
-                .mark_published(&published, revocation::unix_now())
+            let marked = self
+                .store
+                .mark_published(&published, revocation::unix_now(), epoch)
                 .await?;
+            if !marked {
+                return Err(
+                    "the stream was recreated while publishing; publishing to the new one".into(),
+                );
+            }
             self.metrics.published.inc_by(published.len() as u64);
         }
         match failure {

@@ -315,9 +315,32 @@ impl Store {
         Ok(oldest.map(|s| s.max(0) as u64))
     }
 
-    /// Records that JetStream acknowledged the revocations `seqs`: one statement, so one
-    /// commit for a whole published batch.
-    pub async fn mark_published(&self, seqs: &[i64], at: u64) -> Result<(), sqlx::Error> {
+    /// Records that JetStream acknowledged the revocations `seqs` on the stream of identity
+    /// `epoch`: one transaction for a whole published batch. Nothing is marked, and `false`
+    /// returned, unless `epoch` is still the stream's recorded identity: if the stream was
+    /// recreated meanwhile ([`Store::switch_epoch`]), an event acknowledged by the old stream
+    /// is not in the new one and must be published again.
+    ///
+    /// The check is a write on the epoch's row, first in the transaction, so that it and
+    /// `switch_epoch` exclude each other (a row lock on PostgreSQL, the write lock on SQLite):
+    /// either the mark commits first and the switch then queues those rows again, or the
+    /// switch commits first and the mark finds another epoch.
+    pub async fn mark_published(
+        &self,
+        seqs: &[i64],
+        at: u64,
+        epoch: u64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let current =
+            sqlx::query("UPDATE meta SET value = value WHERE name = 'stream_epoch' AND value = $1")
+                .bind(epoch.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if current == 0 {
+            return Ok(false);
+        }
         // Bounded so that the statement stays far below SQLite's limit on parameters.
         for chunk in seqs.chunks(1000) {
             let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
@@ -329,9 +352,10 @@ impl Store {
             for seq in chunk {
                 query = query.bind(*seq);
             }
-            query.execute(&self.pool).await?;
+            query.execute(&mut *tx).await?;
         }
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Records that the stream now has identity `epoch`. If it had another one before, the
@@ -724,6 +748,44 @@ mod tests {
         }
     }
 
+    /// The relay's ack and a stream recreation, in either order, never leave a revocation
+    /// marked published without being in the current stream: a mark for the old stream after
+    /// the switch is refused (the rows stay queued); a mark before the switch is undone by it.
+    #[tokio::test]
+    async fn a_mark_for_a_replaced_stream_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("t.db").to_str().unwrap())
+            .await
+            .unwrap();
+        for jti in ["a", "b", "c"] {
+            store.insert(&token_event(jti), "test").await.unwrap();
+        }
+        let seqs: Vec<i64> = store
+            .unpublished(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        // No stream recorded yet: nothing can be marked.
+        assert!(!store.mark_published(&seqs, 1, 100).await.unwrap());
+        store.switch_epoch(100, 1, 0).await.unwrap();
+        // Acked by stream 100, which is then replaced by 200 before the mark.
+        store.switch_epoch(200, 1, 0).await.unwrap();
+        assert!(!store.mark_published(&seqs, 1, 100).await.unwrap());
+        assert_eq!(
+            store.backlog().await.unwrap(),
+            3,
+            "marked for a stream that is gone"
+        );
+        // Published again, to 200.
+        assert!(store.mark_published(&seqs, 1, 200).await.unwrap());
+        assert_eq!(store.backlog().await.unwrap(), 0);
+        // Marked first, then the stream is replaced: queued again.
+        assert_eq!(store.switch_epoch(300, 1, 0).await.unwrap(), 3);
+        assert_eq!(store.backlog().await.unwrap(), 3);
+    }
+
     /// Concurrent inserts, grouped into shared transactions, all commit; revocations of one
     /// token, even in one group, store it once and all get the stored event back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -760,7 +822,8 @@ mod tests {
         assert_eq!(store.backlog().await.unwrap(), 400 + 1);
         let rows = store.unpublished(1000).await.unwrap();
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        store.mark_published(&seqs[..300], 1).await.unwrap();
+        store.switch_epoch(7, 1, 0).await.unwrap();
+        assert!(store.mark_published(&seqs[..300], 1, 7).await.unwrap());
         assert_eq!(store.backlog().await.unwrap(), 101);
         assert_eq!(store.unpublished(1000).await.unwrap()[0].seq, seqs[300]);
     }
