@@ -48,6 +48,12 @@ pub fn config(max_age: Duration, replicas: usize) -> Config {
         // NATS refuses a duplicate window longer than MaxAge (short token lifetimes).
         duplicate_window: DUPLICATE_WINDOW.min(max_age),
         num_replicas: replicas,
+        // No one removes a revocation: not a purge, not a message delete, whatever a client's
+        // permissions let it ask (a NATS client can aim the response to its own request at
+        // the JetStream API, where the server acts with the account's full rights). Events
+        // leave only by age.
+        deny_delete: true,
+        deny_purge: true,
         ..Default::default()
     }
 }

@@ -308,3 +308,90 @@ async fn only_servers_can_join_the_cluster() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A gateway's certificate cannot empty the revocation stream: not by asking
+/// (`STREAM.PURGE` is outside its permissions), and not by aiming the response to one of its
+/// own pull requests at the purge API, where the server would act with the account's full
+/// rights: the stream refuses every purge and message delete (`deny_purge`, `deny_delete`).
+/// The stream still holds every revocation, and a gateway started afterwards enforces them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cannot_empty_the_stream() -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::pull;
+    let stack = Stack::start(0).await?;
+    let http = reqwest::Client::new();
+    let revoked = stack.authz.token("demo-client", "demo-secret").await?;
+    assert_eq!(
+        stack
+            .authz
+            .revoke("demo-client", "demo-secret", &revoked)
+            .await?,
+        200
+    );
+    let pki = Pki::get();
+    let client = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(pki.certs.join("ca.pem"))
+        .add_client_certificate(
+            pki.certs.join("gateway-1.pem"),
+            pki.certs.join("gateway-1-key.pem"),
+        )
+        .custom_inbox_prefix("_INBOX_gateway-1")
+        .connect(stack.nats.url())
+        .await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = eventually(Duration::from_secs(10), "the event in the stream", || {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream("AUTHZ_REVOCATIONS").await.ok()?;
+            (stream.info().await.ok()?.state.messages >= 1).then_some(stream)
+        }
+    })
+    .await?;
+    let held = stream.info().await?.state.messages;
+    let consumer = stream
+        .create_consumer(pull::Config::default())
+        .await?
+        .cached_info()
+        .name
+        .clone();
+    let next = format!("$JS.API.CONSUMER.MSG.NEXT.AUTHZ_REVOCATIONS.{consumer}");
+    for (subject, reply) in [
+        // Asked directly: refused by the permissions.
+        (
+            "$JS.API.STREAM.PURGE.AUTHZ_REVOCATIONS",
+            "_INBOX_gateway-1.x",
+        ),
+        // Responses aimed at the API: the next message (an event), then a status (empty).
+        (next.as_str(), "$JS.API.STREAM.PURGE.AUTHZ_REVOCATIONS"),
+        (next.as_str(), "$JS.API.STREAM.PURGE.AUTHZ_REVOCATIONS"),
+        (next.as_str(), "$JS.API.STREAM.MSG.DELETE.AUTHZ_REVOCATIONS"),
+    ] {
+        client
+            .publish_with_reply(
+                subject.to_string(),
+                reply.to_string(),
+                r#"{"batch":1,"no_wait":true}"#.into(),
+            )
+            .await?;
+    }
+    client.flush().await?;
+    // The purge, had it been accepted, is done by the time the API answers the next request.
+    for _ in 0..5 {
+        assert_eq!(
+            stream.info().await?.state.messages,
+            held,
+            "the stream lost events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let late = Gateway::start(
+        "gateway-2",
+        &[stack.nats.url()],
+        &stack.authz,
+        &stack.upstream,
+    )
+    .await?;
+    late.wait_ready().await?;
+    assert_eq!(late.call(&http, "/echo/x", &revoked).await, 401);
+    Ok(())
+}
