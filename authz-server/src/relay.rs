@@ -120,10 +120,24 @@ impl Relay {
     /// Makes sure the stream exists and records its identity (queuing every rule in force
     /// again if it is a new stream); returns that identity.
     async fn ensure_stream(&self, settings: StreamSettings) -> Result<u64, async_nats::Error> {
-        let stream = self
+        let mut stream = self
             .js
             .get_or_create_stream(stream::config(settings.max_age, settings.replicas))
             .await?;
+        // A stream made under a shorter max_ttl keeps events too briefly for this one's
+        // tokens: lengthen it (never shorten it: a longer retention loses nothing).
+        let kept = stream.cached_info().config.max_age;
+        if !kept.is_zero() && kept < settings.max_age {
+            let mut longer = stream.cached_info().config.clone();
+            longer.max_age = settings.max_age;
+            self.js.update_stream(longer).await?;
+            stream.info().await?;
+            tracing::warn!(
+                from_s = kept.as_secs(),
+                to_s = settings.max_age.as_secs(),
+                "the revocation stream kept events for less than max_ttl + leeway; lengthened"
+            );
+        }
         let epoch = stream::epoch(stream.cached_info());
         let requeued = self
             .store

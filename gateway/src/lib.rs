@@ -133,6 +133,9 @@ impl Gateway {
         if self.unknown_event() {
             reasons.push("unknown_event");
         }
+        if self.feed.retention_too_short() {
+            reasons.push("stream_retention_too_short");
+        }
         reasons
     }
 
@@ -162,6 +165,9 @@ impl Gateway {
         };
         if !self.feed.is_caught_up() {
             return Err(GatewayError::NotReady("revocations_not_replayed"));
+        }
+        if self.feed.retention_too_short() {
+            return Err(GatewayError::NotReady("stream_retention_too_short"));
         }
         let stale = if !self.freshness.is_fresh(std::time::Instant::now()) {
             Some("stale")
@@ -529,6 +535,7 @@ pub async fn run_with_reload(
         feed_status.clone(),
         freshness.clone(),
         revocation::feed::ReplaySettings {
+            min_retention: Duration::from_secs(config.max_ttl.saturating_add(config.leeway)),
             split_min: config.replay_split_min,
             snapshot_min: config.replay_snapshot_min,
         },

@@ -54,6 +54,8 @@ pub struct FeedStatus {
     last_sequence: AtomicU64,
     /// Until when (Unix seconds; 0: never) an event the feed could not apply may matter.
     unreadable_until: AtomicU64,
+    /// The stream keeps events for less time than the gateway accepts tokens.
+    retention_too_short: AtomicBool,
     /// Events that added or tightened a rule.
     pub applied: Counter,
     /// Events the set already enforced (replays, re-publishes).
@@ -85,6 +87,7 @@ impl Default for FeedStatus {
             epoch: AtomicU64::new(0),
             last_sequence: AtomicU64::new(0),
             unreadable_until: AtomicU64::new(0),
+            retention_too_short: AtomicBool::new(false),
             applied: Counter::default(),
             duplicates: Counter::default(),
             expired: Counter::default(),
@@ -125,6 +128,13 @@ impl FeedStatus {
         self.unreadable_until.load(Ordering::Acquire)
     }
 
+    /// Whether the stream, when last looked at, kept events for less time than
+    /// [`ReplaySettings::min_retention`]: a revocation could age out of it while its token is
+    /// still accepted, and a gateway starting then would not enforce it.
+    pub fn retention_too_short(&self) -> bool {
+        self.retention_too_short.load(Ordering::Acquire)
+    }
+
     /// Number of messages skipped for one reason.
     pub fn skipped_for(&self, reason: SkipReason) -> u64 {
         self.skipped.get_or_create(&label(reason)).get()
@@ -135,9 +145,13 @@ fn label(reason: SkipReason) -> ReasonLabel {
     vec![("reason", reason.as_str())]
 }
 
-/// How a feed replays a backlog.
+/// How a feed replays a backlog, and what it requires of the stream.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplaySettings {
+    /// The stream must keep events at least this long (its `max_age`; 0 there is for ever):
+    /// the longest a token this gateway accepts stays valid, `max_ttl + leeway`. A shorter
+    /// stream is refused (not ready, `stream_retention_too_short`).
+    pub min_retention: Duration,
     /// A backlog of at least this many messages (0: never) is read by two consumers at once,
     /// one per half, so that a gateway starting on a long stream uses two cores: the NATS
     /// client's per-message work, not the set, is what bounds a replay.
@@ -335,6 +349,22 @@ impl Feed {
     async fn follow(&self) -> Result<(), async_nats::Error> {
         let stream = self.js.get_stream(STREAM_NAME).await?;
         let info = stream.cached_info();
+        let max_age = info.config.max_age;
+        let too_short = !max_age.is_zero() && max_age < self.replay.min_retention;
+        self.status
+            .retention_too_short
+            .store(too_short, Ordering::Release);
+        if too_short {
+            tracing::error!(
+                stream_max_age_s = max_age.as_secs(),
+                needed_s = self.replay.min_retention.as_secs(),
+                "the revocation stream keeps events for less time than this gateway accepts \
+                 tokens (its max_ttl + leeway): a revocation could age out while its token is \
+                 still valid. Not ready until the stream keeps them long enough (the \
+                 authz-server's max_ttl + leeway) or this gateway's max_ttl is lowered"
+            );
+            return Err("revocation stream retention shorter than max_ttl + leeway".into());
+        }
         let epoch = crate::stream::epoch(info);
         if epoch != self.status.epoch() {
             if self.status.epoch() != 0 {

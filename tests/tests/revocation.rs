@@ -658,7 +658,16 @@ async fn aged_out_stream_is_not_a_gap() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let gw = Gateway::start("gateway-1", &[nats.url()], &authz, &upstream).await?;
+    // Its tokens live as long as the stream keeps events.
+    let gw = Gateway::start_with(
+        "gateway-1",
+        "gateway-1",
+        &[nats.url()],
+        &authz,
+        &upstream,
+        "max_ttl = 1\nleeway = 1",
+    )
+    .await?;
     gw.wait_ready().await?;
     Ok(())
 }
@@ -1055,5 +1064,58 @@ async fn snapshots_are_replaced() -> anyhow::Result<()> {
         ],
     )
     .await;
+    Ok(())
+}
+
+/// A gateway that accepts tokens for longer than the stream keeps events (its `max_ttl +
+/// leeway` over the stream's `max_age`, the authz-server's `max_ttl + leeway`) is refused:
+/// a revocation could age out of the stream while its token is still valid, and this gateway,
+/// restarted then, would not enforce it. It says so on `/readyz` and fails closed; one whose
+/// tokens fit is ready on the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_shorter_than_the_tokens_is_refused() -> anyhow::Result<()> {
+    let stack = Stack::start(1).await?;
+    let http = reqwest::Client::new();
+    let token = stack.authz.token("demo-client", "demo-secret").await?;
+    // The stream keeps events 3,630 s (3,600 + 30); this gateway accepts tokens 3,631 s.
+    let long = Gateway::start_with(
+        "gateway-2",
+        "gateway-2",
+        &[stack.nats.url()],
+        &stack.authz,
+        &stack.upstream,
+        "max_ttl = 3601",
+    )
+    .await?;
+    let reasons = eventually(
+        Duration::from_secs(15),
+        "the refusal on /readyz",
+        || async {
+            let body: serde_json::Value = reqwest::get(format!("{}/readyz", long.admin_url))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let reasons = body["reasons"].as_array()?.clone();
+            reasons
+                .iter()
+                .any(|r| r == "stream_retention_too_short")
+                .then_some(reasons)
+        },
+    )
+    .await?;
+    eprintln!("reasons: {reasons:?}");
+    assert_eq!(long.readyz().await, 503);
+    assert_eq!(long.call(&http, "/echo/x", &token).await, 503);
+    assert_eq!(stack.gateways[0].readyz().await, 200);
+    assert_eq!(stack.gateways[0].call(&http, "/echo/x", &token).await, 200);
+    // An authz-server whose tokens live as long lengthens the stream (never shortens it);
+    // the gateway then follows it.
+    let dir = tempfile::tempdir()?;
+    let _longer =
+        system_tests::Authz::start_with(dir.path(), &[stack.nats.url()], "max_ttl = 3601").await?;
+    long.wait_ready().await?;
+    assert_eq!(long.call(&http, "/echo/x", &token).await, 200);
     Ok(())
 }

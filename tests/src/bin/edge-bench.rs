@@ -573,7 +573,9 @@ async fn main() -> Result<()> {
     let nats = Nats::start()?;
     let authz_dir = work.join("authz");
     std::fs::create_dir_all(&authz_dir)?;
-    let authz = Authz::spawn_process(&authz_dir, ports[0], &[nats.url()], "").await?;
+    // The stream keeps events as long as the gateway accepts tokens.
+    let retention = format!("max_ttl = {TOKEN_TTL}");
+    let authz = Authz::spawn_process(&authz_dir, ports[0], &[nats.url()], &retention).await?;
     pin(nats.pid())?;
     pin(authz.pid())?;
 
@@ -726,7 +728,7 @@ backend upstream
             &dir,
             ports[6],
             &[nats_1m.url()],
-            "snapshot_interval_ms = 1000",
+            &format!("snapshot_interval_ms = 1000\n{retention}"),
         )
         .await?;
         pin(nats_1m.pid())?;
