@@ -98,6 +98,10 @@ impl HeartbeatTask {
             self.wake_relay.notify_one();
             return Ok(false);
         }
+        // The stream must still hold what was acknowledged on it: JetStream acknowledges
+        // before it syncs to disk, so a crash or a restored backup can take its tail, and the
+        // stream keeps its identity. Read before the stream (a later mark is in it).
+        let acknowledged = self.store.last_published().await?;
         // Then what is published: every commit before the oldest unpublished one is marked,
         // and marks are only made for this epoch (`Store::mark_published`)...
         let before = now_ms();
@@ -107,21 +111,65 @@ impl HeartbeatTask {
         };
         // ... so at or below the stream's last sequence read now, if the stream is still the
         // same one (recreated meanwhile, the marks may be in the old one: no heartbeat).
-        let info = stream.info().await?;
-        if stream::epoch(info) != epoch {
+        let info = stream.info().await?.clone();
+        if stream::epoch(&info) != epoch {
             return Ok(false);
         }
+        let state = &info.state;
+        if let Some((seq, id)) = acknowledged {
+            // Aged out (below the first sequence) is not lost.
+            let lost = seq > state.last_sequence
+                || (seq >= state.first_sequence
+                    && message_id(&stream, seq).await?.as_deref() != Some(id.as_str()));
+            if lost {
+                let requeued = self
+                    .store
+                    .requeue_after_rollback(epoch, revocation::unix_now(), self.leeway)
+                    .await?;
+                tracing::error!(
+                    acknowledged_sequence = seq,
+                    stream_last_sequence = state.last_sequence,
+                    requeued,
+                    "the revocation stream lost acknowledged events (a NATS crash before fsync, \
+                     or a restored store); publishing every rule in force again"
+                );
+                self.wake_relay.notify_one();
+                return Ok(false);
+            }
+        }
+        let last_id = match state.last_sequence {
+            0 => None,
+            seq => message_id(&stream, seq).await?,
+        };
         let heartbeat = Heartbeat {
             v: HEARTBEAT_VERSION,
             instance: instance.to_string(),
             epoch,
-            seq: info.state.last_sequence,
+            seq: state.last_sequence,
             covers_until_ms,
             sent_at_ms: now_ms(),
+            last_id,
         };
         self.client
             .publish(HEARTBEAT_SUBJECT, heartbeat.to_json().into())
             .await?;
         Ok(true)
+    }
+}
+
+/// The `Nats-Msg-Id` of the stream's message at `seq`; `None` if there is none (aged out) or
+/// it has no id.
+async fn message_id(
+    stream: &jetstream::stream::Stream,
+    seq: u64,
+) -> Result<Option<String>, async_nats::Error> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_raw_message(seq).await {
+        Ok(message) => Ok(message
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_string())),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }

@@ -202,6 +202,8 @@ impl Relay {
             }
         }
         let mut published = Vec::with_capacity(acks.len());
+        // The acknowledged message of the highest sequence, for the heartbeat's check.
+        let mut last: Option<(u64, &str)> = None;
         for (row, ack) in acks {
             match ack.await {
                 Ok(ack) => {
@@ -216,6 +218,9 @@ impl Relay {
                         "revocation published"
                     );
                     published.push(row.seq);
+                    if last.is_none_or(|(seq, _)| ack.sequence > seq) {
+                        last = Some((ack.sequence, row.event.id.as_str()));
+                    }
                 }
                 Err(err) => {
                     failure.get_or_insert(async_nats::Error::from(err));
@@ -225,7 +230,7 @@ impl Relay {
         if !published.is_empty() {
             let marked = self
                 .store
-                .mark_published(&published, revocation::unix_now(), epoch)
+                .mark_published(&published, revocation::unix_now(), epoch, last)
                 .await?;
             if !marked {
                 return Err(

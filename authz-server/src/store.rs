@@ -325,20 +325,18 @@ impl Store {
     /// `switch_epoch` exclude each other (a row lock on PostgreSQL, the write lock on SQLite):
     /// either the mark commits first and the switch then queues those rows again, or the
     /// switch commits first and the mark finds another epoch.
+    ///
+    /// `last` is the stream sequence and event id of the batch's last message: recorded, so
+    /// that the heartbeat can check that the stream still holds it ([`Store::last_published`]).
     pub async fn mark_published(
         &self,
         seqs: &[i64],
         at: u64,
         epoch: u64,
+        last: Option<(u64, &str)>,
     ) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let current =
-            sqlx::query("UPDATE meta SET value = value WHERE name = 'stream_epoch' AND value = $1")
-                .bind(epoch.to_string())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if current == 0 {
+        if !lock_epoch(&mut tx, epoch).await? {
             return Ok(false);
         }
         // Bounded so that the statement stays far below SQLite's limit on parameters.
@@ -354,8 +352,49 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
+        if let Some((seq, id)) = last {
+            // Only ever forward: another replica may have recorded a later message.
+            let known = last_published_in(&mut tx).await?;
+            if known.as_ref().is_none_or(|(s, _)| seq > *s) {
+                sqlx::query("DELETE FROM meta WHERE name = 'last_published'")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO meta (name, value) VALUES ('last_published', $1)")
+                    .bind(format!("{seq} {id}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The stream sequence and event id of the last message the relays saw acknowledged on
+    /// the current stream, if any.
+    pub async fn last_published(&self) -> Result<Option<(u64, String)>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        last_published_in(&mut conn).await
+    }
+
+    /// The stream `epoch` lost its tail (it no longer holds what was acknowledged): queues
+    /// every rule still in force to be published again, and forgets the last published
+    /// message. Returns how many were queued; 0 if `epoch` is no longer the current stream.
+    pub async fn requeue_after_rollback(
+        &self,
+        epoch: u64,
+        now: u64,
+        leeway: u64,
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if !lock_epoch(&mut tx, epoch).await? {
+            return Ok(0);
+        }
+        let requeued = requeue_in_force(&mut tx, now, leeway).await?;
+        sqlx::query("DELETE FROM meta WHERE name = 'last_published'")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(requeued)
     }
 
     /// Records that the stream now has identity `epoch`. If it had another one before, the
@@ -378,14 +417,8 @@ impl Store {
         if known.as_deref() == Some(epoch.to_string().as_str()) {
             return Ok(0);
         }
-        let requeued = sqlx::query(
-            "UPDATE revocations SET published_at = NULL WHERE published_at IS NOT NULL AND expires_at >= $1",
-        )
-        .bind(now.saturating_sub(leeway) as i64)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query("DELETE FROM meta WHERE name = 'stream_epoch'")
+        let requeued = requeue_in_force(&mut tx, now, leeway).await?;
+        sqlx::query("DELETE FROM meta WHERE name IN ('stream_epoch', 'last_published')")
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO meta (name, value) VALUES ('stream_epoch', $1)")
@@ -704,6 +737,50 @@ fn from_row(row: &AnyRow) -> Result<StoredRevocation, sqlx::Error> {
     })
 }
 
+/// Whether `epoch` is the stream's recorded identity, locking that record for the rest of the
+/// transaction: a write, first, so that it and [`Store::switch_epoch`] exclude each other (a
+/// row lock on PostgreSQL, the write lock on SQLite).
+async fn lock_epoch(tx: &mut Transaction<'_, Any>, epoch: u64) -> Result<bool, sqlx::Error> {
+    let matched =
+        sqlx::query("UPDATE meta SET value = value WHERE name = 'stream_epoch' AND value = $1")
+            .bind(epoch.to_string())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    Ok(matched > 0)
+}
+
+/// Queues every published rule still in force (its expiry plus the leeway not past) to be
+/// published again; returns how many.
+async fn requeue_in_force(
+    tx: &mut Transaction<'_, Any>,
+    now: u64,
+    leeway: u64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE revocations SET published_at = NULL WHERE published_at IS NOT NULL AND expires_at >= $1",
+    )
+    .bind(now.saturating_sub(leeway) as i64)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
+/// The `last_published` record: "<sequence> <event id>".
+async fn last_published_in(
+    conn: &mut sqlx::AnyConnection,
+) -> Result<Option<(u64, String)>, sqlx::Error> {
+    let value: Option<String> = sqlx::query("SELECT value FROM meta WHERE name = 'last_published'")
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    Ok(value.and_then(|v| {
+        let (seq, id) = v.split_once(' ')?;
+        Some((seq.parse().ok()?, id.to_string()))
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,22 +845,61 @@ mod tests {
             .map(|r| r.seq)
             .collect();
         // No stream recorded yet: nothing can be marked.
-        assert!(!store.mark_published(&seqs, 1, 100).await.unwrap());
+        assert!(!store.mark_published(&seqs, 1, 100, None).await.unwrap());
         store.switch_epoch(100, 1, 0).await.unwrap();
         // Acked by stream 100, which is then replaced by 200 before the mark.
         store.switch_epoch(200, 1, 0).await.unwrap();
-        assert!(!store.mark_published(&seqs, 1, 100).await.unwrap());
+        assert!(!store.mark_published(&seqs, 1, 100, None).await.unwrap());
         assert_eq!(
             store.backlog().await.unwrap(),
             3,
             "marked for a stream that is gone"
         );
         // Published again, to 200.
-        assert!(store.mark_published(&seqs, 1, 200).await.unwrap());
+        assert!(store.mark_published(&seqs, 1, 200, None).await.unwrap());
         assert_eq!(store.backlog().await.unwrap(), 0);
         // Marked first, then the stream is replaced: queued again.
         assert_eq!(store.switch_epoch(300, 1, 0).await.unwrap(), 3);
         assert_eq!(store.backlog().await.unwrap(), 3);
+    }
+
+    /// The last acknowledged message only moves forward; a rollback of the current stream
+    /// queues every rule in force again and forgets it; one of a replaced stream does nothing.
+    #[tokio::test]
+    async fn a_rollback_queues_the_rules_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("t.db").to_str().unwrap())
+            .await
+            .unwrap();
+        for jti in ["a", "b"] {
+            store.insert(&token_event(jti), "test").await.unwrap();
+        }
+        let seqs: Vec<i64> = store
+            .unpublished(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        store.switch_epoch(100, 1, 0).await.unwrap();
+        assert!(store
+            .mark_published(&seqs[1..], 1, 100, Some((5, "e5")))
+            .await
+            .unwrap());
+        assert!(store
+            .mark_published(&seqs[..1], 1, 100, Some((3, "e3")))
+            .await
+            .unwrap());
+        assert_eq!(
+            store.last_published().await.unwrap(),
+            Some((5, "e5".to_string()))
+        );
+        assert_eq!(store.backlog().await.unwrap(), 0);
+        assert_eq!(store.requeue_after_rollback(99, 1, 0).await.unwrap(), 0);
+        assert_eq!(store.backlog().await.unwrap(), 0);
+        assert_eq!(store.requeue_after_rollback(100, 1, 0).await.unwrap(), 2);
+        assert_eq!(store.backlog().await.unwrap(), 2);
+        assert_eq!(store.last_published().await.unwrap(), None);
     }
 
     /// Concurrent inserts, grouped into shared transactions, all commit; revocations of one
@@ -823,7 +939,10 @@ mod tests {
         let rows = store.unpublished(1000).await.unwrap();
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         store.switch_epoch(7, 1, 0).await.unwrap();
-        assert!(store.mark_published(&seqs[..300], 1, 7).await.unwrap());
+        assert!(store
+            .mark_published(&seqs[..300], 1, 7, None)
+            .await
+            .unwrap());
         assert_eq!(store.backlog().await.unwrap(), 101);
         assert_eq!(store.unpublished(1000).await.unwrap()[0].seq, seqs[300]);
     }

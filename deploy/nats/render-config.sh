@@ -174,6 +174,7 @@ authorization {
             "\$JS.API.STREAM.INFO.$STREAM"
             "\$JS.API.STREAM.CREATE.$STREAM"
             "\$JS.API.STREAM.UPDATE.$STREAM"
+            "\$JS.API.STREAM.MSG.GET.$STREAM"
             "authz.snapshots.v1.>"
             "\$JS.API.STREAM.INFO.$SNAPSHOTS"
             "\$JS.API.STREAM.CREATE.$SNAPSHOTS"

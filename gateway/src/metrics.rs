@@ -233,6 +233,11 @@ impl Metrics {
             feed.heartbeats_skipped.clone(),
         );
         r.register(
+            "revocation_stream_rollbacks",
+            "Times the revocation stream was found to have lost its tail (then replayed whole)",
+            feed.rollbacks.clone(),
+        );
+        r.register(
             "revocation_apply_delay_seconds",
             "From JetStream storing a revocation to this gateway applying it",
             feed.apply_delay.clone(),

@@ -56,6 +56,13 @@ pub struct FeedStatus {
     unreadable_until: AtomicU64,
     /// The stream keeps events for less time than the gateway accepts tokens.
     retention_too_short: AtomicBool,
+    /// The ids of the last messages applied while following live, by sequence, to check
+    /// heartbeats against (see [`FeedStatus::check_history`]).
+    history: std::sync::Mutex<std::collections::VecDeque<(u64, Option<String>)>>,
+    /// Set when the stream turned out to have lost its tail: the feed replays it whole.
+    resync: AtomicBool,
+    /// Times the stream was found to have lost its tail.
+    pub rollbacks: Counter,
     /// Events that added or tightened a rule.
     pub applied: Counter,
     /// Events the set already enforced (replays, re-publishes).
@@ -88,6 +95,9 @@ impl Default for FeedStatus {
             last_sequence: AtomicU64::new(0),
             unreadable_until: AtomicU64::new(0),
             retention_too_short: AtomicBool::new(false),
+            history: Default::default(),
+            resync: AtomicBool::new(false),
+            rollbacks: Counter::default(),
             applied: Counter::default(),
             duplicates: Counter::default(),
             expired: Counter::default(),
@@ -135,11 +145,69 @@ impl FeedStatus {
         self.retention_too_short.load(Ordering::Acquire)
     }
 
+    /// The id the message at `sequence` had when this feed applied it live, if remembered.
+    fn remembered(&self, sequence: u64) -> Option<Option<String>> {
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history
+            .iter()
+            .rev()
+            .find(|(seq, _)| *seq == sequence)
+            .map(|(_, id)| id.clone())
+    }
+
+    /// Remembers that the message at `sequence` had id `id` (live messages only).
+    fn remember(&self, sequence: u64, id: Option<String>) {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back((sequence, id));
+    }
+
+    /// Whether `hb` agrees with the history this feed applied: false when the feed applied the
+    /// heartbeat's sequence of its stream, live, with another message there. Then the stream
+    /// lost its tail and reused the sequence: the feed is set to replay the stream whole.
+    pub fn check_history(&self, hb: &Heartbeat) -> bool {
+        if hb.epoch != self.epoch() || hb.seq > self.last_sequence() {
+            return true;
+        }
+        let differs = self.remembered(hb.seq).is_some_and(|id| id != hb.last_id);
+        if differs {
+            self.start_resync();
+        }
+        !differs
+    }
+
+    /// Marks the stream as having lost its tail: the feed replays it whole.
+    fn start_resync(&self) {
+        if !self.resync.swap(true, Ordering::AcqRel) {
+            self.rollbacks.inc();
+            tracing::error!(
+                "the revocation stream lost its tail and reused its sequences (a NATS crash \
+                 before fsync, or a restored store): replaying it whole, keeping every rule \
+                 held; not fresh until the heartbeats are satisfied again"
+            );
+        }
+    }
+
     /// Number of messages skipped for one reason.
     pub fn skipped_for(&self, reason: SkipReason) -> u64 {
         self.skipped.get_or_create(&label(reason)).get()
     }
 }
+
+/// A message's `Nats-Msg-Id` (the relay sets it to the event id).
+fn message_id(message: &jetstream::Message) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_string())
+}
+
+/// Live messages whose ids are remembered to check heartbeats against (about a few seconds
+/// of the heaviest revocation traffic; a heartbeat names a sequence of the last second).
+const HISTORY: usize = 4096;
 
 fn label(reason: SkipReason) -> ReasonLabel {
     vec![("reason", reason.as_str())]
@@ -366,6 +434,19 @@ impl Feed {
             return Err("revocation stream retention shorter than max_ttl + leeway".into());
         }
         let epoch = crate::stream::epoch(info);
+        // The same stream, holding less than this feed applied: it lost its tail.
+        if epoch == self.status.epoch() && info.state.last_sequence < self.status.last_sequence() {
+            self.status.start_resync();
+        }
+        if self.status.resync.swap(false, Ordering::AcqRel) {
+            self.status.last_sequence.store(0, Ordering::Release);
+            self.status
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.freshness.reset(epoch);
+        }
         if epoch != self.status.epoch() {
             if self.status.epoch() != 0 {
                 // The stream was recreated (deleted, or its store lost): its sequences start
@@ -399,11 +480,22 @@ impl Feed {
         if target < next {
             self.status.caught_up.store(true, Ordering::Release);
         }
-        let deliver_policy = if next == 1 {
+        // When this feed remembers the message at its last sequence, the consumer starts
+        // there, to check that the stream still holds that very message: a stream that lost
+        // its tail and grew back over it (a restored store, a crash before fsync) has other
+        // events at those sequences, and following on from the sequence number alone would
+        // skip them.
+        let last = next - 1;
+        let verify = (last > 0)
+            .then(|| self.status.remembered(last))
+            .flatten()
+            .map(|id| (last, id));
+        let start = if verify.is_some() { last } else { next };
+        let deliver_policy = if start == 1 {
             DeliverPolicy::All
         } else {
             DeliverPolicy::ByStartSequence {
-                start_sequence: next,
+                start_sequence: start,
             }
         };
         let consumer = stream
@@ -423,6 +515,7 @@ impl Feed {
             handled: 0,
             reported: self.status.last_sequence(),
             replaying: !self.status.is_caught_up(),
+            verify,
         };
         // A long replay: a second consumer reads the second half meanwhile.
         let backlog = (target + 1).saturating_sub(next);
@@ -558,6 +651,9 @@ impl Feed {
                 biased;
                 item = messages.next() => item,
                 _ = watchdog.tick() => {
+                    if self.status.resync.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
                     self.report(progress);
                     let stalled = last_progress.elapsed() > STALL_LIMIT
                         && self
@@ -670,12 +766,21 @@ impl Feed {
                 return;
             }
         };
+        if let Some((seq, id)) = progress.verify.take() {
+            if sequence == seq && message_id(message) != id {
+                self.status.start_resync();
+                return;
+            }
+        }
         if sequence <= self.status.last_sequence() {
             // Already handled (a redelivery after a consumer was recreated).
             return;
         }
         apply(&self.set, &self.status, &message.payload, sequence);
         self.status.last_sequence.store(sequence, Ordering::Release);
+        if self.status.is_caught_up() {
+            self.status.remember(sequence, message_id(message));
+        }
         progress.handled += 1;
         let done = sequence >= target || pending == 0;
         if done || sequence.saturating_sub(progress.reported) >= REPORT_EVERY {
@@ -707,6 +812,9 @@ struct Progress {
     reported: u64,
     /// Whether the feed was not caught up when this consumer started.
     replaying: bool,
+    /// The sequence this consumer starts at, already applied, and the id it had then: the
+    /// first message must have it.
+    verify: Option<(u64, Option<String>)>,
 }
 
 /// Listens to the authz-server's heartbeats and feeds them to `freshness`. Anything on the
@@ -728,6 +836,12 @@ pub fn spawn_heartbeats(
                     };
                     let Some(message) = message else { break };
                     match Heartbeat::decode(&message.payload) {
+                        // Another message at a sequence this feed applied: the stream lost its
+                        // tail. No freshness from it, and none held until the feed replays.
+                        Some(hb) if !status.check_history(&hb) => {
+                            freshness.reset(hb.epoch);
+                            status.heartbeats.inc();
+                        }
                         Some(hb) => {
                             freshness.on_heartbeat(&hb, std::time::Instant::now());
                             status.heartbeats.inc();
@@ -747,4 +861,69 @@ pub fn spawn_heartbeats(
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(seq: u64, last_id: Option<&str>) -> Heartbeat {
+        Heartbeat {
+            v: 1,
+            instance: "a".into(),
+            epoch: 7,
+            seq,
+            covers_until_ms: 1,
+            sent_at_ms: 1,
+            last_id: last_id.map(str::to_string),
+        }
+    }
+
+    /// A heartbeat naming another message at a sequence applied live means the stream lost
+    /// its tail: the feed is set to replay, once, and counts it. Sequences not remembered,
+    /// not yet applied, or of another stream prove nothing either way.
+    #[test]
+    fn heartbeats_are_checked_against_the_history_applied() {
+        let status = FeedStatus::default();
+        status.epoch.store(7, Ordering::Release);
+        status.last_sequence.store(12, Ordering::Release);
+        for seq in 10..=12 {
+            status.remember(seq, Some(format!("id-{seq}")));
+        }
+        status.remember(9, None);
+        for agreeing in [
+            heartbeat(11, Some("id-11")),
+            heartbeat(9, None),
+            heartbeat(3, Some("never-seen")),
+            heartbeat(13, Some("ahead")),
+            Heartbeat {
+                epoch: 8,
+                ..heartbeat(11, Some("x"))
+            },
+        ] {
+            assert!(status.check_history(&agreeing), "{agreeing:?}");
+        }
+        assert!(!status.resync.load(Ordering::Acquire));
+        for differing in [
+            heartbeat(11, Some("other")),
+            heartbeat(12, None),
+            heartbeat(9, Some("id-9")),
+        ] {
+            assert!(!status.check_history(&differing), "{differing:?}");
+        }
+        assert!(status.resync.load(Ordering::Acquire));
+        assert_eq!(status.rollbacks.get(), 1);
+    }
+
+    /// The history keeps the last `HISTORY` messages only.
+    #[test]
+    fn history_is_bounded() {
+        let status = FeedStatus::default();
+        for seq in 1..=(HISTORY as u64 + 10) {
+            status.remember(seq, Some(seq.to_string()));
+        }
+        assert_eq!(status.remembered(10), None);
+        assert_eq!(status.remembered(11), Some(Some("11".into())));
+        assert_eq!(status.history.lock().unwrap().len(), HISTORY);
+    }
 }

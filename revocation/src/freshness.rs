@@ -38,6 +38,12 @@ pub struct Heartbeat {
     pub covers_until_ms: u64,
     /// When the heartbeat was made (Unix ms, the sender's clock).
     pub sent_at_ms: u64,
+    /// The `Nats-Msg-Id` (the event id) of the message at `seq`, when the stream holds one: a
+    /// gateway that applied `seq` itself checks that it applied this very message. A stream
+    /// that lost its tail (a crash before fsync, a restored backup) keeps its identity and
+    /// reuses the sequences with other events; the sequence number alone would not show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_id: Option<String>,
 }
 
 impl Heartbeat {
@@ -47,7 +53,7 @@ impl Heartbeat {
 
     /// Parses a heartbeat; `None` for anything else (counted and skipped by the caller).
     pub fn decode(payload: &[u8]) -> Option<Heartbeat> {
-        if payload.len() > 1024 {
+        if payload.len() > 2048 {
             return None;
         }
         let hb: Heartbeat = serde_json::from_slice(payload).ok()?;
@@ -131,6 +137,17 @@ impl Freshness {
         });
     }
 
+    /// Forgets every proof of freshness and where the feed was: the stream the feed applied
+    /// turned out not to be the one the heartbeats describe (it lost its tail). Not fresh
+    /// until a heartbeat is satisfied again.
+    pub fn reset(&self, epoch: u64) {
+        self.with(|s| {
+            s.applied = Position { epoch, seq: 0 };
+            s.pending.clear();
+            s.fresh_as_of = None;
+        });
+    }
+
     /// Records that the feed has applied everything up to `position`.
     pub fn on_applied(&self, position: Position) {
         self.with(|s| {
@@ -185,6 +202,7 @@ mod tests {
             seq,
             covers_until_ms: 10_000 - lag_ms,
             sent_at_ms: 10_000,
+            last_id: None,
         }
     }
 

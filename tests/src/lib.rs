@@ -207,6 +207,33 @@ impl Nats {
         Ok(())
     }
 
+    /// Stops the server (SIGKILL) and copies its JetStream store to `to`, a backup; the
+    /// server is then started again on its port.
+    pub fn back_up_store(&mut self, to: &Path) -> Result<()> {
+        self.kill();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(self.dir.path().join("store"))
+            .arg(to)
+            .status()?;
+        anyhow::ensure!(status.success(), "copying the store failed");
+        self.restart()
+    }
+
+    /// Kills the server and replaces its JetStream store with the backup at `from` (see
+    /// [`Nats::back_up_store`]): the stream loses what came after the backup, and keeps its
+    /// identity. Does not start the server again.
+    pub fn restore_store(&mut self, from: &Path) -> Result<()> {
+        self.wipe_store()?;
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(self.dir.path().join("store"))
+            .status()?;
+        anyhow::ensure!(status.success(), "restoring the store failed");
+        Ok(())
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers.
     pub fn pause(&self) -> Result<()> {
         self.signal("-STOP")
