@@ -120,7 +120,8 @@ impl HeartbeatTask {
             // Aged out (below the first sequence) is not lost.
             let lost = seq > state.last_sequence
                 || (seq >= state.first_sequence
-                    && message_id(&stream, seq).await?.as_deref() != Some(id.as_str()));
+                    && crate::relay::message_id(&stream, seq).await?.as_deref()
+                        != Some(id.as_str()));
             if lost {
                 let requeued = self
                     .store
@@ -139,7 +140,7 @@ impl HeartbeatTask {
         }
         let last_id = match state.last_sequence {
             0 => None,
-            seq => message_id(&stream, seq).await?,
+            seq => crate::relay::message_id(&stream, seq).await?,
         };
         let heartbeat = Heartbeat {
             v: HEARTBEAT_VERSION,
@@ -154,22 +155,5 @@ impl HeartbeatTask {
             .publish(HEARTBEAT_SUBJECT, heartbeat.to_json().into())
             .await?;
         Ok(true)
-    }
-}
-
-/// The `Nats-Msg-Id` of the stream's message at `seq`; `None` if there is none (aged out) or
-/// it has no id.
-async fn message_id(
-    stream: &jetstream::stream::Stream,
-    seq: u64,
-) -> Result<Option<String>, async_nats::Error> {
-    use async_nats::jetstream::stream::LastRawMessageErrorKind;
-    match stream.get_raw_message(seq).await {
-        Ok(message) => Ok(message
-            .headers
-            .get(async_nats::header::NATS_MESSAGE_ID)
-            .map(|v| v.as_str().to_string())),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(e.into()),
     }
 }

@@ -66,7 +66,12 @@ pub fn spawn(
     // An ack normally takes a millisecond; past this the publish is retried (deduplicated).
     js.set_timeout(Duration::from_secs(2));
     tokio::spawn(async move {
-        let relay = Relay { js, store, metrics };
+        let relay = Relay {
+            js,
+            store,
+            metrics,
+            leeway: settings.leeway,
+        };
         // The identity of the stream, once the relay has made sure of it.
         let mut stream: Option<u64> = None;
         let mut backoff = Duration::from_millis(50);
@@ -114,6 +119,7 @@ struct Relay {
     js: jetstream::Context,
     store: Store,
     metrics: Arc<RelayMetrics>,
+    leeway: u64,
 }
 
 impl Relay {
@@ -156,6 +162,39 @@ impl Relay {
             "revocation stream ready"
         );
         Ok(epoch)
+    }
+
+    /// A new message got sequence `lowest`, at or below the last one recorded as acknowledged:
+    /// normal when another relay's later mark came first, but also what a stream that lost
+    /// its tail and reused the sequences looks like. Before this relay's mark moves the record
+    /// past the evidence, check that the recorded message is still there; if not, queue every
+    /// rule in force again (as the heartbeat would have).
+    async fn check_tail(&self, epoch: u64, lowest: u64) -> Result<(), async_nats::Error> {
+        let Some((seq, id)) = self.store.last_published().await? else {
+            return Ok(());
+        };
+        if lowest > seq {
+            return Ok(());
+        }
+        let stream = self.js.get_stream(stream::STREAM_NAME).await?;
+        let state = &stream.cached_info().state;
+        let lost = seq > state.last_sequence
+            || (seq >= state.first_sequence
+                && message_id(&stream, seq).await?.as_deref() != Some(id.as_str()));
+        if lost {
+            let requeued = self
+                .store
+                .requeue_after_rollback(epoch, revocation::unix_now(), self.leeway)
+                .await?;
+            tracing::error!(
+                acknowledged_sequence = seq,
+                new_sequence = lowest,
+                requeued,
+                "the revocation stream lost acknowledged events (a NATS crash before fsync, or \
+                 a restored store); publishing every rule in force again"
+            );
+        }
+        Ok(())
     }
 
     /// Publishes one batch; returns whether a full batch was sent (more may wait).
@@ -202,8 +241,10 @@ impl Relay {
             }
         }
         let mut published = Vec::with_capacity(acks.len());
-        // The acknowledged message of the highest sequence, for the heartbeat's check.
+        // The acknowledged message of the highest sequence, for the heartbeat's check; the
+        // lowest sequence a new message got.
         let mut last: Option<(u64, &str)> = None;
+        let mut lowest_new: Option<u64> = None;
         for (row, ack) in acks {
             match ack.await {
                 Ok(ack) => {
@@ -218,6 +259,9 @@ impl Relay {
                         "revocation published"
                     );
                     published.push(row.seq);
+                    if !ack.duplicate {
+                        lowest_new = Some(lowest_new.map_or(ack.sequence, |l| l.min(ack.sequence)));
+                    }
                     if last.is_none_or(|(seq, _)| ack.sequence > seq) {
                         last = Some((ack.sequence, row.event.id.as_str()));
                     }
@@ -226,6 +270,9 @@ impl Relay {
                     failure.get_or_insert(async_nats::Error::from(err));
                 }
             }
+        }
+        if let Some(lowest) = lowest_new {
+            self.check_tail(epoch, lowest).await?;
         }
         if !published.is_empty() {
             let marked = self
@@ -243,5 +290,22 @@ impl Relay {
             Some(err) => Err(err),
             None => Ok(pending.len() as i64 == BATCH),
         }
+    }
+}
+
+/// The `Nats-Msg-Id` of the stream's message at `seq`; `None` if there is none (aged out) or
+/// it has no id.
+pub(crate) async fn message_id(
+    stream: &jetstream::stream::Stream,
+    seq: u64,
+) -> Result<Option<String>, async_nats::Error> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_raw_message(seq).await {
+        Ok(message) => Ok(message
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_string())),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }

@@ -408,6 +408,12 @@ impl Store {
         leeway: u64,
     ) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        // A write on the epoch's row first, as `mark_published` does: a mark in progress
+        // commits before this goes on, and the requeue below (a statement of its own, so a
+        // fresh snapshot on PostgreSQL) then sees its rows as published and queues them again.
+        sqlx::query("UPDATE meta SET value = value WHERE name = 'stream_epoch'")
+            .execute(&mut *tx)
+            .await?;
         let known: Option<String> =
             sqlx::query("SELECT value FROM meta WHERE name = 'stream_epoch'")
                 .fetch_optional(&mut *tx)

@@ -50,8 +50,9 @@ async fn metrics_get(State(gw): State<Arc<Gateway>>) -> Response {
     let ms = |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
     m.staleness_ms.set(ms(gw.freshness.staleness(now)));
     // Read at scrape time, like /readyz, so that the two never disagree.
-    m.stale
-        .set(i64::from(!gw.freshness.is_fresh(now) || gw.unknown_event()));
+    m.stale.set(i64::from(
+        !gw.freshness.is_fresh(now) || gw.feed.resyncing() || gw.unknown_event(),
+    ));
     m.heartbeat_age_ms.set(ms(gw.freshness.heartbeat_age(now)));
     m.update_connections();
     let mut text = String::new();

@@ -127,7 +127,7 @@ impl Gateway {
         if !self.feed.is_caught_up() {
             reasons.push("revocations_not_replayed");
         }
-        if !self.freshness.is_fresh(std::time::Instant::now()) {
+        if !self.freshness.is_fresh(std::time::Instant::now()) || self.feed.resyncing() {
             reasons.push("stale");
         }
         if self.unknown_event() {
@@ -169,7 +169,8 @@ impl Gateway {
         if self.feed.retention_too_short() {
             return Err(GatewayError::NotReady("stream_retention_too_short"));
         }
-        let stale = if !self.freshness.is_fresh(std::time::Instant::now()) {
+        let stale = if !self.freshness.is_fresh(std::time::Instant::now()) || self.feed.resyncing()
+        {
             Some("stale")
         } else if self.unknown_event() {
             Some("unknown_event")

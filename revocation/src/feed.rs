@@ -178,6 +178,12 @@ impl FeedStatus {
         !differs
     }
 
+    /// Whether the feed found the stream to have lost its tail and has not started replaying
+    /// it yet: the gateway is not fresh meanwhile, whatever the heartbeats say.
+    pub fn resyncing(&self) -> bool {
+        self.resync.load(Ordering::Acquire)
+    }
+
     /// Marks the stream as having lost its tail: the feed replays it whole.
     fn start_resync(&self) {
         if !self.resync.swap(true, Ordering::AcqRel) {
@@ -328,6 +334,9 @@ async fn replay_range(
             return Ok(handled);
         }
         apply(&set, &status, &message.payload, sequence);
+        if sequence.saturating_add(HISTORY as u64) > to {
+            status.remember(sequence, message_id(&message));
+        }
         handled += 1;
         if sequence == to {
             return Ok(handled);
@@ -455,6 +464,11 @@ impl Feed {
             }
             self.status.epoch.store(epoch, Ordering::Release);
             self.status.last_sequence.store(0, Ordering::Release);
+            self.status
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             self.freshness.on_applied(Position { epoch, seq: 0 });
         }
         // Messages before the stream's first sequence aged out (MaxAge is the longest token
@@ -516,6 +530,7 @@ impl Feed {
             reported: self.status.last_sequence(),
             replaying: !self.status.is_caught_up(),
             verify,
+            disconnects: self.connection.disconnects.get(),
         };
         // A long replay: a second consumer reads the second half meanwhile.
         let backlog = (target + 1).saturating_sub(next);
@@ -674,6 +689,12 @@ impl Feed {
                 }
             };
             match item {
+                // After a disconnection the client may have recreated the consumer itself, on
+                // a server whose stream lost its tail: stop before applying anything, so that
+                // the next consumer checks the last message applied first.
+                Some(Ok(_)) if self.connection.disconnects.get() != progress.disconnects => {
+                    return Ok(());
+                }
                 Some(Ok(message)) => {
                     last_progress = std::time::Instant::now();
                     self.handle(&message, target, progress);
@@ -778,7 +799,9 @@ impl Feed {
         }
         apply(&self.set, &self.status, &message.payload, sequence);
         self.status.last_sequence.store(sequence, Ordering::Release);
-        if self.status.is_caught_up() {
+        // Live messages, and the last ones of a replay: what a heartbeat or a restarted
+        // consumer may name.
+        if self.status.is_caught_up() || sequence.saturating_add(HISTORY as u64) > target {
             self.status.remember(sequence, message_id(message));
         }
         progress.handled += 1;
@@ -815,6 +838,8 @@ struct Progress {
     /// The sequence this consumer starts at, already applied, and the id it had then: the
     /// first message must have it.
     verify: Option<(u64, Option<String>)>,
+    /// The connection's disconnections when this consumer started.
+    disconnects: u64,
 }
 
 /// Listens to the authz-server's heartbeats and feeds them to `freshness`. Anything on the
