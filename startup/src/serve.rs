@@ -39,6 +39,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The longest any of a listener's timeouts may be, in milliseconds: one day.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+
 /// The bounds of one listener, all with safe defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -113,6 +116,12 @@ impl ListenerLimits {
         ];
         if let Some((name, _)) = timeouts.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{section}.{name}: must be positive"));
+        }
+        // Deadlines are instants: a bound of centuries would overflow them.
+        if let Some((name, _)) = timeouts.iter().find(|(_, v)| *v > MAX_TIMEOUT_MS) {
+            return Err(format!(
+                "{section}.{name}: at most {MAX_TIMEOUT_MS} (one day)"
+            ));
         }
         // hyper needs a buffer of at least 8 KiB to parse a request head.
         if self.max_header_bytes < 8192 {
@@ -387,6 +396,7 @@ where
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let send = Duration::from_millis(limits.send_timeout_ms);
     let mut closing: Option<(tokio::time::Instant, Ended)> = None;
+    let mut backlog: Option<Backlog> = None;
     loop {
         // Whatever the state, look again within a quarter of the send bound: a request may
         // start meanwhile, and its response stall.
@@ -414,6 +424,17 @@ where
                     return why;
                 }
                 let now = tokio::time::Instant::now();
+                // Response bytes handed over but not written, that the writes since have not
+                // covered for the whole bound: HTTP/2 takes a response's last frame whole into
+                // its buffer once the client's window shows one byte, so a client that opens
+                // streams with a window of one, and keeps the connection busy, would hold
+                // every such buffer while no response waits on it.
+                if Backlog::stuck(&mut backlog, &activity, now, send) {
+                    tracing::debug!("closing a connection whose client takes no response");
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some((now + CLOSE_GRACE, Ended::Stalled));
+                    continue;
+                }
                 if activity.in_flight.load(Ordering::Acquire) > 0 {
                     if activity.waiting_on_client_since().is_some_and(|since| since + send <= now) {
                         tracing::debug!("closing a connection whose client takes no response");
@@ -436,6 +457,54 @@ where
     }
 }
 
+/// Response bytes handed to the connection and not yet written, as of a point in time.
+struct Backlog {
+    since: tokio::time::Instant,
+    unwritten: u64,
+    written: u64,
+}
+
+impl Backlog {
+    /// Whether the connection has had response bytes waiting for the whole of `bound` that
+    /// the bytes written meanwhile do not cover: the client is not taking them. `backlog` is
+    /// the connection's last reading, renewed once the writes have covered it.
+    fn stuck(
+        backlog: &mut Option<Backlog>,
+        activity: &Activity,
+        now: tokio::time::Instant,
+        bound: Duration,
+    ) -> bool {
+        let written = activity.written.load(Ordering::Relaxed);
+        let unwritten = activity
+            .handed
+            .load(Ordering::Relaxed)
+            .saturating_sub(written);
+        if unwritten == 0 {
+            *backlog = None;
+            return false;
+        }
+        match backlog {
+            Some(b) if written.saturating_sub(b.written) >= b.unwritten => {
+                *backlog = Some(Backlog {
+                    since: now,
+                    unwritten,
+                    written,
+                });
+                false
+            }
+            Some(b) => b.since + bound <= now,
+            None => {
+                *backlog = Some(Backlog {
+                    since: now,
+                    unwritten,
+                    written,
+                });
+                false
+            }
+        }
+    }
+}
+
 /// What a connection has done, as the idle and first-byte bounds need it.
 struct Activity {
     started: tokio::time::Instant,
@@ -447,6 +516,10 @@ struct Activity {
     last_end_ms: AtomicU64,
     /// Each request in flight: since when its response waits on the client to take more.
     waits: std::sync::Mutex<Vec<std::sync::Weak<Waiting>>>,
+    /// Response body bytes handed to the connection.
+    handed: AtomicU64,
+    /// Bytes written to the client (heads, framing and bodies).
+    written: AtomicU64,
 }
 
 /// Since when a response has been waiting on the client to take its next part, in
@@ -475,6 +548,8 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(0),
             waits: Default::default(),
+            handed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         }
     }
 
@@ -572,7 +647,11 @@ impl<IO: AsyncWrite + Unpin, O: Unpin> AsyncWrite for Watched<IO, O> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = result {
+            self.activity.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        result
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -585,7 +664,11 @@ impl<IO: AsyncWrite + Unpin, O: Unpin> AsyncWrite for Watched<IO, O> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            self.activity.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        result
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -663,6 +746,12 @@ impl<B: Body> Body for CountedBody<B> {
         let frame = this.inner.poll_frame(cx);
         if let Some(guard) = this.guard {
             guard.waiting_on_client(matches!(frame, Poll::Ready(Some(Ok(_)))));
+            if let Poll::Ready(Some(Ok(frame))) = &frame {
+                if let Some(data) = frame.data_ref() {
+                    let len = hyper::body::Buf::remaining(data) as u64;
+                    guard.activity.handed.fetch_add(len, Ordering::Relaxed);
+                }
+            }
         }
         frame
     }
@@ -795,6 +884,34 @@ mod tests {
         assert_eq!(stats.stalled.load(Ordering::Relaxed), 0);
         shutdown.cancel();
         server.await.unwrap();
+    }
+
+    /// Unwritten response bytes close the connection only when the writes over a whole bound
+    /// did not cover them; once covered, the reading starts again.
+    #[test]
+    fn a_backlog_is_stuck_only_when_the_writes_do_not_cover_it() {
+        let activity = Activity::new();
+        let bound = Duration::from_secs(1);
+        let t0 = tokio::time::Instant::now();
+        let mut backlog = None;
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Nothing unwritten: never stuck.
+        assert!(!Backlog::stuck(&mut backlog, &activity, at(5_000), bound));
+        activity.handed.store(10_000, Ordering::Relaxed);
+        activity.written.store(2_000, Ordering::Relaxed);
+        assert!(!Backlog::stuck(&mut backlog, &activity, at(0), bound));
+        // A slow reader: 8,000 unwritten, then 8,000 written within the bound; renewed.
+        activity.handed.store(20_000, Ordering::Relaxed);
+        activity.written.store(10_000, Ordering::Relaxed);
+        assert!(!Backlog::stuck(&mut backlog, &activity, at(900), bound));
+        // Then 10,000 unwritten and only 500 written over a whole bound: stuck.
+        activity.written.store(10_500, Ordering::Relaxed);
+        assert!(!Backlog::stuck(&mut backlog, &activity, at(1_800), bound));
+        assert!(Backlog::stuck(&mut backlog, &activity, at(1_900), bound));
+        // Everything written: not stuck, and forgotten.
+        activity.written.store(20_000, Ordering::Relaxed);
+        assert!(!Backlog::stuck(&mut backlog, &activity, at(9_000), bound));
+        assert!(backlog.is_none());
     }
 
     /// One source is an IPv4 address (mapped or not) or an IPv6 /64.

@@ -321,3 +321,54 @@ async fn one_source_cannot_take_every_connection() -> anyhow::Result<()> {
     assert_eq!(gw.metric("gateway_connections_refused_total").await, 5.0);
     Ok(())
 }
+
+/// HTTP/2 takes a response's last frame whole into its buffer once the client's window shows
+/// one byte: a client that opens every stream with a window of one byte, and keeps asking so
+/// that the connection is never idle, leaves no response waiting on it while the buffers it
+/// holds grow. The connection is closed within the send bound all the same (bytes handed over
+/// and not written, not covered by the writes since), while the client is still asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_one_byte_a_stream_is_closed() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let gw = stack
+        .ready_gateway(
+            "gateway-1",
+            "[limits]\nsend_timeout_ms = 1000\nidle_timeout_ms = 2000",
+        )
+        .await?;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let tcp = TcpStream::connect(&addr).await?;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, hyper::body::Bytes>(tcp)
+        .await?;
+    let connection = tokio::spawn(connection);
+    let started = Instant::now();
+    let asking = async {
+        let mut held = Vec::new();
+        let mut client = client;
+        while started.elapsed() < Duration::from_secs(20) {
+            let Ok(ready) = client.ready().await else {
+                break;
+            };
+            client = ready;
+            let request = http::Request::get(format!("http://{addr}/public/x")).body(())?;
+            let Ok((response, _)) = client.send_request(request, true) else {
+                break;
+            };
+            held.push(response);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::Ok(held.len())
+    };
+    let (asked, ended) = tokio::join!(
+        asking,
+        tokio::time::timeout(Duration::from_secs(20), connection)
+    );
+    let took = started.elapsed();
+    eprintln!("closed after {took:?} and {} requests", asked?);
+    assert!(ended.is_ok(), "the connection outlived 20 s");
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    assert!(gw.metric("gateway_connections_stalled_total").await >= 1.0);
+    Ok(())
+}
