@@ -141,6 +141,10 @@ impl Proxy {
     ) -> Result<Response<Body>, GatewayError> {
         let websocket = route.websocket && asks_for_websocket(&request);
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+        // The client connection's places under the connection caps, kept by its tunnel.
+        let hold = request
+            .extensions_mut()
+            .remove::<Arc<startup::serve::ConnectionHold>>();
         let (mut parts, body) = request.into_parts();
         parts.uri = upstream_uri(route, &parts.uri, target.path.as_deref())?;
         if parts.version == http::Version::HTTP_2 {
@@ -214,7 +218,11 @@ impl Proxy {
                 let left = id.exp.saturating_sub(revocation::unix_now());
                 tokio::time::Instant::now() + Duration::from_secs(left)
             });
-            tokio::spawn(join_upgraded(client, upstream, self.tunnel_idle, until));
+            let tunnel = join_upgraded(client, upstream, self.tunnel_idle, until);
+            tokio::spawn(async move {
+                tunnel.await;
+                drop(hold);
+            });
         }
         Ok(response)
     }

@@ -249,19 +249,26 @@ pub async fn serve<M, S, B, O>(
             shutdown.clone(),
         );
         connections.spawn(async move {
-            let _permits = (permit, source);
+            // Held by the connection, and by a tunnel it switches to (see `ConnectionHold`).
+            let hold = Arc::new(ConnectionHold {
+                _permit: permit,
+                _source: source,
+            });
             stats.open.fetch_add(1, Ordering::Relaxed);
             let first_byte = Duration::from_millis(limits.first_byte_timeout_ms);
             let outcome = match tls {
                 None => {
-                    serve_connection(stream, service, observer, &builder, &limits, &shutdown).await
+                    serve_connection(
+                        stream, service, observer, hold, &builder, &limits, &shutdown,
+                    )
+                    .await
                 }
                 Some(acceptor) => {
                     // The handshake is the connection's first bytes.
                     match tokio::time::timeout(first_byte, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             serve_connection(
-                                stream, service, observer, &builder, &limits, &shutdown,
+                                stream, service, observer, hold, &builder, &limits, &shutdown,
                             )
                             .await
                         }
@@ -364,6 +371,7 @@ async fn serve_connection<IO, S, B, O>(
     io: IO,
     service: S,
     observer: O,
+    hold: Arc<ConnectionHold>,
     builder: &Builder<TokioExecutor>,
     limits: &ListenerLimits,
     shutdown: &CancellationToken,
@@ -387,6 +395,7 @@ where
         activity: activity.clone(),
     });
     let service = Counted {
+        hold,
         inner: service,
         activity: activity.clone(),
     };
@@ -675,8 +684,17 @@ impl<IO: AsyncWrite + Unpin, O: Unpin> AsyncWrite for Watched<IO, O> {
     }
 }
 
+/// A connection's places under `max_connections` and `max_connections_per_source`. Every
+/// request carries it as an extension: a handler that switches the connection to a tunnel
+/// (a WebSocket) keeps it for as long as the tunnel lasts, so that tunnels count too.
+pub struct ConnectionHold {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _source: SourceGuard,
+}
+
 /// The connection's service, counting requests in flight until their response body ends.
 struct Counted<S> {
+    hold: Arc<ConnectionHold>,
     inner: S,
     activity: Arc<Activity>,
 }
@@ -689,7 +707,8 @@ where
     type Error = S::Error;
     type Future = CountedFuture<S::Future>;
 
-    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.hold.clone());
         CountedFuture {
             inner: self.inner.call(request),
             guard: Some(InFlight::start(&self.activity)),

@@ -764,3 +764,57 @@ async fn websocket_tunnels_close_when_idle() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// A WebSocket tunnel keeps its client connection's places under `max_connections` and
+/// `max_connections_per_source` for as long as it lasts: with a cap of two a source, a tunnel
+/// and one more connection are all that source gets; once the tunnel ends, it gets another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_count_against_the_connection_caps() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let token = stack.authz.token("demo-client", "demo-secret").await?;
+    let switching = RawUpstream::start(Behaviour::Answer(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ))
+    .await?;
+    let routes = format!(
+        "[limits]\nmax_connections_per_source = 2\n\n[[routes]]\nprefix = \"/ws/\"\nupstream = \"{}\"\nscopes = [\"echo:read\"]\nwebsocket = true\n\n[[routes]]\nprefix = \"/public/\"\nupstream = \"{}\"\npublic = true\n",
+        switching.url, stack.upstream.url
+    );
+    let gw = stack.ready_gateway("gateway-1", &routes).await?;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut tunnel = tokio::net::TcpStream::connect(&addr).await?;
+    tunnel
+        .write_all(format!("GET /ws/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").as_bytes())
+        .await?;
+    assert!(read_head(&mut tunnel).await?.starts_with(b"HTTP/1.1 101"));
+    // The tunnel plus one: the second is served, the third closed at once.
+    let mut second = tokio::net::TcpStream::connect(&addr).await?;
+    second
+        .write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await?;
+    assert!(read_head(&mut second).await?.starts_with(b"HTTP/1.1 200"));
+    let mut third = tokio::net::TcpStream::connect(&addr).await?;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await?;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a third connection was accepted"
+    );
+    assert!(gw.metric("gateway_connections_refused_total").await >= 1.0);
+    // The tunnel ends: its place is free again.
+    drop(tunnel);
+    eventually(Duration::from_secs(10), "a place free again", || async {
+        let mut fresh = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        fresh
+            .write_all(b"GET /public/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        read_head(&mut fresh)
+            .await
+            .ok()?
+            .starts_with(b"HTTP/1.1 200")
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}
