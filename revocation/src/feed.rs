@@ -56,6 +56,8 @@ pub struct FeedStatus {
     unreadable_until: AtomicU64,
     /// The stream keeps events for less time than the gateway accepts tokens.
     retention_too_short: AtomicBool,
+    /// The stream's `max_age` in seconds (0: for ever), when last looked at.
+    max_age_s: AtomicU64,
     /// The ids of the last messages applied while following live, by sequence, to check
     /// heartbeats against (see [`FeedStatus::check_history`]).
     history: std::sync::Mutex<std::collections::VecDeque<(u64, Option<String>)>>,
@@ -95,6 +97,7 @@ impl Default for FeedStatus {
             last_sequence: AtomicU64::new(0),
             unreadable_until: AtomicU64::new(0),
             retention_too_short: AtomicBool::new(false),
+            max_age_s: AtomicU64::new(0),
             history: Default::default(),
             resync: AtomicBool::new(false),
             rollbacks: Counter::default(),
@@ -333,7 +336,8 @@ async fn replay_range(
         if sequence > to {
             return Ok(handled);
         }
-        apply(&set, &status, &message.payload, sequence);
+        let stored = info.published.unix_timestamp().max(0) as u64;
+        apply(&set, &status, &message.payload, sequence, stored);
         if sequence.saturating_add(HISTORY as u64) > to {
             status.remember(sequence, message_id(&message));
         }
@@ -386,7 +390,9 @@ async fn read_chunks(
 }
 
 /// Decodes one event and applies it to the set, counting what it did (or why it was skipped).
-fn apply(set: &RevocationSet, status: &FeedStatus, payload: &[u8], sequence: u64) {
+/// `stored` is when JetStream stored the message (Unix seconds): an event this code cannot
+/// read matters at most until it ages out of the stream.
+fn apply(set: &RevocationSet, status: &FeedStatus, payload: &[u8], sequence: u64, stored: u64) {
     match RevocationEvent::decode_ref(payload) {
         Ok(event) => {
             let counter = match set.insert_ref(&event, unix_now()) {
@@ -399,7 +405,11 @@ fn apply(set: &RevocationSet, status: &FeedStatus, payload: &[u8], sequence: u64
         }
         Err(reason) if reason.is_unreadable_revocation() => {
             status.skipped.get_or_create(&label(reason)).inc();
-            let until = crate::event::unreadable_until(payload);
+            let mut until = crate::event::unreadable_until(payload);
+            let max_age = status.max_age_s.load(Ordering::Acquire);
+            if max_age > 0 {
+                until = until.min(stored.saturating_add(max_age));
+            }
             status.unreadable_until.fetch_max(until, Ordering::AcqRel);
             tracing::error!(
                 sequence,
@@ -428,6 +438,9 @@ impl Feed {
         let info = stream.cached_info();
         let max_age = info.config.max_age;
         let too_short = !max_age.is_zero() && max_age < self.replay.min_retention;
+        self.status
+            .max_age_s
+            .store(max_age.as_secs(), Ordering::Release);
         self.status
             .retention_too_short
             .store(too_short, Ordering::Release);
@@ -797,7 +810,8 @@ impl Feed {
             // Already handled (a redelivery after a consumer was recreated).
             return;
         }
-        apply(&self.set, &self.status, &message.payload, sequence);
+        let stored = published.unix_timestamp().max(0) as u64;
+        apply(&self.set, &self.status, &message.payload, sequence, stored);
         self.status.last_sequence.store(sequence, Ordering::Release);
         // Live messages, and the last ones of a replay: what a heartbeat or a restarted
         // consumer may name.
@@ -938,6 +952,42 @@ mod tests {
         }
         assert!(status.resync.load(Ordering::Acquire));
         assert_eq!(status.rollbacks.get(), 1);
+    }
+
+    /// An unreadable event matters until its `expires_at`, and at most until it ages out of
+    /// the stream (its stored time plus the stream's `max_age`); garbage not at all.
+    #[test]
+    fn unreadable_events_matter_until_they_expire_or_age_out() {
+        let set = RevocationSet::new(30);
+        let status = FeedStatus::default();
+        apply(&set, &status, br#"{"v":9,"kind":"x"}"#, 1, 1_000);
+        assert_eq!(
+            status.unreadable_until(),
+            u64::MAX,
+            "no max_age known: for ever"
+        );
+        let status = FeedStatus::default();
+        status.max_age_s.store(100, Ordering::Release);
+        apply(&set, &status, b"not json", 1, 1_000);
+        assert_eq!(status.unreadable_until(), 0);
+        apply(&set, &status, br#"{"v":9,"kind":"x"}"#, 2, 1_000);
+        assert_eq!(status.unreadable_until(), 1_100);
+        apply(
+            &set,
+            &status,
+            br#"{"v":9,"kind":"x","expires_at":1050}"#,
+            3,
+            1_020,
+        );
+        assert_eq!(status.unreadable_until(), 1_100, "never lowered");
+        apply(
+            &set,
+            &status,
+            br#"{"v":9,"kind":"x","expires_at":1150}"#,
+            4,
+            1_040,
+        );
+        assert_eq!(status.unreadable_until(), 1_140);
     }
 
     /// The history keeps the last `HISTORY` messages only.
