@@ -21,6 +21,9 @@ pub enum GatewayError {
     /// The client's request body broke off or was malformed (a bad chunk) while it streamed.
     #[error("malformed request body")]
     BadBody,
+    /// The client's request body sent nothing for the listener's idle timeout.
+    #[error("request body timed out")]
+    BodyTimeout,
     /// The route does not allow the method; the value is the `Allow` header.
     #[error("method not allowed")]
     MethodNotAllowed(HeaderValue),
@@ -61,6 +64,7 @@ impl GatewayError {
             GatewayError::InvalidRequest(_) => "invalid_request",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::BadBody => "bad_body",
+            GatewayError::BodyTimeout => "body_timeout",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::UnsupportedTransferCoding => "not_implemented",
             GatewayError::InvalidToken(_) => "invalid_token",
@@ -100,6 +104,12 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST,
                 Some("invalid_request"),
                 "the request body is malformed",
+                None,
+            ),
+            GatewayError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                Some("request_timeout"),
+                "the request body stopped arriving",
                 None,
             ),
             GatewayError::MethodNotAllowed(_) => (

@@ -184,9 +184,13 @@ impl Proxy {
         );
 
         let body_failed = Arc::new(AtomicBool::new(false));
+        let body_timed_out = Arc::new(AtomicBool::new(false));
         let body = Body::new(WatchedBody {
             inner: body,
             failed: body_failed.clone(),
+            timed_out: body_timed_out.clone(),
+            idle: self.tunnel_idle,
+            silent: None,
         });
         let upstream = route.upstream();
         let sent = upstream.send(Request::from_parts(parts, body), self.connect_timeout);
@@ -195,6 +199,9 @@ impl Proxy {
             // The client's body failed, not the upstream: too large, or malformed.
             Ok(Err(SendError::Http(e))) if body_too_large(&e) => {
                 return Err(GatewayError::PayloadTooLarge)
+            }
+            Ok(Err(_)) if body_timed_out.load(Ordering::Acquire) => {
+                return Err(GatewayError::BodyTimeout)
             }
             Ok(Err(_)) if body_failed.load(Ordering::Acquire) => return Err(GatewayError::BadBody),
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e.to_string())),
@@ -292,10 +299,17 @@ async fn join_upgraded(
 }
 
 /// The client's request body, noting whether it failed (a malformed chunk, a connection cut
-/// mid-body), so that the failure is answered as the client's (400) and not the upstream's.
+/// mid-body), so that the failure is answered as the client's (400) and not the upstream's;
+/// a body that sends nothing for `idle` fails (408), as nginx's `client_body_timeout`: a
+/// client trickling an upload would otherwise hold its request for as long as the upstream
+/// keeps reading.
 struct WatchedBody {
     inner: Body,
     failed: Arc<AtomicBool>,
+    timed_out: Arc<AtomicBool>,
+    idle: Duration,
+    /// Running while the body waits on the client.
+    silent: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl hyper::body::Body for WatchedBody {
@@ -306,11 +320,28 @@ impl hyper::body::Body for WatchedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Err(_)) = &frame {
-            self.failed.store(true, Ordering::Release);
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.silent = None;
+                if let Some(Err(_)) = &frame {
+                    this.failed.store(true, Ordering::Release);
+                }
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let silent = this
+                    .silent
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                std::task::ready!(std::future::Future::poll(silent.as_mut(), cx));
+                this.timed_out.store(true, Ordering::Release);
+                this.failed.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(axum::Error::new(
+                    "the request body stopped arriving",
+                ))))
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -818,3 +818,49 @@ async fn websocket_tunnels_count_against_the_connection_caps() -> anyhow::Result
     .await?;
     Ok(())
 }
+
+/// A request body that stops arriving for the listener's idle timeout is answered 408 (as
+/// nginx's `client_body_timeout`), long before the upstream timeout; one that keeps coming,
+/// however slowly, within the bound goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_timed_out() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let gw = stack
+        .ready_gateway("gateway-1", "[limits]\nidle_timeout_ms = 800")
+        .await?;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    // Slow but steady: 10 bytes every 300 ms, 100 in all.
+    let mut steady = tokio::net::TcpStream::connect(&addr).await?;
+    steady
+        .write_all(b"POST /public/up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        .await?;
+    for _ in 0..10 {
+        steady.write_all(&[b'x'; 10]).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let head = String::from_utf8(read_head(&mut steady).await?)?;
+    assert_eq!(status_of(&head), 200, "{head}");
+    // Ten bytes, then nothing.
+    for (what, head) in [
+        ("a declared length", "Content-Length: 100\r\n"),
+        ("chunked", "Transfer-Encoding: chunked\r\n"),
+    ] {
+        let mut stalled = tokio::net::TcpStream::connect(&addr).await?;
+        stalled
+            .write_all(format!("POST /public/up HTTP/1.1\r\nHost: a\r\n{head}\r\n").as_bytes())
+            .await?;
+        let first: &[u8] = if head.starts_with("Transfer") {
+            b"a\r\nxxxxxxxxxx\r\n"
+        } else {
+            b"xxxxxxxxxx"
+        };
+        stalled.write_all(first).await?;
+        let started = std::time::Instant::now();
+        let answer = String::from_utf8(read_head(&mut stalled).await?)?;
+        let took = started.elapsed();
+        eprintln!("{what}: {} after {took:?}", status_of(&answer));
+        assert_eq!(status_of(&answer), 408, "{what}: {answer}");
+        assert!(took < Duration::from_secs(10), "{what}: {took:?}");
+    }
+    Ok(())
+}
