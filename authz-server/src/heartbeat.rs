@@ -116,24 +116,11 @@ impl HeartbeatTask {
             return Ok(false);
         }
         let state = &info.state;
-        if let Some((seq, id)) = acknowledged {
-            // Aged out (below the first sequence) is not lost.
-            let lost = seq > state.last_sequence
-                || (seq >= state.first_sequence
-                    && crate::relay::message_id(&stream, seq).await?.as_deref()
-                        != Some(id.as_str()));
-            if lost {
-                let requeued = self
-                    .store
-                    .requeue_after_rollback(epoch, revocation::unix_now(), self.leeway)
+        if let Some((seq, id)) = &acknowledged {
+            let lost =
+                crate::relay::requeue_if_lost(&self.store, &stream, epoch, self.leeway, (*seq, id))
                     .await?;
-                tracing::error!(
-                    acknowledged_sequence = seq,
-                    stream_last_sequence = state.last_sequence,
-                    requeued,
-                    "the revocation stream lost acknowledged events (a NATS crash before fsync, \
-                     or a restored store); publishing every rule in force again"
-                );
+            if lost {
                 self.wake_relay.notify_one();
                 return Ok(false);
             }

@@ -177,23 +177,7 @@ impl Relay {
             return Ok(());
         }
         let stream = self.js.get_stream(stream::STREAM_NAME).await?;
-        let state = &stream.cached_info().state;
-        let lost = seq > state.last_sequence
-            || (seq >= state.first_sequence
-                && message_id(&stream, seq).await?.as_deref() != Some(id.as_str()));
-        if lost {
-            let requeued = self
-                .store
-                .requeue_after_rollback(epoch, revocation::unix_now(), self.leeway)
-                .await?;
-            tracing::error!(
-                acknowledged_sequence = seq,
-                new_sequence = lowest,
-                requeued,
-                "the revocation stream lost acknowledged events (a NATS crash before fsync, or \
-                 a restored store); publishing every rule in force again"
-            );
-        }
+        requeue_if_lost(&self.store, &stream, epoch, self.leeway, (seq, &id)).await?;
         Ok(())
     }
 
@@ -291,6 +275,35 @@ impl Relay {
             None => Ok(pending.len() as i64 == BATCH),
         }
     }
+}
+
+/// Whether `stream` (as last looked at) lost the acknowledged message `(seq, id)`: a crash
+/// before fsync or a restored store took its tail, and it keeps its identity. If so, every
+/// rule in force is queued again ([`Store::requeue_after_rollback`]). A message below the
+/// first sequence aged out: not lost.
+pub(crate) async fn requeue_if_lost(
+    store: &Store,
+    stream: &jetstream::stream::Stream,
+    epoch: u64,
+    leeway: u64,
+    (seq, id): (u64, &str),
+) -> Result<bool, async_nats::Error> {
+    let state = &stream.cached_info().state;
+    let lost = seq > state.last_sequence
+        || (seq >= state.first_sequence && message_id(stream, seq).await?.as_deref() != Some(id));
+    if lost {
+        let requeued = store
+            .requeue_after_rollback(epoch, revocation::unix_now(), leeway)
+            .await?;
+        tracing::error!(
+            acknowledged_sequence = seq,
+            stream_last_sequence = state.last_sequence,
+            requeued,
+            "the revocation stream lost acknowledged events (a NATS crash before fsync, or a \
+             restored store); publishing every rule in force again"
+        );
+    }
+    Ok(lost)
 }
 
 /// The `Nats-Msg-Id` of the stream's message at `seq`; `None` if there is none (aged out) or

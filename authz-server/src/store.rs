@@ -791,6 +791,26 @@ async fn last_published_in(
 mod tests {
     use super::*;
 
+    /// A SQLite store in a directory of its own, removed with the returned guard.
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("t.db").to_str().unwrap())
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    /// The stored revocations' sequence numbers, waiting to be published.
+    async fn unpublished_seqs(store: &Store) -> Vec<i64> {
+        store
+            .unpublished(1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect()
+    }
+
     fn token_event(jti: &str) -> RevocationEvent {
         RevocationEvent {
             v: revocation::event::EVENT_VERSION,
@@ -807,10 +827,7 @@ mod tests {
     /// NORMAL would not sync at commit, and a revocation answered 200 could be lost.
     #[tokio::test]
     async fn sqlite_commits_are_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("t.db").to_str().unwrap())
-            .await
-            .unwrap();
+        let (_dir, store) = temp_store().await;
         let mut conns = Vec::new();
         for _ in 0..4 {
             let mut conn = store.pool.acquire().await.unwrap();
@@ -836,20 +853,11 @@ mod tests {
     /// the switch is refused (the rows stay queued); a mark before the switch is undone by it.
     #[tokio::test]
     async fn a_mark_for_a_replaced_stream_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("t.db").to_str().unwrap())
-            .await
-            .unwrap();
+        let (_dir, store) = temp_store().await;
         for jti in ["a", "b", "c"] {
             store.insert(&token_event(jti), "test").await.unwrap();
         }
-        let seqs: Vec<i64> = store
-            .unpublished(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
+        let seqs = unpublished_seqs(&store).await;
         // No stream recorded yet: nothing can be marked.
         assert!(!store.mark_published(&seqs, 1, 100, None).await.unwrap());
         store.switch_epoch(100, 1, 0).await.unwrap();
@@ -873,20 +881,11 @@ mod tests {
     /// queues every rule in force again and forgets it; one of a replaced stream does nothing.
     #[tokio::test]
     async fn a_rollback_queues_the_rules_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("t.db").to_str().unwrap())
-            .await
-            .unwrap();
+        let (_dir, store) = temp_store().await;
         for jti in ["a", "b"] {
             store.insert(&token_event(jti), "test").await.unwrap();
         }
-        let seqs: Vec<i64> = store
-            .unpublished(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
+        let seqs = unpublished_seqs(&store).await;
         store.switch_epoch(100, 1, 0).await.unwrap();
         assert!(store
             .mark_published(&seqs[1..], 1, 100, Some((5, "e5")))
@@ -912,10 +911,7 @@ mod tests {
     /// token, even in one group, store it once and all get the stored event back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn group_commit_keeps_deduplication() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("t.db").to_str().unwrap())
-            .await
-            .unwrap();
+        let (_dir, store) = temp_store().await;
         let mut tasks = Vec::new();
         for i in 0..600 {
             let store = store.clone();

@@ -158,7 +158,16 @@ impl FeedStatus {
             .map(|(_, id)| id.clone())
     }
 
-    /// Remembers that the message at `sequence` had id `id` (live messages only).
+    /// Forgets every message id remembered (the stream is replayed, or is another one).
+    fn forget_history(&self) {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Remembers that the message at `sequence` had id `id` (live messages, and the last ones
+    /// of a replay).
     fn remember(&self, sequence: u64, id: Option<String>) {
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         if history.len() == HISTORY {
@@ -462,11 +471,7 @@ impl Feed {
         }
         if self.status.resync.swap(false, Ordering::AcqRel) {
             self.status.last_sequence.store(0, Ordering::Release);
-            self.status
-                .history
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            self.status.forget_history();
             self.freshness.reset(epoch);
         }
         if epoch != self.status.epoch() {
@@ -477,11 +482,7 @@ impl Feed {
             }
             self.status.epoch.store(epoch, Ordering::Release);
             self.status.last_sequence.store(0, Ordering::Release);
-            self.status
-                .history
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            self.status.forget_history();
             self.freshness.on_applied(Position { epoch, seq: 0 });
         }
         // Messages before the stream's first sequence aged out (MaxAge is the longest token

@@ -1717,3 +1717,40 @@ pub fn resident_memory(pid: u32) -> Result<(u64, u64)> {
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// Connects to NATS as `identity`, counting the permission violations the server reports.
+pub async fn connect_nats_as(
+    url: &str,
+    identity: &str,
+) -> anyhow::Result<(
+    async_nats::Client,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+)> {
+    let pki = Pki::get();
+    let violations = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = violations.clone();
+    let client = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(pki.certs.join("ca.pem"))
+        .add_client_certificate(
+            pki.certs.join(format!("{identity}.pem")),
+            pki.certs.join(format!("{identity}-key.pem")),
+        )
+        .custom_inbox_prefix(format!("_INBOX_{identity}"))
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    if e.to_string()
+                        .to_lowercase()
+                        .contains("permissions violation")
+                    {
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok((client, violations))
+}

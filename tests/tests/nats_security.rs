@@ -2,8 +2,7 @@
 //! mapped from certificates, and gateways that may only read.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use system_tests::{eventually, Gateway, Nats, Pki, Stack};
@@ -121,37 +120,12 @@ async fn refused_or_mispermissioned_gateway_fails_closed() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_identity_cannot_publish_revocations() -> anyhow::Result<()> {
     let stack = Stack::start(2).await?;
-    let pki = Pki::get();
     let http = reqwest::Client::new();
     let victim = stack.authz.token("demo-client", "demo-secret").await?;
     let jti = claim(&victim, "jti");
 
-    let violations = Arc::new(AtomicUsize::new(0));
-    let seen = violations.clone();
-    let client = async_nats::ConnectOptions::new()
-        .require_tls(true)
-        .add_root_certificates(pki.certs.join("ca.pem"))
-        .add_client_certificate(
-            pki.certs.join("gateway-1.pem"),
-            pki.certs.join("gateway-1-key.pem"),
-        )
-        .custom_inbox_prefix("_INBOX_gateway-1")
-        .event_callback(move |event| {
-            let seen = seen.clone();
-            async move {
-                if let async_nats::Event::ServerError(err) = event {
-                    if err
-                        .to_string()
-                        .to_lowercase()
-                        .contains("permissions violation")
-                    {
-                        seen.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        })
-        .connect(stack.nats.url())
-        .await?;
+    let (client, violations) =
+        system_tests::connect_nats_as(&stack.nats.url(), "gateway-1").await?;
     let forged = serde_json::json!({
         "v": 1, "id": "forged-1", "kind": "token", "iss": stack.authz.url, "jti": jti,
         "expires_at": revocation::unix_now() + 300, "revoked_at": revocation::unix_now(),
@@ -327,17 +301,7 @@ async fn a_gateway_cannot_empty_the_stream() -> anyhow::Result<()> {
             .await?,
         200
     );
-    let pki = Pki::get();
-    let client = async_nats::ConnectOptions::new()
-        .require_tls(true)
-        .add_root_certificates(pki.certs.join("ca.pem"))
-        .add_client_certificate(
-            pki.certs.join("gateway-1.pem"),
-            pki.certs.join("gateway-1-key.pem"),
-        )
-        .custom_inbox_prefix("_INBOX_gateway-1")
-        .connect(stack.nats.url())
-        .await?;
+    let (client, _) = system_tests::connect_nats_as(&stack.nats.url(), "gateway-1").await?;
     let js = async_nats::jetstream::new(client.clone());
     let mut stream = eventually(Duration::from_secs(10), "the event in the stream", || {
         let js = js.clone();

@@ -240,7 +240,7 @@ async fn authz_restart_while_nats_down_publishes_outbox() -> anyhow::Result<()> 
 /// Publishes `payloads` on the revocation stream as the authz identity (the only one that
 /// may), each acknowledged.
 async fn publish_as_authz(stack: &Stack, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
-    let (client, _) = connect_as(&stack.nats.url(), "authz").await?;
+    let (client, _) = system_tests::connect_nats_as(&stack.nats.url(), "authz").await?;
     let js = async_nats::jetstream::new(client);
     for payload in payloads {
         js.publish("authz.revocations.v1.token", payload.clone().into())
@@ -498,43 +498,6 @@ async fn subject_and_client_rules() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to NATS as `identity`, counting the permission violations the server reports.
-async fn connect_as(
-    url: &str,
-    identity: &str,
-) -> anyhow::Result<(
-    async_nats::Client,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-)> {
-    let pki = system_tests::Pki::get();
-    let violations = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = violations.clone();
-    let client = async_nats::ConnectOptions::new()
-        .require_tls(true)
-        .add_root_certificates(pki.certs.join("ca.pem"))
-        .add_client_certificate(
-            pki.certs.join(format!("{identity}.pem")),
-            pki.certs.join(format!("{identity}-key.pem")),
-        )
-        .custom_inbox_prefix(format!("_INBOX_{identity}"))
-        .event_callback(move |event| {
-            let seen = seen.clone();
-            async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    if e.to_string()
-                        .to_lowercase()
-                        .contains("permissions violation")
-                    {
-                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                }
-            }
-        })
-        .connect(url)
-        .await?;
-    Ok((client, violations))
-}
-
 /// Out-of-order, duplicate and already-expired events, garbage heartbeats, and heartbeats
 /// from a gateway identity never loosen what is enforced and never stop the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,7 +506,7 @@ async fn odd_events_never_loosen() -> anyhow::Result<()> {
     let gw = &stack.gateways[0];
     let http = reqwest::Client::new();
     let other = stack.authz.token("other-client", "other-secret").await?;
-    let (authz, _) = connect_as(&stack.nats.url(), "authz").await?;
+    let (authz, _) = system_tests::connect_nats_as(&stack.nats.url(), "authz").await?;
     let js = async_nats::jetstream::new(authz.clone());
     let now = revocation::unix_now();
     let event = |id: &str, rule: serde_json::Value, expires_at: u64| {
@@ -607,7 +570,8 @@ async fn odd_events_never_loosen() -> anyhow::Result<()> {
     })
     .await?;
     // A gateway identity may not publish heartbeats.
-    let (gateway_id, violations) = connect_as(&stack.nats.url(), "gateway-2").await?;
+    let (gateway_id, violations) =
+        system_tests::connect_nats_as(&stack.nats.url(), "gateway-2").await?;
     let forged = serde_json::json!({"v": 1, "instance": "x", "epoch": 1, "seq": 0,
         "covers_until_ms": 0, "sent_at_ms": 0});
     gateway_id
@@ -643,7 +607,7 @@ async fn aged_out_stream_is_not_a_gap() -> anyhow::Result<()> {
         authz.revoke("demo-client", "demo-secret", &token).await?,
         200
     );
-    let (client, _) = connect_as(&nats.url(), "authz").await?;
+    let (client, _) = system_tests::connect_nats_as(&nats.url(), "authz").await?;
     let js = async_nats::jetstream::new(client);
     eventually(
         Duration::from_secs(10),
@@ -833,7 +797,7 @@ async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
     }
     stack.authz.wait_outbox_drained(WAIT).await?;
 
-    let (client, _) = connect_as(&stack.nats.url(), "authz").await?;
+    let (client, _) = system_tests::connect_nats_as(&stack.nats.url(), "authz").await?;
     let js = async_nats::jetstream::new(client);
     let epoch = revocation::stream::epoch(
         js.get_stream(revocation::stream::STREAM_NAME)
@@ -1003,7 +967,8 @@ async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
     .await;
 
     // Gateways may read snapshots, never write them.
-    let (client, violations) = connect_as(&stack.nats.url(), "gateway-2").await?;
+    let (client, violations) =
+        system_tests::connect_nats_as(&stack.nats.url(), "gateway-2").await?;
     client
         .publish(MANIFEST_SUBJECT, b"{}".to_vec().into())
         .await?;
@@ -1036,7 +1001,7 @@ async fn snapshots_are_replaced() -> anyhow::Result<()> {
     assert_eq!(stack.authz.metric("authz_snapshot_rules").await, 6.0);
     assert_eq!(stack.authz.metric("authz_snapshot_sequence").await, 6.0);
     // Three snapshots of one chunk and a manifest each: the first one's two messages are gone.
-    let (client, _) = connect_as(&stack.nats.url(), "authz").await?;
+    let (client, _) = system_tests::connect_nats_as(&stack.nats.url(), "authz").await?;
     let info = async_nats::jetstream::new(client)
         .get_stream(revocation::snapshot::SNAPSHOT_STREAM)
         .await?
