@@ -280,7 +280,31 @@ mod tests {
             ..good.clone()
         };
         assert_eq!(Heartbeat::decode(&future.to_json()), None);
-        let v2 = Heartbeat { v: 2, ..good };
+        let v2 = Heartbeat {
+            v: 2,
+            ..good.clone()
+        };
         assert_eq!(Heartbeat::decode(&v2.to_json()), None);
+        // The id at the sequence: round-trips; absent is none; oversized, mistyped or doubled
+        // makes the whole heartbeat invalid.
+        let with_id = Heartbeat {
+            last_id: Some("0192-a".into()),
+            ..good.clone()
+        };
+        assert_eq!(Heartbeat::decode(&with_id.to_json()), Some(with_id.clone()));
+        let huge = Heartbeat {
+            last_id: Some("x".repeat(3000)),
+            ..good.clone()
+        };
+        assert_eq!(Heartbeat::decode(&huge.to_json()), None);
+        let text = String::from_utf8(with_id.to_json()).unwrap();
+        for odd in [
+            text.replace(r#""last_id":"0192-a""#, r#""last_id":7"#),
+            text.replace(r#""last_id":"0192-a""#, r#""last_id":"a","last_id":"b""#),
+        ] {
+            assert_eq!(Heartbeat::decode(odd.as_bytes()), None, "{odd}");
+        }
+        let null = text.replace(r#""last_id":"0192-a""#, r#""last_id":null"#);
+        assert_eq!(Heartbeat::decode(null.as_bytes()), Some(good));
     }
 }
