@@ -12,6 +12,10 @@
 //! The same tick watches the stream's identity. If the stream was recreated (deleted, or the
 //! NATS store lost), every rule still in force is queued to be published again, and no
 //! heartbeat is sent until the queue says how far behind it is.
+//!
+//! Each heartbeat is signed by the heartbeat key (a JWS of type
+//! [`revocation::freshness::HEARTBEAT_TYP`]), published in the JWK Set with its own `use`:
+//! gateways believe a heartbeat for its signature, not for the subject it came on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +42,8 @@ fn now_ms() -> u64 {
 /// What the heartbeat task needs.
 pub struct HeartbeatTask {
     pub client: async_nats::Client,
+    /// Signs every heartbeat.
+    pub key: Arc<crate::keys::KeyObject>,
     pub store: Store,
     pub wake_relay: Arc<Notify>,
     pub settings: StreamSettings,
@@ -51,7 +57,7 @@ impl HeartbeatTask {
     pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
         tokio::spawn(async move {
             let instance = uuid::Uuid::new_v4().to_string();
-            let mut js = jetstream::new(self.client.clone());
+            let mut js = stream::context(self.client.clone());
             js.set_timeout(Duration::from_secs(1));
             let mut tick = tokio::time::interval(self.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -138,8 +144,9 @@ impl HeartbeatTask {
             sent_at_ms: now_ms(),
             last_id,
         };
+        let signed = self.key.sign_heartbeat(&heartbeat)?;
         self.client
-            .publish(HEARTBEAT_SUBJECT, heartbeat.to_json().into())
+            .publish(HEARTBEAT_SUBJECT, signed.into())
             .await?;
         Ok(true)
     }

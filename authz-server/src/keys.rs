@@ -7,6 +7,8 @@ use aws_lc_rs::encoding::AsDer;
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 
+use revocation::freshness::{Heartbeat, HEARTBEAT_KEY_USE, HEARTBEAT_TYP};
+
 use crate::error::StartError;
 
 /// The server's current signing key and its public half.
@@ -81,6 +83,22 @@ impl KeyObject {
         header.typ = Some("at+jwt".into());
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding)
+    }
+
+    /// The heartbeat key from its PKCS#8 PEM: Ed25519, published with its own `use`
+    /// ([`HEARTBEAT_KEY_USE`]) so that no verifier that honours `use` takes it for tokens.
+    pub fn heartbeat_key(pem: &[u8]) -> Result<Self, StartError> {
+        let mut key = Self::from_pem(pem, Algorithm::EdDSA)?;
+        key.jwk.common.public_key_use = Some(PublicKeyUse::Other(HEARTBEAT_KEY_USE.into()));
+        Ok(key)
+    }
+
+    /// Signs a heartbeat as a JWS of type [`HEARTBEAT_TYP`] (`kid` set).
+    pub fn sign_heartbeat(&self, hb: &Heartbeat) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(self.alg);
+        header.typ = Some(HEARTBEAT_TYP.into());
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, hb, &self.encoding)
     }
 
     /// Key used to verify tokens this server issued.
@@ -169,6 +187,8 @@ pub struct RingKey {
 #[derive(Default)]
 pub struct KeyRing {
     keys: std::sync::RwLock<std::sync::Arc<Vec<std::sync::Arc<RingKey>>>>,
+    /// The public half of the heartbeat key, published with the others (never a token key).
+    heartbeat: std::sync::OnceLock<Jwk>,
 }
 
 impl KeyRing {
@@ -202,7 +222,13 @@ impl KeyRing {
         self.all().iter().find(|k| k.key.kid() == kid).cloned()
     }
 
-    /// The public keys at `now`: all but the retired ones.
+    /// Publishes the heartbeat key's public half with the token keys (once: the key is the
+    /// same for every replica and for the life of the database).
+    pub fn set_heartbeat_key(&self, key: &KeyObject) {
+        let _ = self.heartbeat.set(key.jwk().clone());
+    }
+
+    /// The public keys at `now`: all but the retired ones, and the heartbeat key.
     pub fn jwks(&self, now: u64) -> JwkSet {
         JwkSet {
             keys: self
@@ -210,6 +236,7 @@ impl KeyRing {
                 .iter()
                 .filter(|k| k.retire_after.is_none_or(|r| r > now))
                 .map(|k| k.key.jwk().clone())
+                .chain(self.heartbeat.get().cloned())
                 .collect(),
         }
     }

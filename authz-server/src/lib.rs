@@ -150,6 +150,11 @@ pub async fn run(
     let keys = Arc::new(keys::KeyRing::default());
     init_keys(&config, &store).await?;
     load_keys(&store, &keys).await?;
+    let candidate = keys::generate_pem(jsonwebtoken::Algorithm::EdDSA)?;
+    let heartbeat_key = Arc::new(keys::KeyObject::heartbeat_key(
+        store.heartbeat_key(&candidate).await?.as_bytes(),
+    )?);
+    keys.set_heartbeat_key(&heartbeat_key);
     tracing::info!(
         backend = if config.database.starts_with("postgres") {
             "postgres"
@@ -242,6 +247,7 @@ pub async fn run(
     );
     let heartbeat = heartbeat::HeartbeatTask {
         client: client.clone(),
+        key: heartbeat_key,
         store: store.clone(),
         wake_relay: wake_relay.clone(),
         settings,

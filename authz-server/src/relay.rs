@@ -62,7 +62,7 @@ pub fn spawn(
     metrics: Arc<RelayMetrics>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    let mut js = jetstream::new(client);
+    let mut js = stream::context(client);
     // An ack normally takes a millisecond; past this the publish is retried (deduplicated).
     js.set_timeout(Duration::from_secs(2));
     tokio::spawn(async move {

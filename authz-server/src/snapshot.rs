@@ -63,7 +63,9 @@ pub fn spawn(
     metrics: Arc<SnapshotMetrics>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    let mut js = jetstream::new(client);
+    let mut revocations = stream::context(client.clone());
+    revocations.set_timeout(Duration::from_secs(5));
+    let mut js = snapshot::context(client);
     js.set_timeout(Duration::from_secs(5));
     tokio::spawn(async move {
         loop {
@@ -75,7 +77,7 @@ pub fn spawn(
             // reads them, and a later snapshot's purge removes them.
             let taken = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                taken = take(&js, &store, &settings) => taken,
+                taken = take(&revocations, &js, &store, &settings) => taken,
             };
             match taken {
                 Ok(Some(manifest)) => {
@@ -93,14 +95,16 @@ pub fn spawn(
     })
 }
 
-/// Takes and publishes a snapshot if one is due; its manifest.
+/// Takes and publishes a snapshot if one is due; its manifest. `revocations` and `js` are
+/// JetStream contexts for the two streams' accounts.
 async fn take(
+    revocations: &jetstream::Context,
     js: &jetstream::Context,
     store: &Store,
     settings: &SnapshotSettings,
 ) -> Result<Option<Manifest>, async_nats::Error> {
     let started = Instant::now();
-    let revocations = js.get_stream(STREAM_NAME).await?;
+    let revocations = revocations.get_stream(STREAM_NAME).await?;
     let info = revocations.cached_info();
     let epoch = stream::epoch(info);
     let seq = info.state.last_sequence;

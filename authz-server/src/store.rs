@@ -457,6 +457,21 @@ impl Store {
         .collect()
     }
 
+    /// The heartbeat key (PKCS#8 PEM): `candidate` if the database has none yet, else the one
+    /// it has, so that every replica signs heartbeats with the same key.
+    pub async fn heartbeat_key(&self, candidate: &str) -> Result<String, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('heartbeat_key', $1) ON CONFLICT DO NOTHING",
+        )
+        .bind(candidate)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("SELECT value FROM meta WHERE name = 'heartbeat_key'")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("value")
+    }
+
     /// Adds a key that signs from `signs_from`; every other key still in service retires at
     /// `retire_others_after`. One transaction.
     pub async fn add_signing_key(

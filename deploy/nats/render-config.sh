@@ -8,9 +8,10 @@
 #   * listens on 127.0.0.1 only; mutual TLS required, users mapped from the client
 #     certificate's email SAN (verify_and_map), no anonymous/password users;
 #   * JetStream enabled (store_dir = --store);
-#   * users authz@revgate.local and <gateway>@revgate.local for every gateway
-#     identity (default: gateway-1 gateway-2) with least-privilege permissions
-#     for the AUTHZ_REVOCATIONS stream and the authz.heartbeat.v1 subject.
+#   * four accounts (see the comment above `accounts` below): the two streams each in an
+#     account nobody logs in to, the user authz@revgate.local in AUTHZ, and
+#     <gateway>@revgate.local for every gateway identity (default: gateway-1 gateway-2) in
+#     GW, which imports only what reading needs.
 #
 # Options:
 #   --certs DIR        directory produced by certs/make-dev-certs.sh (required)
@@ -144,60 +145,100 @@ if [ -n "$CLUSTER_PORT" ]; then
     echo "  }"
     echo "}"
 fi
+REV_PREFIX=JS.REV.API
+SNAP_PREFIX=JS.SNAP.API
+
+# Four accounts (see "Threat model" in the README):
+#   REV   the revocation stream, and nobody: no user logs in to it;
+#   SNAP  the snapshot stream, and nobody;
+#   AUTHZ the authz-server: the whole JetStream API of REV and SNAP (imported under
+#         $REV_PREFIX and $SNAP_PREFIX), publishing into both streams, and the heartbeats;
+#   GW    the gateways: only what reading needs (pull consumers of the revocation stream,
+#         reading the snapshot stream) and the heartbeats.
+# A JetStream API response or a push consumer's delivery stays in the account of the stream:
+# no reply subject and no deliver subject a gateway chooses can reach an API, an inbox, the
+# heartbeats or the snapshot stream. Gateways can neither delete nor list consumers, so the
+# random name of one gateway's consumer is never known to another.
 cat <<EOF
 
-# Permissions shared by all gateways (each gateway's inbox is added per user).
-GATEWAY_PUB_ALLOW: [
-  "\$JS.API.INFO"
-  "\$JS.API.STREAM.INFO.$STREAM"
-  "\$JS.API.CONSUMER.CREATE.$STREAM"
-  "\$JS.API.CONSUMER.CREATE.$STREAM.>"
-  "\$JS.API.CONSUMER.DELETE.$STREAM.>"
-  "\$JS.API.CONSUMER.INFO.$STREAM.>"
-  "\$JS.API.CONSUMER.MSG.NEXT.$STREAM.>"
-  "\$JS.FC.$STREAM.>"
-  "\$JS.API.STREAM.MSG.GET.$SNAPSHOTS"
-]
-GATEWAY_PUB_DENY: [ "authz.>" ]
-
-# Only certificate-mapped users; no anonymous access, no passwords, no no_auth_user.
-authorization {
-  users = [
-    {
-      user: "authz@$DOMAIN"
-      permissions: {
-        publish: {
-          allow: [
-            "authz.revocations.v1.>"
-            "authz.heartbeat.v1"
-            "\$JS.API.INFO"
-            "\$JS.API.STREAM.INFO.$STREAM"
-            "\$JS.API.STREAM.CREATE.$STREAM"
-            "\$JS.API.STREAM.UPDATE.$STREAM"
-            "\$JS.API.STREAM.MSG.GET.$STREAM"
-            "authz.snapshots.v1.>"
-            "\$JS.API.STREAM.INFO.$SNAPSHOTS"
-            "\$JS.API.STREAM.CREATE.$SNAPSHOTS"
-            "\$JS.API.STREAM.MSG.GET.$SNAPSHOTS"
-            "\$JS.API.STREAM.PURGE.$SNAPSHOTS"
-          ]
+accounts {
+  REV: {
+    jetstream: enabled
+    exports: [
+      { service: "\$JS.API.>", accounts: [AUTHZ], response_type: stream }
+      { service: "authz.revocations.v1.>", accounts: [AUTHZ] }
+      { service: "\$JS.API.INFO", accounts: [GW] }
+      { service: "\$JS.API.STREAM.INFO.$STREAM", accounts: [GW] }
+      { service: "\$JS.API.CONSUMER.CREATE.$STREAM", accounts: [GW] }
+      { service: "\$JS.API.CONSUMER.CREATE.$STREAM.>", accounts: [GW] }
+      { service: "\$JS.API.CONSUMER.INFO.$STREAM.*", accounts: [GW] }
+      { service: "\$JS.API.CONSUMER.MSG.NEXT.$STREAM.*", accounts: [GW], response_type: stream }
+    ]
+  }
+  SNAP: {
+    jetstream: enabled
+    exports: [
+      { service: "\$JS.API.>", accounts: [AUTHZ], response_type: stream }
+      { service: "authz.snapshots.v1.>", accounts: [AUTHZ] }
+      { service: "\$JS.API.STREAM.MSG.GET.$SNAPSHOTS", accounts: [GW] }
+    ]
+  }
+  AUTHZ: {
+    imports: [
+      { service: { account: REV, subject: "\$JS.API.>" }, to: "$REV_PREFIX.>" }
+      { service: { account: REV, subject: "authz.revocations.v1.>" } }
+      { service: { account: SNAP, subject: "\$JS.API.>" }, to: "$SNAP_PREFIX.>" }
+      { service: { account: SNAP, subject: "authz.snapshots.v1.>" } }
+    ]
+    exports: [
+      { stream: "authz.heartbeat.v1", accounts: [GW] }
+    ]
+    users: [
+      {
+        user: "authz@$DOMAIN"
+        permissions: {
+          publish: {
+            allow: [
+              "authz.revocations.v1.>"
+              "authz.snapshots.v1.>"
+              "authz.heartbeat.v1"
+              "$REV_PREFIX.>"
+              "$SNAP_PREFIX.>"
+            ]
+          }
+          subscribe: { allow: [ "_INBOX_authz.>" ] }
         }
-        subscribe: { allow: [ "_INBOX_authz.>" ] }
       }
-    }
+    ]
+  }
+  GW: {
+    imports: [
+      { service: { account: REV, subject: "\$JS.API.INFO" }, to: "$REV_PREFIX.INFO" }
+      { service: { account: REV, subject: "\$JS.API.STREAM.INFO.$STREAM" }, to: "$REV_PREFIX.STREAM.INFO.$STREAM" }
+      { service: { account: REV, subject: "\$JS.API.CONSUMER.CREATE.$STREAM" }, to: "$REV_PREFIX.CONSUMER.CREATE.$STREAM" }
+      { service: { account: REV, subject: "\$JS.API.CONSUMER.CREATE.$STREAM.>" }, to: "$REV_PREFIX.CONSUMER.CREATE.$STREAM.>" }
+      { service: { account: REV, subject: "\$JS.API.CONSUMER.INFO.$STREAM.*" }, to: "$REV_PREFIX.CONSUMER.INFO.$STREAM.*" }
+      { service: { account: REV, subject: "\$JS.API.CONSUMER.MSG.NEXT.$STREAM.*" }, to: "$REV_PREFIX.CONSUMER.MSG.NEXT.$STREAM.*" }
+      { service: { account: SNAP, subject: "\$JS.API.STREAM.MSG.GET.$SNAPSHOTS" }, to: "$SNAP_PREFIX.STREAM.MSG.GET.$SNAPSHOTS" }
+      { stream: { account: AUTHZ, subject: "authz.heartbeat.v1" } }
+    ]
+    # Gateways publish only requests to the imported APIs (anything else under the prefixes
+    # has no responder) and subscribe only to their own inbox and the heartbeats.
+    users: [
 EOF
 for gw in "${GATEWAYS[@]}"; do
     cat <<EOF
-    {
-      user: "$gw@$DOMAIN"
-      permissions: {
-        publish: { allow: \$GATEWAY_PUB_ALLOW, deny: \$GATEWAY_PUB_DENY }
-        subscribe: { allow: [ "_INBOX_$gw.>", "authz.heartbeat.v1" ] }
+      {
+        user: "$gw@$DOMAIN"
+        permissions: {
+          publish: { allow: [ "$REV_PREFIX.>", "$SNAP_PREFIX.>" ] }
+          subscribe: { allow: [ "_INBOX_$gw.>", "authz.heartbeat.v1" ] }
+        }
       }
-    }
 EOF
 done
 cat <<EOF
-  ]
+    ]
+  }
 }
 EOF

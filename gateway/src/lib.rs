@@ -527,6 +527,7 @@ pub async fn run_with_reload(
         client.clone(),
         freshness.clone(),
         feed_status.clone(),
+        keys.clone(),
         tasks.clone(),
     );
     let feed_task = feed::spawn(

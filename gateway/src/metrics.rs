@@ -229,7 +229,7 @@ impl Metrics {
         );
         r.register(
             "heartbeats_skipped",
-            "Messages on the heartbeat subject that were not heartbeats",
+            "Messages on the heartbeat subject that were not heartbeats signed by a heartbeat key",
             feed.heartbeats_skipped.clone(),
         );
         r.register(

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{RevocationEvent, SkipReason};
-use crate::freshness::{Freshness, Heartbeat, Position};
+use crate::freshness::{Freshness, Heartbeat, HeartbeatVerifier, Position, Unverified};
 use crate::nats::ConnectionState;
 use crate::set::{Applied, RevocationSet};
 use crate::snapshot::{Chunk, Manifest, CHUNK_SUBJECT, MANIFEST_SUBJECT, SNAPSHOT_STREAM};
@@ -75,7 +75,7 @@ pub struct FeedStatus {
     pub skipped: Family<ReasonLabel, Counter>,
     /// Heartbeats received and understood.
     pub heartbeats: Counter,
-    /// Heartbeat messages that were not valid heartbeats.
+    /// Heartbeat messages that were not valid heartbeats, or not signed by a heartbeat key.
     pub heartbeats_skipped: Counter,
     /// Replays completed with two consumers (see [`spawn`]).
     pub split_replays: Counter,
@@ -257,10 +257,13 @@ pub fn spawn(
     replay: ReplaySettings,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    let mut js = jetstream::new(client);
+    let mut js = crate::stream::context(client.clone());
     js.set_timeout(Duration::from_secs(2));
+    let mut snapshots = crate::snapshot::context(client);
+    snapshots.set_timeout(Duration::from_secs(2));
     let feed = Feed {
         js,
+        snapshots,
         connection,
         set,
         status,
@@ -287,7 +290,10 @@ pub fn spawn(
 }
 
 struct Feed {
+    /// The revocation stream's account.
     js: jetstream::Context,
+    /// The snapshot stream's account.
+    snapshots: jetstream::Context,
     connection: Arc<ConnectionState>,
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
@@ -579,7 +585,7 @@ impl Feed {
     /// sequence; otherwise nothing changes but the rules applied, and the stream is replayed.
     async fn load_snapshot(&self, epoch: u64, target: u64) {
         let started = std::time::Instant::now();
-        let stream = match self.js.get_stream_no_info(SNAPSHOT_STREAM).await {
+        let stream = match self.snapshots.get_stream_no_info(SNAPSHOT_STREAM).await {
             Ok(stream) => stream,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot open the snapshot stream; replaying the revocation stream");
@@ -857,16 +863,50 @@ struct Progress {
     disconnects: u64,
 }
 
+/// The newest `sent_at_ms` believed from each authz-server instance: a signed heartbeat sent
+/// again (by whoever captured it) is not newer, and is not believed twice.
+#[derive(Default)]
+struct Newest(std::collections::HashMap<String, u64>);
+
+impl Newest {
+    /// Instances remembered; past this the one heard from longest ago is forgotten.
+    const MAX_INSTANCES: usize = 256;
+
+    /// Whether `hb` is newer than every heartbeat of its instance believed so far; if so it
+    /// is remembered as the newest.
+    fn accept(&mut self, hb: &Heartbeat) -> bool {
+        if let Some(&newest) = self.0.get(&hb.instance) {
+            if hb.sent_at_ms <= newest {
+                return false;
+            }
+        } else if self.0.len() >= Self::MAX_INSTANCES {
+            let oldest = self
+                .0
+                .iter()
+                .min_by_key(|(_, &sent)| sent)
+                .map(|(instance, _)| instance.clone());
+            if let Some(instance) = oldest {
+                self.0.remove(&instance);
+            }
+        }
+        self.0.insert(hb.instance.clone(), hb.sent_at_ms);
+        true
+    }
+}
+
 /// Listens to the authz-server's heartbeats and feeds them to `freshness`. Anything on the
-/// subject that is not a valid heartbeat is counted and skipped.
+/// subject that is not a valid heartbeat with a good signature (`verifier`) is counted and
+/// skipped: it never makes the gateway fresh.
 pub fn spawn_heartbeats(
     client: async_nats::Client,
     freshness: Arc<Freshness>,
     status: Arc<FeedStatus>,
+    verifier: Arc<dyn HeartbeatVerifier>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        let mut newest = Newest::default();
         loop {
             match client.subscribe(HEARTBEAT_SUBJECT).await {
                 Ok(mut subscription) => loop {
@@ -875,20 +915,30 @@ pub fn spawn_heartbeats(
                         message = subscription.next() => message,
                     };
                     let Some(message) = message else { break };
-                    match Heartbeat::decode(&message.payload) {
+                    match verifier.open(&message.payload) {
+                        Ok(hb) if !newest.accept(&hb) => {
+                            status.heartbeats_skipped.inc();
+                            tracing::warn!(
+                                instance = %hb.instance,
+                                "heartbeat replayed or out of order; skipped"
+                            );
+                        }
                         // Another message at a sequence this feed applied: the stream lost its
                         // tail. No freshness from it, and none held until the feed replays.
-                        Some(hb) if !status.check_history(&hb) => {
+                        Ok(hb) if !status.check_history(&hb) => {
                             freshness.reset(hb.epoch);
                             status.heartbeats.inc();
                         }
-                        Some(hb) => {
+                        Ok(hb) => {
                             freshness.on_heartbeat(&hb, std::time::Instant::now());
                             status.heartbeats.inc();
                         }
-                        None => {
+                        Err(Unverified::NoKeys) => {
+                            tracing::debug!("heartbeat before the JWKS is loaded; skipped");
+                        }
+                        Err(Unverified::Rejected(reason)) => {
                             status.heartbeats_skipped.inc();
-                            tracing::warn!("heartbeat message skipped: not a valid heartbeat");
+                            tracing::warn!(reason, "heartbeat message skipped");
                         }
                     }
                 },
@@ -992,6 +1042,29 @@ mod tests {
     }
 
     /// The history keeps the last `HISTORY` messages only.
+    #[test]
+    fn a_heartbeat_is_believed_once() {
+        let mut newest = Newest::default();
+        let mut hb = heartbeat(5, None);
+        assert!(newest.accept(&hb));
+        assert!(!newest.accept(&hb), "the same heartbeat again");
+        hb.sent_at_ms -= 1;
+        assert!(!newest.accept(&hb), "an older one");
+        hb.sent_at_ms += 2;
+        assert!(newest.accept(&hb));
+        let mut other = hb.clone();
+        other.instance = "another replica".into();
+        other.sent_at_ms = 1;
+        assert!(newest.accept(&other), "instances are independent");
+        for i in 0..Newest::MAX_INSTANCES {
+            let mut hb = hb.clone();
+            hb.instance = format!("i{i}");
+            hb.sent_at_ms = 1_000 + i as u64;
+            assert!(newest.accept(&hb));
+        }
+        assert_eq!(newest.0.len(), Newest::MAX_INSTANCES);
+    }
+
     #[test]
     fn history_is_bounded() {
         let status = FeedStatus::default();

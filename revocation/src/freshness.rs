@@ -22,6 +22,37 @@ use serde::{Deserialize, Serialize};
 /// The only heartbeat version this code writes and understands.
 pub const HEARTBEAT_VERSION: u32 = 1;
 
+/// A heartbeat travels as a JWS (compact serialisation) of its JSON with this `typ`, signed
+/// by the authz-server's heartbeat key. NATS permissions decide who may publish on the
+/// heartbeat subject; the signature decides what a gateway believes, so nothing the server
+/// can be made to publish there (a JetStream response aimed at the subject, say) and no
+/// identity without the key (in the authz-server's database) can make a gateway report
+/// fresh. A gateway believes each instance's heartbeats only in the order they were sent, so
+/// a captured heartbeat sent again is skipped.
+pub const HEARTBEAT_TYP: &str = "revgate-heartbeat+jwt";
+
+/// The `use` of the heartbeat key in the authz-server's JWK Set: gateways take it for
+/// heartbeats only, and a token verifier that honours `use` never takes it for tokens.
+pub const HEARTBEAT_KEY_USE: &str = "revgate-heartbeat";
+
+/// Largest signed heartbeat a gateway reads.
+pub const MAX_SIGNED_HEARTBEAT: usize = 4096;
+
+/// Checks a signed heartbeat: the gateway's JWK Set holds the keys.
+pub trait HeartbeatVerifier: Send + Sync {
+    /// The heartbeat, if `message` is one signed by a heartbeat key; otherwise why not.
+    fn open(&self, message: &[u8]) -> Result<Heartbeat, Unverified>;
+}
+
+/// Why a message on the heartbeat subject was not believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unverified {
+    /// The gateway has not loaded its JWK Set yet: not the message's fault.
+    NoKeys,
+    /// Not a heartbeat signed by a heartbeat key; the reason.
+    Rejected(&'static str),
+}
+
 /// The authz-server's statement of how far it has published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -56,9 +87,14 @@ impl Heartbeat {
         if payload.len() > 2048 {
             return None;
         }
-        let hb: Heartbeat = serde_json::from_slice(payload).ok()?;
-        (hb.v == HEARTBEAT_VERSION && hb.covers_until_ms <= hb.sent_at_ms && hb.epoch != 0)
-            .then_some(hb)
+        serde_json::from_slice::<Heartbeat>(payload).ok()?.checked()
+    }
+
+    /// The heartbeat if its fields make sense: the known version, a stream identity, and a
+    /// statement about the past of its own sending.
+    pub fn checked(self) -> Option<Heartbeat> {
+        (self.v == HEARTBEAT_VERSION && self.covers_until_ms <= self.sent_at_ms && self.epoch != 0)
+            .then_some(self)
     }
 
     /// How far behind its own clock the sender's statement was when it was made.

@@ -34,6 +34,15 @@ use crate::event::{EventRef, RuleRef, MAX_FIELD_LEN};
 /// The stream that holds the snapshots (the latest two; older ones are purged).
 pub const SNAPSHOT_STREAM: &str = "AUTHZ_REVOCATION_SNAPSHOTS";
 
+/// The snapshot stream has a NATS account of its own too (see [`crate::stream::API_PREFIX`]):
+/// its JetStream API is imported under this prefix.
+pub const API_PREFIX: &str = "JS.SNAP.API";
+
+/// A JetStream context for the snapshot stream's account (see [`API_PREFIX`]).
+pub fn context(client: async_nats::Client) -> async_nats::jetstream::Context {
+    async_nats::jetstream::with_prefix(client, API_PREFIX)
+}
+
 /// The subjects the snapshot stream captures.
 pub const SNAPSHOT_SUBJECTS: &str = "authz.snapshots.v1.>";
 

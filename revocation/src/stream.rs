@@ -13,6 +13,16 @@ pub const SUBJECT_PREFIX: &str = "authz.revocations.v1";
 /// The subjects the stream captures.
 pub const STREAM_SUBJECTS: &str = "authz.revocations.v1.>";
 
+/// The revocation stream lives in a NATS account of its own, which no identity logs in to;
+/// the authz-server and the gateways reach its JetStream API through imports under this
+/// prefix, each only the part of it that they need (`deploy/nats/render-config.sh`).
+pub const API_PREFIX: &str = "JS.REV.API";
+
+/// A JetStream context for the revocation stream's account (see [`API_PREFIX`]).
+pub fn context(client: async_nats::Client) -> async_nats::jetstream::Context {
+    async_nats::jetstream::with_prefix(client, API_PREFIX)
+}
+
 /// Core-NATS subject of the authz-server's heartbeat.
 pub const HEARTBEAT_SUBJECT: &str = "authz.heartbeat.v1";
 

@@ -235,7 +235,7 @@ async fn authz_jetstream(nats_url: &str) -> Result<jetstream::Context> {
     let client = revocation::nats::connect(&config, "seed", Arc::new(ConnectionState::default()))
         .await
         .context("connecting to NATS as authz")?;
-    let mut js = jetstream::new(client);
+    let mut js = revocation::stream::context(client);
     // Generous: with thousands of acks outstanding on a busy machine, the last of a window can
     // take a while.
     js.set_timeout(Duration::from_secs(30));

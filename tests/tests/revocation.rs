@@ -241,7 +241,7 @@ async fn authz_restart_while_nats_down_publishes_outbox() -> anyhow::Result<()> 
 /// may), each acknowledged.
 async fn publish_as_authz(stack: &Stack, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
     let (client, _) = system_tests::connect_nats_as(&stack.nats.url(), "authz").await?;
-    let js = async_nats::jetstream::new(client);
+    let js = revocation::stream::context(client);
     for payload in payloads {
         js.publish("authz.revocations.v1.token", payload.clone().into())
             .await?
@@ -507,7 +507,7 @@ async fn odd_events_never_loosen() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let other = stack.authz.token("other-client", "other-secret").await?;
     let (authz, _) = system_tests::connect_nats_as(&stack.nats.url(), "authz").await?;
-    let js = async_nats::jetstream::new(authz.clone());
+    let js = revocation::stream::context(authz.clone());
     let now = revocation::unix_now();
     let event = |id: &str, rule: serde_json::Value, expires_at: u64| {
         let mut e = serde_json::json!({"v": 1, "id": id, "iss": stack.authz.url,
@@ -608,7 +608,7 @@ async fn aged_out_stream_is_not_a_gap() -> anyhow::Result<()> {
         200
     );
     let (client, _) = system_tests::connect_nats_as(&nats.url(), "authz").await?;
-    let js = async_nats::jetstream::new(client);
+    let js = revocation::stream::context(client);
     eventually(
         Duration::from_secs(10),
         "the revocation to age out of the stream",
@@ -798,9 +798,10 @@ async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
     stack.authz.wait_outbox_drained(WAIT).await?;
 
     let (client, _) = system_tests::connect_nats_as(&stack.nats.url(), "authz").await?;
-    let js = async_nats::jetstream::new(client);
+    let js = revocation::snapshot::context(client.clone());
     let epoch = revocation::stream::epoch(
-        js.get_stream(revocation::stream::STREAM_NAME)
+        revocation::stream::context(client)
+            .get_stream(revocation::stream::STREAM_NAME)
             .await?
             .cached_info(),
     );
@@ -1002,7 +1003,7 @@ async fn snapshots_are_replaced() -> anyhow::Result<()> {
     assert_eq!(stack.authz.metric("authz_snapshot_sequence").await, 6.0);
     // Three snapshots of one chunk and a manifest each: the first one's two messages are gone.
     let (client, _) = system_tests::connect_nats_as(&stack.nats.url(), "authz").await?;
-    let info = async_nats::jetstream::new(client)
+    let info = revocation::snapshot::context(client)
         .get_stream(revocation::snapshot::SNAPSHOT_STREAM)
         .await?
         .cached_info()

@@ -4,6 +4,10 @@
 //! Only keys that can verify signatures are kept: symmetric (`kty: oct`) keys and keys whose
 //! `use` is not `sig` are dropped, as are keys without a `kid` (keys are chosen by `kid`
 //! only) and keys whose algorithm is not allowed.
+//!
+//! The one exception is the authz-server's heartbeat key (`use` is
+//! [`HEARTBEAT_KEY_USE`], Ed25519): it is kept apart, verifies heartbeats and nothing else,
+//! and never verifies a token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,7 +17,11 @@ use aws_lc_rs::signature::ParsedPublicKey;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
 };
-use jsonwebtoken::Algorithm;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use revocation::freshness::{
+    Heartbeat, HeartbeatVerifier, Unverified, HEARTBEAT_KEY_USE, HEARTBEAT_TYP,
+    MAX_SIGNED_HEARTBEAT,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -38,16 +46,29 @@ static NEXT_KEY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 #[derive(Default)]
 pub struct KeySet {
     keys: HashMap<String, VerifyKey>,
+    /// The heartbeat keys, by `kid`: never used for tokens.
+    heartbeat: HashMap<String, DecodingKey>,
 }
 
 impl KeySet {
     /// Keeps the usable keys of `jwks` whose algorithm is in `allowed`.
     pub fn from_jwks(jwks: &JwkSet, allowed: &[Algorithm]) -> Self {
         let mut keys = HashMap::new();
+        let mut heartbeat = HashMap::new();
         for jwk in &jwks.keys {
             let Some(kid) = jwk.common.key_id.clone() else {
                 continue;
             };
+            if matches!(&jwk.common.public_key_use, Some(PublicKeyUse::Other(u)) if u == HEARTBEAT_KEY_USE)
+            {
+                match heartbeat_key(jwk) {
+                    Some(key) => {
+                        heartbeat.insert(kid, key);
+                    }
+                    None => tracing::warn!(%kid, "JWK skipped: unusable heartbeat key"),
+                }
+                continue;
+            }
             if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
                 continue;
             }
@@ -64,7 +85,7 @@ impl KeySet {
                 Err(e) => tracing::warn!(%kid, error = e, "JWK skipped: unusable key"),
             }
         }
-        KeySet { keys }
+        KeySet { keys, heartbeat }
     }
 
     /// The key with this `kid`.
@@ -93,6 +114,54 @@ impl KeySet {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+}
+
+/// A heartbeat key: Ed25519 only, whatever else the JWK says.
+fn heartbeat_key(jwk: &Jwk) -> Option<DecodingKey> {
+    match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            DecodingKey::from_jwk(jwk).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Heartbeats are signed JWS of the [`HEARTBEAT_TYP`] type by a key of the JWK Set whose
+/// `use` is [`HEARTBEAT_KEY_USE`], EdDSA only. An unknown `kid` asks for an early refresh
+/// (the authz-server's key is in the set from its first start, so this happens only before
+/// the first load, or when the database, and so the key, was replaced).
+impl HeartbeatVerifier for KeyStore {
+    fn open(&self, message: &[u8]) -> Result<Heartbeat, Unverified> {
+        use Unverified::Rejected;
+        if message.len() > MAX_SIGNED_HEARTBEAT {
+            return Err(Rejected("oversized"));
+        }
+        let token = std::str::from_utf8(message).map_err(|_| Rejected("not a signed heartbeat"))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| Rejected("not a signed heartbeat"))?;
+        if header.alg != Algorithm::EdDSA
+            || header.typ.as_deref() != Some(HEARTBEAT_TYP)
+            || header.crit.is_some()
+        {
+            return Err(Rejected("not a signed heartbeat"));
+        }
+        let kid = header.kid.ok_or(Rejected("no kid"))?;
+        let keys = self.snapshot().ok_or(Unverified::NoKeys)?;
+        let Some(key) = keys.heartbeat.get(&kid) else {
+            self.unknown_kid_seen();
+            return Err(Rejected("unknown heartbeat key"));
+        };
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<Heartbeat>(token, key, &validation)
+            .map_err(|_| Rejected("bad signature or not a heartbeat"))?;
+        data.claims
+            .checked()
+            .ok_or(Rejected("not a valid heartbeat"))
     }
 }
 
@@ -292,6 +361,56 @@ mod tests {
         assert_eq!(set.get("ec").unwrap().alg, Algorithm::ES256);
         let none = KeySet::from_jwks(&jwks, &[Algorithm::RS256]);
         assert!(none.is_empty());
+    }
+
+    /// The heartbeat key is kept apart: it opens heartbeats signed by it, never verifies a
+    /// token, and the same key published for signatures (`use: sig`) opens no heartbeat.
+    #[test]
+    fn the_heartbeat_key_is_for_heartbeats_only() {
+        use jsonwebtoken::{EncodingKey, Header};
+        let pair = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
+        let der = pair.to_pkcs8v1().unwrap();
+        let encoding = EncodingKey::from_ed_der(der.as_ref());
+        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::EdDSA).unwrap();
+        jwk.common.key_id = Some("hb".into());
+        jwk.common.public_key_use = Some(PublicKeyUse::Other(HEARTBEAT_KEY_USE.into()));
+        let hb = Heartbeat {
+            v: revocation::freshness::HEARTBEAT_VERSION,
+            instance: "i".into(),
+            epoch: 7,
+            seq: 3,
+            covers_until_ms: 10,
+            sent_at_ms: 11,
+            last_id: None,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(HEARTBEAT_TYP.into());
+        header.kid = Some("hb".into());
+        let signed = jsonwebtoken::encode(&header, &hb, &encoding).unwrap();
+
+        let store = KeyStore::default();
+        assert_eq!(store.open(signed.as_bytes()), Err(Unverified::NoKeys));
+        let jwks = JwkSet {
+            keys: vec![jwk.clone()],
+        };
+        store.replace(KeySet::from_jwks(&jwks, &[Algorithm::EdDSA]));
+        let keys = store.snapshot().unwrap();
+        assert!(keys.get("hb").is_none() && keys.is_empty());
+        assert_eq!(store.open(signed.as_bytes()), Ok(hb.clone()));
+        // A statement that is not a heartbeat (covers a future), signed all the same.
+        let mut future = hb.clone();
+        future.covers_until_ms = 12;
+        let odd = jsonwebtoken::encode(&header, &future, &encoding).unwrap();
+        assert!(store.open(odd.as_bytes()).is_err());
+
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        let jwks = JwkSet { keys: vec![jwk] };
+        store.replace(KeySet::from_jwks(&jwks, &[Algorithm::EdDSA]));
+        assert!(store.snapshot().unwrap().get("hb").is_some());
+        assert_eq!(
+            store.open(signed.as_bytes()),
+            Err(Unverified::Rejected("unknown heartbeat key"))
+        );
     }
 
     /// A refresh that brings a key back keeps its id; a changed key under the same kid gets

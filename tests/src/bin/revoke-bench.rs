@@ -367,7 +367,7 @@ async fn stream_state(nats: &Nats) -> Result<async_nats::jetstream::stream::Stat
         .custom_inbox_prefix("_INBOX_authz")
         .connect(nats.url())
         .await?;
-    let js = async_nats::jetstream::new(client);
+    let js = revocation::stream::context(client);
     let mut stream = js.get_stream(revocation::stream::STREAM_NAME).await?;
     Ok(stream.info().await?.state.clone())
 }
