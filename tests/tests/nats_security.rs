@@ -544,7 +544,7 @@ async fn only_signed_heartbeats_make_a_gateway_fresh() -> anyhow::Result<()> {
         .get_stream(STREAM_NAME)
         .await?;
     let info = stream.info().await?;
-    let (epoch, seq) = (revocation::stream::epoch(&info), info.state.last_sequence);
+    let (epoch, seq) = (revocation::stream::epoch(info), info.state.last_sequence);
     let last_id = match seq {
         0 => None,
         seq => stream
