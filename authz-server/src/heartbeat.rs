@@ -9,6 +9,11 @@
 //! still unpublished (and then the time is no later than its commit) or already acknowledged
 //! by JetStream, hence at or below the sequence read afterwards.
 //!
+//! One clock per interval: how long the oldest unpublished revocation has waited is read on
+//! the database's clock (both its commit time and "now" come from the database), and only
+//! that duration travels, subtracted from an instant of this replica's clock. Replicas whose
+//! clocks disagree cannot stretch a gateway's staleness.
+//!
 //! The same tick watches the stream's identity. If the stream was recreated (deleted, or the
 //! NATS store lost), every rule still in force is queued to be published again, and no
 //! heartbeat is sent until the queue says how far behind it is.
@@ -18,7 +23,7 @@
 //! gateways believe a heartbeat for its signature, not for the subject it came on.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use prometheus_client::metrics::counter::Counter;
@@ -30,14 +35,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::relay::StreamSettings;
 use crate::store::Store;
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// What the heartbeat task needs.
 pub struct HeartbeatTask {
@@ -94,7 +91,7 @@ impl HeartbeatTask {
         let epoch = stream::epoch(stream.cached_info());
         let requeued = self
             .store
-            .switch_epoch(epoch, revocation::unix_now(), self.leeway)
+            .switch_epoch(epoch, crate::clock::unix_now(), self.leeway)
             .await?;
         if requeued > 0 {
             tracing::warn!(
@@ -109,12 +106,12 @@ impl HeartbeatTask {
         // stream keeps its identity. Read before the stream (a later mark is in it).
         let acknowledged = self.store.last_published().await?;
         // Then what is published: every commit before the oldest unpublished one is marked,
-        // and marks are only made for this epoch (`Store::mark_published`)...
-        let before = now_ms();
-        let covers_until_ms = match self.store.oldest_unpublished().await? {
-            Some(oldest_s) => before.min(oldest_s.saturating_mul(1000)),
-            None => before,
-        };
+        // and marks are only made for this epoch (`Store::mark_published`). How far that
+        // oldest commit lies behind is read on the database's clock alone; it is counted
+        // back from an instant of this replica's clock taken before the read, so the
+        // statement only errs early, whatever the replicas' clocks say...
+        let before = Instant::now();
+        let lag_ms = self.store.publish_lag_ms().await?;
         // ... so at or below the stream's last sequence read now, if the stream is still the
         // same one (recreated meanwhile, the marks may be in the old one: no heartbeat).
         let info = stream.info().await?.clone();
@@ -135,13 +132,15 @@ impl HeartbeatTask {
             0 => None,
             seq => crate::relay::message_id(&stream, seq).await?,
         };
+        let sent_at_ms = crate::clock::now_ms();
         let heartbeat = Heartbeat {
             v: HEARTBEAT_VERSION,
             instance: instance.to_string(),
             epoch,
             seq: state.last_sequence,
-            covers_until_ms,
-            sent_at_ms: now_ms(),
+            covers_until_ms: sent_at_ms
+                .saturating_sub(lag_ms + before.elapsed().as_millis() as u64),
+            sent_at_ms,
             last_id,
         };
         let signed = self.key.sign_heartbeat(&heartbeat)?;

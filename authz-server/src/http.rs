@@ -181,7 +181,7 @@ async fn oauth2_token_post(
         &client.id,
         audience,
         scope,
-        revocation::unix_now(),
+        crate::clock::unix_now(),
         config.token_ttl,
     );
     let key = state
@@ -277,7 +277,7 @@ async fn admin_revocations_post(
         ));
     }
     let config = &state.config;
-    let now = revocation::unix_now();
+    let now = crate::clock::unix_now();
     let cutoff = |before: Option<u64>| -> Result<(u64, u64), OAuthError> {
         // iat has one-second resolution: "now" must cover a token issued earlier this second.
         let not_before = before.unwrap_or(now + 1);
@@ -352,7 +352,7 @@ async fn admin_revocations_get(
     let after = number("after", 0)?;
     let rows = state
         .store
-        .active(revocation::unix_now(), state.config.leeway, after, limit)
+        .active(crate::clock::unix_now(), state.config.leeway, after, limit)
         .await
         .map_err(OAuthError::internal)?;
     let next = (rows.len() as i64 == limit)
@@ -412,7 +412,7 @@ async fn commit_revocation(
         rule,
         iss: state.config.issuer.clone(),
         expires_at,
-        revoked_at: revocation::unix_now(),
+        revoked_at: crate::clock::unix_now(),
         reason,
     };
     let stored = state
@@ -487,7 +487,7 @@ async fn admin_clients_post(
     };
     let added = state
         .store
-        .add_client(&stored, revocation::unix_now())
+        .add_client(&stored, crate::clock::unix_now())
         .await
         .map_err(OAuthError::internal)?;
     if !added {
@@ -565,7 +565,7 @@ async fn revoke_client_tokens(
     reason: &str,
     requested_by: &str,
 ) -> Result<RevocationEvent, OAuthError> {
-    let not_before = revocation::unix_now() + 1;
+    let not_before = crate::clock::unix_now() + 1;
     let rule = Rule::Client {
         client_id: client_id.to_string(),
         not_before,
@@ -631,7 +631,7 @@ async fn admin_client_secret_post(
 
 /// Algorithms of the keys in the JWKS.
 fn signing_algs(state: &AppState) -> Vec<String> {
-    let now = revocation::unix_now();
+    let now = crate::clock::unix_now();
     let mut algs: Vec<String> = state
         .keys
         .list()
@@ -658,7 +658,7 @@ async fn admin_keys_rotate_post(
     let pem = crate::keys::generate_pem(alg).map_err(OAuthError::internal)?;
     let key =
         crate::keys::KeyObject::from_pem(pem.as_bytes(), alg).map_err(OAuthError::internal)?;
-    let now = revocation::unix_now();
+    let now = crate::clock::unix_now();
     let signs_from = now + config.key_publish_delay;
     let retire_after = signs_from + config.max_ttl + config.leeway;
     let stored = crate::store::StoredKey {
@@ -693,7 +693,7 @@ async fn admin_keys_get(
     headers: HeaderMap,
 ) -> Result<Response, OAuthError> {
     authenticate_admin(&state, &headers, peer.ip()).await?;
-    let now = revocation::unix_now();
+    let now = crate::clock::unix_now();
     let signing = state.keys.signing_key(now).map(|k| k.key.kid().to_string());
     let keys: Vec<serde_json::Value> = state
         .keys
@@ -781,7 +781,7 @@ async fn oauth2_introspect_post(
     let Some(claims) = verify_own(&state.keys, &state.config.issuer, token) else {
         return Ok(inactive());
     };
-    let now = revocation::unix_now();
+    let now = crate::clock::unix_now();
     if now >= claims.exp || claims.nbf > now {
         return Ok(inactive());
     }
@@ -816,7 +816,7 @@ async fn oauth2_introspect_post(
 }
 
 async fn jwks_get(State(state): State<Arc<AppState>>) -> Response {
-    let mut response = Json(state.keys.jwks(revocation::unix_now())).into_response();
+    let mut response = Json(state.keys.jwks(crate::clock::unix_now())).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=60"),

@@ -19,6 +19,7 @@
 //! - [`heartbeat`]: the task that tells gateways how far publishing has got.
 
 pub mod clients;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod heartbeat;
@@ -114,7 +115,7 @@ async fn init_keys(config: &Config, store: &store::Store) -> Result<(), StartErr
         retire_after: None,
     };
     store
-        .add_signing_key(&stored, revocation::unix_now(), None)
+        .add_signing_key(&stored, crate::clock::unix_now(), None)
         .await?;
     Ok(())
 }
@@ -322,7 +323,7 @@ pub async fn run(
     });
     let kid = state
         .keys
-        .signing_key(revocation::unix_now())
+        .signing_key(crate::clock::unix_now())
         .map(|k| k.key.kid().to_string())
         .unwrap_or_default();
     state.refresh_metadata().await;

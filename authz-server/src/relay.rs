@@ -147,7 +147,7 @@ impl Relay {
         let epoch = stream::epoch(stream.cached_info());
         let requeued = self
             .store
-            .switch_epoch(epoch, revocation::unix_now(), settings.leeway)
+            .switch_epoch(epoch, crate::clock::unix_now(), settings.leeway)
             .await?;
         if requeued > 0 {
             tracing::warn!(
@@ -261,7 +261,7 @@ impl Relay {
         if !published.is_empty() {
             let marked = self
                 .store
-                .mark_published(&published, revocation::unix_now(), epoch, last)
+                .mark_published(&published, crate::clock::unix_now(), epoch, last)
                 .await?;
             if !marked {
                 return Err(
@@ -293,7 +293,7 @@ pub(crate) async fn requeue_if_lost(
         || (seq >= state.first_sequence && message_id(stream, seq).await?.as_deref() != Some(id));
     if lost {
         let requeued = store
-            .requeue_after_rollback(epoch, revocation::unix_now(), leeway)
+            .requeue_after_rollback(epoch, crate::clock::unix_now(), leeway)
             .await?;
         tracing::error!(
             acknowledged_sequence = seq,

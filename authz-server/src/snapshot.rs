@@ -137,7 +137,7 @@ async fn take(
     }
 
     let id = uuid::Uuid::now_v7().to_string();
-    let now = revocation::unix_now();
+    let now = crate::clock::unix_now();
     let mut writer = ChunkWriter::new(&id);
     let mut chunks = Vec::new();
     let mut after = 0;

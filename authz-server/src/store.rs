@@ -38,7 +38,8 @@ const COLUMNS: &str = "id TEXT NOT NULL UNIQUE,
     revoked_at BIGINT NOT NULL,
     reason TEXT,
     requested_by TEXT NOT NULL,
-    published_at BIGINT";
+    published_at BIGINT,
+    committed_at BIGINT";
 
 const INDEXES: &str = "
 DROP INDEX IF EXISTS revocations_one_per_token;
@@ -176,7 +177,7 @@ impl Store {
         };
         store.create_schema().await?;
         // The writer ends when the last `Store` handle (the last sender) is dropped.
-        tokio::spawn(write_revocations(pool, queue));
+        tokio::spawn(write_revocations(pool, postgres, queue));
         Ok(store)
     }
 
@@ -188,7 +189,8 @@ impl Store {
             let result = conn
                 .execute(
                     format!(
-                        "CREATE TABLE IF NOT EXISTS revocations (seq BIGSERIAL PRIMARY KEY, {COLUMNS}); {INDEXES}"
+                        "CREATE TABLE IF NOT EXISTS revocations (seq BIGSERIAL PRIMARY KEY, {COLUMNS});
+                         ALTER TABLE revocations ADD COLUMN IF NOT EXISTS committed_at BIGINT; {INDEXES}"
                     )
                     .as_str(),
                 )
@@ -203,6 +205,18 @@ impl Store {
                 .as_str(),
             )
             .await?;
+            // Databases made before the column existed get it (SQLite has no IF NOT EXISTS
+            // here); their old rows keep NULL and are read by `revoked_at`.
+            let has: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM pragma_table_info('revocations') WHERE name = 'committed_at'",
+            )
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get(0)?;
+            if has == 0 {
+                conn.execute("ALTER TABLE revocations ADD COLUMN committed_at BIGINT")
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -305,14 +319,19 @@ impl Store {
             .try_get(0)
     }
 
-    /// `revoked_at` (Unix seconds) of the oldest revocation not yet published.
-    pub async fn oldest_unpublished(&self) -> Result<Option<u64>, sqlx::Error> {
-        let oldest: Option<i64> =
-            sqlx::query("SELECT MIN(revoked_at) FROM revocations WHERE published_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?
-                .try_get(0)?;
-        Ok(oldest.map(|s| s.max(0) as u64))
+    /// How long, in milliseconds, the oldest revocation not yet published has been
+    /// committed; 0 if every one is published. Both ends are read on the database's clock in
+    /// one statement, so no replica's clock enters: a replica whose clock runs ahead cannot
+    /// make a stuck revocation look recent (the heartbeat turns this into `covers_until_ms`).
+    /// Rows written before `committed_at` existed count from their `revoked_at`.
+    pub async fn publish_lag_ms(&self) -> Result<u64, sqlx::Error> {
+        let sql = format!(
+            "SELECT {} - MIN(COALESCE(committed_at, revoked_at * 1000))
+             FROM revocations WHERE published_at IS NULL",
+            db_now_ms(self.postgres)
+        );
+        let lag: Option<i64> = sqlx::query(&sql).fetch_one(&self.pool).await?.try_get(0)?;
+        Ok(lag.unwrap_or(0).max(0) as u64)
     }
 
     /// Records that JetStream acknowledged the revocations `seqs` on the stream of identity
@@ -578,10 +597,14 @@ impl Store {
 
 /// The group-commit writer: commits what is waiting, one transaction per group, until every
 /// `Store` handle is gone.
-async fn write_revocations(pool: AnyPool, mut queue: mpsc::Receiver<PendingInsert>) {
+async fn write_revocations(
+    pool: AnyPool,
+    postgres: bool,
+    mut queue: mpsc::Receiver<PendingInsert>,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        commit_group(&pool, std::mem::take(&mut group)).await;
+        commit_group(&pool, postgres, std::mem::take(&mut group)).await;
         group.reserve(MAX_GROUP);
     }
 }
@@ -590,13 +613,13 @@ async fn write_revocations(pool: AnyPool, mut queue: mpsc::Receiver<PendingInser
 /// tried again in a transaction of its own, so one bad row (or a PostgreSQL deadlock with
 /// another replica's group) fails only its own request. Every caller is answered only after
 /// the commit that holds its row, or with an error.
-async fn commit_group(pool: &AnyPool, mut group: Vec<PendingInsert>) {
+async fn commit_group(pool: &AnyPool, postgres: bool, mut group: Vec<PendingInsert>) {
     // One lock order for every group: two replicas inserting the same tokens in PostgreSQL
     // then wait for each other instead of deadlocking. The sort is stable, so of two
     // revocations of one token the earlier is still stored.
     group.sort_by(|a, b| rule_order(&a.event).cmp(&rule_order(&b.event)));
     let size = group.len();
-    match insert_group(pool, &group).await {
+    match insert_group(pool, postgres, &group).await {
         Ok(stored) => {
             tracing::debug!(size, "revocations committed as one group");
             for (pending, event) in group.into_iter().zip(stored) {
@@ -613,7 +636,7 @@ async fn commit_group(pool: &AnyPool, mut group: Vec<PendingInsert>) {
         Err(err) => {
             tracing::warn!(error = %err, size, "group commit failed; committing its revocations one by one");
             for pending in group {
-                let outcome = insert_group(pool, std::slice::from_ref(&pending))
+                let outcome = insert_group(pool, postgres, std::slice::from_ref(&pending))
                     .await
                     .and_then(|mut stored| stored.pop().ok_or(sqlx::Error::RowNotFound));
                 let _ = pending.reply.send(outcome);
@@ -633,12 +656,13 @@ fn rule_order(event: &RevocationEvent) -> (&'static str, &str, &str) {
 /// Inserts every revocation of `group` in one transaction; the stored events, in order.
 async fn insert_group(
     pool: &AnyPool,
+    postgres: bool,
     group: &[PendingInsert],
 ) -> Result<Vec<RevocationEvent>, sqlx::Error> {
     let mut tx: Transaction<'_, Any> = pool.begin().await?;
     let mut stored = Vec::with_capacity(group.len());
     for pending in group {
-        stored.push(insert_one(&mut tx, &pending.event, &pending.requested_by).await?);
+        stored.push(insert_one(&mut tx, postgres, &pending.event, &pending.requested_by).await?);
     }
     tx.commit().await?;
     Ok(stored)
@@ -656,23 +680,31 @@ async fn insert_group(
 /// when another connection wrote in between.
 async fn insert_one(
     conn: &mut AnyConnection,
+    postgres: bool,
     event: &RevocationEvent,
     requested_by: &str,
 ) -> Result<RevocationEvent, sqlx::Error> {
     let (key, not_before) = rule_parts(&event.rule);
     let is_token = matches!(event.rule, Rule::Token { .. });
+    // `committed_at` on the database's clock, read inside the transaction: never later than
+    // the commit, which is never later than the answer.
+    let now = db_now_ms(postgres);
     let statement = if is_token {
-        "INSERT INTO revocations (id, kind, iss, rule_key, not_before, expires_at, revoked_at, reason, requested_by)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
-         WHERE NOT EXISTS (SELECT 1 FROM revocations
-             WHERE kind = 'token' AND iss = $3 AND rule_key = $4 AND expires_at >= $6)
-         ON CONFLICT DO NOTHING"
+        format!(
+            "INSERT INTO revocations (id, kind, iss, rule_key, not_before, expires_at, revoked_at, reason, requested_by, committed_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, {now}
+             WHERE NOT EXISTS (SELECT 1 FROM revocations
+                 WHERE kind = 'token' AND iss = $3 AND rule_key = $4 AND expires_at >= $6)
+             ON CONFLICT DO NOTHING"
+        )
     } else {
-        "INSERT INTO revocations (id, kind, iss, rule_key, not_before, expires_at, revoked_at, reason, requested_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT DO NOTHING"
+        format!(
+            "INSERT INTO revocations (id, kind, iss, rule_key, not_before, expires_at, revoked_at, reason, requested_by, committed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {now})
+             ON CONFLICT DO NOTHING"
+        )
     };
-    let inserted = sqlx::query(statement)
+    let inserted = sqlx::query(&statement)
         .bind(&event.id)
         .bind(event.rule.kind())
         .bind(&event.iss)
@@ -706,6 +738,19 @@ async fn insert_one(
     .fetch_one(&mut *conn)
     .await?;
     Ok(from_row(&row)?.event)
+}
+
+/// The database's clock in Unix milliseconds, as an SQL expression. SQLite's is the host's
+/// (one file, one machine); PostgreSQL's is the server's, shared by every replica. On
+/// PostgreSQL `now()` is the transaction's start: in a statement of its own, before the
+/// statement's snapshot, so a row committed after that instant may be missing from what the
+/// statement reads but was also committed (and answered) after it.
+fn db_now_ms(postgres: bool) -> &'static str {
+    if postgres {
+        "(floor(extract(epoch FROM now()) * 1000))::bigint"
+    } else {
+        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    }
 }
 
 fn rule_parts(rule: &Rule) -> (&str, Option<i64>) {
@@ -813,6 +858,71 @@ mod tests {
             .await
             .unwrap();
         (dir, store)
+    }
+
+    /// The publication lag is read on the database's clock: the commit time is the
+    /// database's, whatever `revoked_at` the replica wrote; rows from before the column
+    /// existed count from `revoked_at`; nothing waiting is no lag.
+    #[tokio::test]
+    async fn the_publication_lag_is_on_the_database_clock() {
+        let (_dir, store) = temp_store().await;
+        assert_eq!(store.publish_lag_ms().await.unwrap(), 0);
+        // Written by a replica whose clock is an hour ahead.
+        let mut ahead = token_event("ahead");
+        ahead.revoked_at = crate::clock::unix_now() + 3600;
+        store.insert(&ahead, "test").await.unwrap();
+        assert!(store.publish_lag_ms().await.unwrap() < 60_000);
+        // Ten minutes waiting, on the database's clock.
+        sqlx::query("UPDATE revocations SET committed_at = committed_at - 600000")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let lag = store.publish_lag_ms().await.unwrap();
+        assert!((600_000..660_000).contains(&lag), "lag {lag}");
+        // An older row without the column, revoked twenty minutes ago.
+        let mut old = token_event("old");
+        old.revoked_at = crate::clock::unix_now() - 1200;
+        store.insert(&old, "test").await.unwrap();
+        sqlx::query("UPDATE revocations SET committed_at = NULL WHERE id = $1")
+            .bind(&old.id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let lag = store.publish_lag_ms().await.unwrap();
+        assert!((1_200_000..1_260_000).contains(&lag), "lag {lag}");
+        store.switch_epoch(1, 1, 0).await.unwrap();
+        let seqs = unpublished_seqs(&store).await;
+        assert!(store.mark_published(&seqs, 1, 1, None).await.unwrap());
+        assert_eq!(store.publish_lag_ms().await.unwrap(), 0);
+    }
+
+    /// A database made before `committed_at` existed gets the column when opened; its rows
+    /// keep NULL there and count from `revoked_at`.
+    #[tokio::test]
+    async fn an_older_database_gets_the_commit_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let store = Store::open(path.to_str().unwrap()).await.unwrap();
+        let mut old = token_event("old");
+        old.revoked_at = crate::clock::unix_now() - 300;
+        store.insert(&old, "test").await.unwrap();
+        sqlx::query("ALTER TABLE revocations DROP COLUMN committed_at")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.close().await;
+        let store = Store::open(path.to_str().unwrap()).await.unwrap();
+        let lag = store.publish_lag_ms().await.unwrap();
+        assert!((300_000..360_000).contains(&lag), "lag {lag}");
+        store.insert(&token_event("new"), "test").await.unwrap();
+        let with_time: i64 =
+            sqlx::query("SELECT COUNT(*) FROM revocations WHERE committed_at IS NOT NULL")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+                .try_get(0)
+                .unwrap();
+        assert_eq!(with_time, 1);
     }
 
     /// The stored revocations' sequence numbers, waiting to be published.

@@ -565,6 +565,16 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 impl Process {
     /// Runs `binary --config <config>` with its output in `log`.
     pub fn spawn(binary_name: &str, config: &Path, log: PathBuf) -> Result<Process> {
+        Self::spawn_env(binary_name, config, log, &[])
+    }
+
+    /// Like [`Process::spawn`], with more environment variables.
+    pub fn spawn_env(
+        binary_name: &str,
+        config: &Path,
+        log: PathBuf,
+        env: &[(&str, String)],
+    ) -> Result<Process> {
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         let child = Command::new(binary(binary_name)?)
@@ -572,6 +582,7 @@ impl Process {
             .arg(config)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(out)
             .stderr(err)
             .spawn()?;
@@ -765,6 +776,8 @@ pub struct Authz {
     pub dir: PathBuf,
     pub nats_urls: Vec<String>,
     pub extra: String,
+    /// How far a process-run server's clock is shifted (ms; the `test-clock` feature).
+    pub clock_offset_ms: i64,
     pub runner: Runner,
 }
 
@@ -833,6 +846,7 @@ impl Authz {
             dir: dir.to_path_buf(),
             nats_urls: nats_urls.to_vec(),
             extra: extra.to_string(),
+            clock_offset_ms: 0,
             runner: Runner::Task(Service {
                 shutdown,
                 task: Some(task),
@@ -851,7 +865,19 @@ impl Authz {
         extra: &str,
     ) -> Result<Authz> {
         let admin_port = free_ports(1)?[0];
-        Self::spawn_process_on(dir, port, admin_port, nats_urls, extra).await
+        Self::spawn_process_on(dir, port, admin_port, nats_urls, extra, 0).await
+    }
+
+    /// Like [`Authz::spawn_process`], the server's clock shifted by `offset_ms`: a replica
+    /// whose clock is wrong.
+    pub async fn spawn_process_with_clock(
+        dir: &Path,
+        nats_urls: &[String],
+        extra: &str,
+        offset_ms: i64,
+    ) -> Result<Authz> {
+        let ports = free_ports(2)?;
+        Self::spawn_process_on(dir, ports[0], ports[1], nats_urls, extra, offset_ms).await
     }
 
     async fn spawn_process_on(
@@ -860,6 +886,7 @@ impl Authz {
         admin_port: u16,
         nats_urls: &[String],
         extra: &str,
+        clock_offset_ms: i64,
     ) -> Result<Authz> {
         let url = format!("http://127.0.0.1:{port}");
         let admin_url = format!("http://127.0.0.1:{admin_port}");
@@ -875,13 +902,19 @@ impl Authz {
                 extra,
             ),
         )?;
-        let process = Process::spawn("authz-server", &config, dir.join("authz.log"))?;
+        let process = Process::spawn_env(
+            "authz-server",
+            &config,
+            dir.join("authz.log"),
+            &[("REVGATE_TEST_CLOCK_OFFSET_MS", clock_offset_ms.to_string())],
+        )?;
         let authz = Authz {
             url,
             admin_url,
             dir: dir.to_path_buf(),
             nats_urls: nats_urls.to_vec(),
             extra: extra.to_string(),
+            clock_offset_ms,
             runner: Runner::Process(process),
         };
         authz.wait_answering().await?;
@@ -927,6 +960,7 @@ impl Authz {
         let addr = self.url.trim_start_matches("http://").to_string();
         let admin_addr = self.admin_url.trim_start_matches("http://").to_string();
         let (dir, urls, extra) = (self.dir.clone(), self.nats_urls.clone(), self.extra.clone());
+        let offset = self.clock_offset_ms;
         *self = match self.runner {
             Runner::Task(_) => {
                 let (listener, admin) = (
@@ -943,7 +977,7 @@ impl Authz {
                         .context("port")
                 };
                 let (port, admin_port) = (port(&addr)?, port(&admin_addr)?);
-                Authz::spawn_process_on(&dir, port, admin_port, &urls, &extra).await?
+                Authz::spawn_process_on(&dir, port, admin_port, &urls, &extra, offset).await?
             }
         };
         Ok(())

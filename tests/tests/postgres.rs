@@ -116,3 +116,88 @@ async fn two_replicas_share_one_database() -> anyhow::Result<()> {
     assert_eq!(late.metric("gateway_revocation_rules").await, 20.0);
     Ok(())
 }
+
+/// One clock per interval (issue 14, part 7): a revocation that cannot be published makes
+/// every gateway stale within `max_staleness`, even when it was committed by a replica whose
+/// clock runs two minutes ahead. Before, the heartbeat compared that replica's `revoked_at`
+/// with its own clock: the stuck revocation looked two minutes younger than it was, and both
+/// replicas' heartbeats kept the gateway fresh, serving the revoked token, all that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_clock_ahead_cannot_hide_a_stuck_revocation() -> anyhow::Result<()> {
+    use async_nats::jetstream::stream::DiscardPolicy;
+    let db = PgDatabase::create().await?;
+    let nats = Nats::start()?;
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let key = dir_a.path().join("signing-key.pem");
+    let common = format!(
+        "database = \"{}\"\nsigning_key_file = {key:?}\nheartbeat_interval_ms = 200",
+        db.url
+    );
+    let a = Authz::start_with(dir_a.path(), &[nats.url()], &common).await?;
+    let b = Authz::spawn_process_with_clock(
+        dir_b.path(),
+        &[nats.url()],
+        &format!("{common}\nissuer = \"{}\"", a.url),
+        120_000,
+    )
+    .await?;
+    let upstream = Upstream::start().await?;
+    let gw = Gateway::start_with(
+        "gateway-1",
+        "gateway-1",
+        &[nats.url()],
+        &a,
+        &upstream,
+        "max_staleness_ms = 1500",
+    )
+    .await?;
+    gw.wait_ready().await?;
+    let http = reqwest::Client::new();
+    // One revocation through, so that the stream holds a message to be full with.
+    let first = a.token("demo-client", "demo-secret").await?;
+    assert_eq!(b.revoke("demo-client", "demo-secret", &first).await?, 200);
+    all_refused(
+        std::slice::from_ref(&gw.url),
+        std::slice::from_ref(&first),
+        Duration::from_secs(10),
+    )
+    .await?;
+    let token = a.token("demo-client", "demo-secret").await?;
+    assert_eq!(gw.call(&http, "/echo/", &token).await, 200);
+
+    // The stream takes no new message: whatever is committed from now on stays unpublished.
+    let (client, _) = system_tests::connect_nats_as(&nats.url(), "authz").await?;
+    let js = revocation::stream::context(client);
+    let mut stream = js.get_stream(revocation::stream::STREAM_NAME).await?;
+    let info = stream.info().await?.clone();
+    let mut full = info.config.clone();
+    full.discard = DiscardPolicy::New;
+    full.max_messages = info.state.messages as i64;
+    js.update_stream(full).await?;
+
+    // Committed through the replica whose clock is ahead.
+    let status = b.revoke("demo-client", "demo-secret", &token).await?;
+    assert_eq!(status, 200, "the revocation is committed");
+    let stale = system_tests::eventually(
+        Duration::from_secs(10),
+        "the gateway to stop serving a token whose revocation is stuck",
+        || async { Some(gw.call(&http, "/echo/", &token).await).filter(|s| *s != 200) },
+    )
+    .await?;
+    assert_eq!(
+        stale, 503,
+        "stale, since the revocation is not in the stream"
+    );
+    assert_eq!(gw.readyz().await, 503);
+
+    // The stream takes messages again: the revocation arrives, the gateway is fresh.
+    js.update_stream(info.config.clone()).await?;
+    system_tests::eventually(
+        Duration::from_secs(30),
+        "the revocation to arrive and the gateway to be fresh",
+        || async { (gw.call(&http, "/echo/", &token).await == 401).then_some(()) },
+    )
+    .await?;
+    assert_eq!(gw.readyz().await, 200);
+    Ok(())
+}
