@@ -387,7 +387,12 @@ impl Clients {
         let mut all: Vec<(Arc<Client>, bool)> =
             self.by_id.values().map(|c| (c.clone(), true)).collect();
         all.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        for c in self.store.clients().await.map_err(OAuthError::internal)? {
+        for c in self
+            .store
+            .clients()
+            .await
+            .map_err(|e| OAuthError::database(&self.store, e))?
+        {
             all.push((Arc::new(Client::from(c)), false));
         }
         Ok(all)
@@ -418,7 +423,7 @@ impl Clients {
                 .store
                 .client(&credentials.id)
                 .await
-                .map_err(OAuthError::internal)?
+                .map_err(|e| OAuthError::database(&self.store, e))?
                 .map(|c| Arc::new(Client::from(c))),
         };
         // A recent verification of this very secret against the client's current hash

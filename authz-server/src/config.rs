@@ -51,6 +51,11 @@ pub struct Config {
     /// Milliseconds between heartbeats; gateways' `max_staleness_ms` must be well above it.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+    /// Milliseconds a revocation request waits for its revocation to be published before it
+    /// is answered 503 (committed, published later, not yet acknowledged): 200 means it is
+    /// in the stream.
+    #[serde(default = "default_publish_wait_ms")]
+    pub publish_wait_ms: u64,
     /// Milliseconds between checks whether a snapshot of the rules in force is due (0: never
     /// take snapshots); a new gateway loads the latest and replays only what came after it.
     #[serde(default = "default_snapshot_interval_ms")]
@@ -151,6 +156,10 @@ fn default_credential_cache_ttl() -> u64 {
 fn default_heartbeat_interval_ms() -> u64 {
     1000
 }
+fn default_publish_wait_ms() -> u64 {
+    // Longer than a stream leader's failover (3-4 s after a kill -9 on nats-server 2.15).
+    5000
+}
 fn default_snapshot_interval_ms() -> u64 {
     60_000
 }
@@ -206,6 +215,9 @@ impl Config {
         }
         if self.credential_cache_ttl > 86_400 {
             return Err("credential_cache_ttl: must be at most 86400 seconds".into());
+        }
+        if !(100..=60_000).contains(&self.publish_wait_ms) {
+            return Err("publish_wait_ms: must be between 100 and 60000".into());
         }
         if !(50..=60_000).contains(&self.heartbeat_interval_ms) {
             return Err("heartbeat_interval_ms: must be between 50 and 60000".into());

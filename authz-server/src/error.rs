@@ -45,15 +45,38 @@ pub enum OAuthError {
     /// RFC 7009 §2.2.1: the server cannot revoke this type of token.
     #[error("unsupported_token_type")]
     UnsupportedTokenType,
+    /// The request cannot be served now; it changed nothing the client could rely on
+    /// (503 with `Retry-After`): see [`DATABASE_UNREACHABLE`], [`NOT_PUBLISHED`].
+    #[error("temporarily_unavailable: {0}")]
+    Unavailable(&'static str),
     /// Our fault: logged with its cause, answered with no detail.
     #[error("server_error: {0}")]
     Internal(String),
 }
 
+/// Why a request that needs the database is refused while it is out of reach.
+pub const DATABASE_UNREACHABLE: &str =
+    "the database is unreachable or takes no writes; nothing was changed; retry later";
+
+/// Why a revocation request is refused when its revocation is committed but not published
+/// within `publish_wait_ms`: gateways may not enforce it yet. It stays committed and is
+/// published as soon as NATS takes it; the same request then answers 200.
+pub const NOT_PUBLISHED: &str = "the revocation is committed but not yet published, so gateways may not enforce it yet; retry: it is answered 200 once published";
+
 impl OAuthError {
     /// Wraps an internal failure; the cause is logged, never sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         OAuthError::Internal(cause.to_string())
+    }
+
+    /// A failed statement: 503 if it says the database is out of reach (and `store` takes
+    /// note), else an internal error.
+    pub fn database(store: &crate::store::Store, err: sqlx::Error) -> Self {
+        if store.note(&err) {
+            OAuthError::Unavailable(DATABASE_UNREACHABLE)
+        } else {
+            OAuthError::internal(err)
+        }
     }
 
     fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>) {
@@ -104,6 +127,11 @@ impl OAuthError {
                 "unsupported_token_type",
                 Some("only access tokens can be revoked"),
             ),
+            OAuthError::Unavailable(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                Some(d),
+            ),
             OAuthError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
         }
     }
@@ -127,7 +155,7 @@ impl IntoResponse for OAuthError {
                 headers.insert(header::RETRY_AFTER, value);
             }
         }
-        if let OAuthError::Busy = self {
+        if let OAuthError::Busy | OAuthError::Unavailable(_) = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let OAuthError::InvalidClient { basic: true } = self {

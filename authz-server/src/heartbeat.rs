@@ -49,6 +49,44 @@ pub struct HeartbeatTask {
     pub sent: Counter,
 }
 
+/// Longest wait for the database in a heartbeat (and never more than half the interval);
+/// past it this tick sends nothing. Only a database known to be out of reach (the store's
+/// probe, or a failure that says so) makes the heartbeat go on without it.
+const DATABASE_WAIT: Duration = Duration::from_millis(800);
+
+/// What one replica's heartbeats remember between ticks.
+#[derive(Debug, Default)]
+struct Memory {
+    /// The last reading of the database.
+    confirmed: Option<Confirmed>,
+    /// The stream's last message when this replica last looked: (epoch, sequence, id).
+    seen: Option<(u64, u64, String)>,
+}
+
+/// A reading of the database that the heartbeat may stand on while the database is out of
+/// reach.
+#[derive(Debug)]
+struct Confirmed {
+    /// The stream identity recorded.
+    epoch: u64,
+    /// Rules acknowledged once and queued again were waiting to be published.
+    requeued_pending: bool,
+    /// The last message recorded as acknowledged.
+    acknowledged: Option<(u64, String)>,
+}
+
+/// What the database says, for one heartbeat.
+enum Reading {
+    /// The stream is new: every rule in force was queued again; no heartbeat this tick.
+    Requeued,
+    Published {
+        /// How long the oldest unpublished revocation has waited (database clock).
+        lag_ms: u64,
+        acknowledged: Option<(u64, String)>,
+        requeued_pending: bool,
+    },
+}
+
 impl HeartbeatTask {
     /// Starts the task; it runs until `shutdown` is cancelled.
     pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
@@ -56,6 +94,7 @@ impl HeartbeatTask {
             let instance = uuid::Uuid::new_v4().to_string();
             let mut js = stream::context(self.client.clone());
             js.set_timeout(Duration::from_secs(1));
+            let mut memory = Memory::default();
             let mut tick = tokio::time::interval(self.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -63,7 +102,7 @@ impl HeartbeatTask {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                match self.beat(&js, &instance).await {
+                match self.beat(&js, &instance, &mut memory).await {
                     Ok(true) => {
                         self.sent.inc();
                     }
@@ -79,9 +118,8 @@ impl HeartbeatTask {
         &self,
         js: &jetstream::Context,
         instance: &str,
+        memory: &mut Memory,
     ) -> Result<bool, async_nats::Error> {
-        // First the stream's identity, recorded (by this replica, another, or the relay) with
-        // every rule the old stream held queued again.
         let mut stream = js
             .get_or_create_stream(stream::config(
                 self.settings.max_age,
@@ -89,49 +127,82 @@ impl HeartbeatTask {
             ))
             .await?;
         let epoch = stream::epoch(stream.cached_info());
-        let requeued = self
-            .store
-            .switch_epoch(epoch, crate::clock::unix_now(), self.leeway)
-            .await?;
-        if requeued > 0 {
-            tracing::warn!(
-                requeued,
-                "the revocation stream lost its history; publishing every rule in force again"
-            );
-            self.wake_relay.notify_one();
-            return Ok(false);
+        if memory.seen.as_ref().is_some_and(|(e, _, _)| *e != epoch) {
+            memory.seen = None;
         }
-        // The stream must still hold what was acknowledged on it: JetStream acknowledges
-        // before it syncs to disk, so a crash or a restored backup can take its tail, and the
-        // stream keeps its identity. Read before the stream (a later mark is in it).
-        let acknowledged = self.store.last_published().await?;
-        // Then what is published: every commit before the oldest unpublished one is marked,
-        // and marks are only made for this epoch (`Store::mark_published`). How far that
-        // oldest commit lies behind is read on the database's clock alone; it is counted
-        // back from an instant of this replica's clock taken before the read, so the
-        // statement only errs early, whatever the replicas' clocks say...
+        // How far publication lags, counted back from an instant of this replica's clock
+        // taken before anything is read; and the last message recorded as acknowledged,
+        // which the stream must still hold.
         let before = Instant::now();
-        let lag_ms = self.store.publish_lag_ms().await?;
-        // ... so at or below the stream's last sequence read now, if the stream is still the
+        let read = if self.store.reachable() {
+            let wait = DATABASE_WAIT.min(self.interval / 2);
+            match tokio::time::timeout(wait, self.read_database(epoch)).await {
+                Ok(read) => Some(read),
+                // Slow, not known to be gone: no statement this tick (the store's probe
+                // decides whether it is out of reach).
+                Err(_) => return Ok(false),
+            }
+        } else {
+            // Known to be out of reach (the store's probe): not even tried.
+            None
+        };
+        let (lag_ms, acknowledged) = match read {
+            Some(Ok(Reading::Requeued)) => {
+                self.wake_relay.notify_one();
+                return Ok(false);
+            }
+            Some(Ok(Reading::Published {
+                lag_ms,
+                acknowledged,
+                requeued_pending,
+            })) => {
+                memory.confirmed = Some(Confirmed {
+                    epoch,
+                    requeued_pending,
+                    acknowledged: acknowledged.clone(),
+                });
+                (lag_ms, acknowledged)
+            }
+            Some(Err(err)) if !self.store.note(&err) => return Err(err.into()),
+            // The database is out of reach. Every revocation
+            // acknowledged was published first (`http::commit_revocation`), so the stream's
+            // sequence read now covers every one acknowledged before `before`: the lag is
+            // nothing. That holds for the stream this replica last saw recorded in the
+            // database, if no rule acknowledged once was then waiting to be published again
+            // after a lost stream, and if the stream still holds its tail (checked below).
+            _ => match &memory.confirmed {
+                Some(c) if c.epoch == epoch && !c.requeued_pending => (0, c.acknowledged.clone()),
+                _ => return Ok(false),
+            },
+        };
+        // ... at or below the stream's last sequence read now, if the stream is still the
         // same one (recreated meanwhile, the marks may be in the old one: no heartbeat).
         let info = stream.info().await?.clone();
         if stream::epoch(&info) != epoch {
             return Ok(false);
         }
-        let state = &info.state;
-        if let Some((seq, id)) = &acknowledged {
+        // The stream must still hold what was acknowledged on it, and what this replica saw
+        // in it before: JetStream acknowledges before it syncs to disk, so a crash or a
+        // restored backup can take its tail, and the stream keeps its identity.
+        let seen = memory.seen.as_ref().map(|(_, seq, id)| (*seq, id.clone()));
+        for (seq, id) in acknowledged.iter().chain(seen.iter()) {
             let lost =
                 crate::relay::requeue_if_lost(&self.store, &stream, epoch, self.leeway, (*seq, id))
                     .await?;
             if lost {
+                memory.seen = None;
                 self.wake_relay.notify_one();
                 return Ok(false);
             }
         }
+        let state = &info.state;
         let last_id = match state.last_sequence {
             0 => None,
             seq => crate::relay::message_id(&stream, seq).await?,
         };
+        if let Some(id) = &last_id {
+            memory.seen = Some((epoch, state.last_sequence, id.clone()));
+        }
         let sent_at_ms = crate::clock::now_ms();
         let heartbeat = Heartbeat {
             v: HEARTBEAT_VERSION,
@@ -148,5 +219,31 @@ impl HeartbeatTask {
             .publish(HEARTBEAT_SUBJECT, signed.into())
             .await?;
         Ok(true)
+    }
+
+    /// The database's side of a heartbeat. First the stream's identity, recorded (by this
+    /// replica, another, or the relay) with every rule the old stream held queued again.
+    /// Then the last message recorded as acknowledged, before the lag (a later mark is in
+    /// the stream read afterwards), and whether rules queued again still wait.
+    async fn read_database(&self, epoch: u64) -> Result<Reading, sqlx::Error> {
+        let requeued = self
+            .store
+            .switch_epoch(epoch, crate::clock::unix_now(), self.leeway)
+            .await?;
+        if requeued > 0 {
+            tracing::warn!(
+                requeued,
+                "the revocation stream lost its history; publishing every rule in force again"
+            );
+            return Ok(Reading::Requeued);
+        }
+        let acknowledged = self.store.last_published().await?;
+        let lag_ms = self.store.publish_lag_ms().await?;
+        let requeued_pending = self.store.requeued_pending().await?;
+        Ok(Reading::Published {
+            lag_ms,
+            acknowledged,
+            requeued_pending,
+        })
     }
 }

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use std::net::{IpAddr, SocketAddr};
@@ -354,7 +355,7 @@ async fn admin_revocations_get(
         .store
         .active(crate::clock::unix_now(), state.config.leeway, after, limit)
         .await
-        .map_err(OAuthError::internal)?;
+        .map_err(|e| OAuthError::database(&state.store, e))?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.seq))
         .flatten();
@@ -381,6 +382,11 @@ async fn authenticate_admin(
     if !client.admin {
         return Err(OAuthError::AccessDenied);
     }
+    // Every admin call reads or writes the database: refused at once while it is out of
+    // reach, rather than after a connection timeout.
+    if !state.store.reachable() {
+        return Err(OAuthError::Unavailable(crate::error::DATABASE_UNREACHABLE));
+    }
     Ok(client)
 }
 
@@ -397,8 +403,17 @@ async fn revoke_token(
     commit_revocation(state, rule, exp, None, requested_by).await
 }
 
-/// Commits a revocation and wakes the relay. Returns the stored event (the existing one when
-/// the token was already revoked).
+/// Commits a revocation, wakes the relay and waits until the revocation is published.
+/// Returns the stored event (the existing one when the token was already revoked).
+///
+/// An acknowledgement is a publication: the request is answered 200 only once JetStream has
+/// acknowledged the revocation on the current stream and the relay has recorded it, so
+/// whatever was acknowledged before an instant is in the stream at a sequence read after
+/// it. That lets the heartbeat vouch for every acknowledged revocation with no database at
+/// hand (`heartbeat.rs`). While the database is out of reach nothing is committed and the
+/// answer is 503 at once; a revocation committed but not published within
+/// `publish_wait_ms` (NATS out of reach) is answered 503 too, stays committed, and is
+/// answered 200 when asked again once it is published.
 async fn commit_revocation(
     state: &AppState,
     rule: Rule,
@@ -415,11 +430,19 @@ async fn commit_revocation(
         revoked_at: crate::clock::unix_now(),
         reason,
     };
-    let stored = state
-        .store
-        .insert(&event, requested_by)
-        .await
-        .map_err(OAuthError::internal)?;
+    if !state.store.reachable() {
+        return Err(OAuthError::Unavailable(crate::error::DATABASE_UNREACHABLE));
+    }
+    // Registered before the commit, so the relay's word cannot come first.
+    let mut published = state.acks.register(&event.id);
+    let stored = state.store.insert(&event, requested_by).await;
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(err) => {
+            state.acks.forget(&event.id);
+            return Err(OAuthError::database(&state.store, err));
+        }
+    };
     state.wake_relay.notify_one();
     state.metrics.revocations.inc();
     tracing::info!(
@@ -429,7 +452,57 @@ async fn commit_revocation(
         reason = stored.reason.as_deref().unwrap_or(""),
         "revocation committed"
     );
+    if stored.id != event.id {
+        // Already revoked: that revocation's own publication is what counts.
+        state.acks.forget(&event.id);
+        published = state.acks.register(&stored.id);
+    }
+    let outcome = wait_published(state, &stored.id, &mut published).await;
+    state.acks.forget(&stored.id);
+    outcome?;
     Ok(stored)
+}
+
+/// Waits up to `publish_wait_ms` for the revocation `id` to be published: this replica's
+/// relay says so through `published`; another replica's relay is seen in the database,
+/// looked at every second.
+async fn wait_published(
+    state: &AppState,
+    id: &str,
+    published: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), OAuthError> {
+    // Committed already: a database lost now makes it "not published yet", never "nothing
+    // was changed".
+    let is_published = || async {
+        state.store.is_published(id).await.or_else(|err| {
+            state.store.note(&err);
+            Ok::<bool, OAuthError>(false)
+        })
+    };
+    let wait = Duration::from_millis(state.config.publish_wait_ms);
+    let watched = tokio::time::timeout(wait, async {
+        let mut look = tokio::time::interval(Duration::from_secs(1));
+        look.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut *published => return Ok(()),
+                _ = look.tick() => {
+                    if is_published().await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    if let Ok(outcome) = watched {
+        return outcome;
+    }
+    if is_published().await? {
+        return Ok(());
+    }
+    tracing::warn!(%id, "revocation committed but not published in time; answered 503");
+    Err(OAuthError::Unavailable(crate::error::NOT_PUBLISHED))
 }
 
 /// Body of `POST /admin/clients`.
@@ -489,7 +562,7 @@ async fn admin_clients_post(
         .store
         .add_client(&stored, crate::clock::unix_now())
         .await
-        .map_err(OAuthError::internal)?;
+        .map_err(|e| OAuthError::database(&state.store, e))?;
     if !added {
         return Err(OAuthError::Conflict("a client with this id exists"));
     }
@@ -545,7 +618,7 @@ async fn admin_client_delete(
         .store
         .remove_client(&id)
         .await
-        .map_err(OAuthError::internal)?
+        .map_err(|e| OAuthError::database(&state.store, e))?
     {
         return Err(OAuthError::NotFound("no such client"));
     }
@@ -611,7 +684,7 @@ async fn admin_client_secret_post(
         .store
         .set_client_secret(&id, &hash)
         .await
-        .map_err(OAuthError::internal)?
+        .map_err(|e| OAuthError::database(&state.store, e))?
     {
         return Err(OAuthError::NotFound("no such client"));
     }
@@ -672,7 +745,7 @@ async fn admin_keys_rotate_post(
         .store
         .add_signing_key(&stored, now, Some(retire_after))
         .await
-        .map_err(OAuthError::internal)?;
+        .map_err(|e| OAuthError::database(&state.store, e))?;
     crate::load_keys(&state.store, &state.keys)
         .await
         .map_err(OAuthError::internal)?;
@@ -795,7 +868,7 @@ async fn oauth2_introspect_post(
             claims.iat,
         )
         .await
-        .map_err(OAuthError::internal)?;
+        .map_err(|e| OAuthError::database(&state.store, e))?;
     if revoked {
         return Ok(inactive());
     }
@@ -824,19 +897,25 @@ async fn jwks_get(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
+/// Ready when the database takes writes (as last probed) and NATS is connected; otherwise
+/// 503 with the reasons: `database_unreachable`, `nats_disconnected`.
 async fn readyz_get(State(state): State<Arc<AppState>>) -> Response {
-    let database = state.store.ping().await;
+    let database = state.store.reachable();
     let nats = state.nats.is_connected();
-    let status = if database && nats {
+    let mut reasons = Vec::new();
+    if !database {
+        reasons.push("database_unreachable");
+    }
+    if !nats {
+        reasons.push("nats_disconnected");
+    }
+    let status = if reasons.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(serde_json::json!({ "database": database, "nats": nats })),
-    )
-        .into_response()
+    let body = serde_json::json!({ "database": database, "nats": nats, "reasons": reasons });
+    (status, Json(body)).into_response()
 }
 
 async fn metrics_get(State(state): State<Arc<AppState>>) -> Response {

@@ -51,6 +51,8 @@ pub struct AppState {
     pub clients: clients::Clients,
     pub store: store::Store,
     pub wake_relay: Arc<Notify>,
+    /// Revocation requests waiting for their publication.
+    pub acks: Arc<relay::Acks>,
     pub nats: Arc<ConnectionState>,
     pub metrics: Metrics,
     pub registry: Registry,
@@ -238,10 +240,13 @@ pub async fn run(
         replicas: config.stream_replicas,
         leeway: config.leeway,
     };
+    let acks = Arc::new(relay::Acks::default());
+    let probe = store.spawn_probe(relay_shutdown.clone());
     let relay = relay::spawn(
         client.clone(),
         store.clone(),
         wake_relay.clone(),
+        acks.clone(),
         settings,
         relay_metrics,
         relay_shutdown.clone(),
@@ -315,6 +320,7 @@ pub async fn run(
         keys,
         store: store.clone(),
         wake_relay,
+        acks,
         nats,
         metrics,
         registry,
@@ -375,7 +381,7 @@ pub async fn run(
     // Requests have drained; whatever they committed and the relay has not published yet
     // stays in the outbox for the next start.
     relay_shutdown.cancel();
-    let _ = tokio::join!(relay, heartbeat, key_reload);
+    let _ = tokio::join!(relay, heartbeat, key_reload, probe);
     if let Some(snapshots) = snapshots {
         let _ = snapshots.await;
     }

@@ -9,14 +9,15 @@
 //! was committed but never acknowledged. Each event carries its id as `Nats-Msg-Id`, so a retry
 //! after a lost ack is dropped by the stream's duplicate window instead of stored twice.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use revocation::stream;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -53,11 +54,58 @@ impl Default for RelayMetrics {
     }
 }
 
+/// Requests waiting until their revocation is published: the revocation APIs answer 200
+/// only then (see [`crate::http`]), so that every revocation acknowledged is already in the
+/// stream, and the heartbeat can vouch for it with no database at hand.
+#[derive(Debug, Default)]
+pub struct Acks {
+    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+}
+
+impl Acks {
+    /// Completes once this replica's relay has recorded the revocation `id` as published.
+    /// Registered before the commit, it cannot miss that; one published by another
+    /// replica's relay is seen in the database instead.
+    pub fn register(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().entry(id.to_string()).or_default().push(tx);
+        rx
+    }
+
+    /// Drops the waiters of `id` that gave up.
+    pub fn forget(&self, id: &str) {
+        let mut waiting = self.lock();
+        if let Some(senders) = waiting.get_mut(id) {
+            senders.retain(|tx| !tx.is_closed());
+            if senders.is_empty() {
+                waiting.remove(id);
+            }
+        }
+    }
+
+    /// Wakes whoever waits for these revocations.
+    fn published<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let mut waiting = self.lock();
+        for id in ids {
+            for tx in waiting.remove(id).unwrap_or_default() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<()>>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Starts the relay; it runs until `shutdown` is cancelled.
 pub fn spawn(
     client: async_nats::Client,
     store: Store,
     wake: Arc<Notify>,
+    acks: Arc<Acks>,
     settings: StreamSettings,
     metrics: Arc<RelayMetrics>,
     shutdown: CancellationToken,
@@ -69,6 +117,7 @@ pub fn spawn(
         let relay = Relay {
             js,
             store,
+            acks,
             metrics,
             leeway: settings.leeway,
         };
@@ -118,6 +167,7 @@ pub fn spawn(
 struct Relay {
     js: jetstream::Context,
     store: Store,
+    acks: Arc<Acks>,
     metrics: Arc<RelayMetrics>,
     leeway: u64,
 }
@@ -242,7 +292,7 @@ impl Relay {
                         duplicate = ack.duplicate,
                         "revocation published"
                     );
-                    published.push(row.seq);
+                    published.push((row.seq, row.event.id.as_str()));
                     if !ack.duplicate {
                         lowest_new = Some(lowest_new.map_or(ack.sequence, |l| l.min(ack.sequence)));
                     }
@@ -259,16 +309,26 @@ impl Relay {
             self.check_tail(epoch, lowest).await?;
         }
         if !published.is_empty() {
+            let seqs: Vec<i64> = published.iter().map(|(seq, _)| *seq).collect();
             let marked = self
                 .store
-                .mark_published(&published, crate::clock::unix_now(), epoch, last)
-                .await?;
-            if !marked {
-                return Err(
-                    "the stream was recreated while publishing; publishing to the new one".into(),
-                );
+                .mark_published(&seqs, crate::clock::unix_now(), epoch, last)
+                .await;
+            match marked {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(
+                        "the stream was recreated while publishing; publishing to the new one"
+                            .into(),
+                    )
+                }
+                Err(err) => {
+                    self.store.note(&err);
+                    return Err(err.into());
+                }
             }
             self.metrics.published.inc_by(published.len() as u64);
+            self.acks.published(published.iter().map(|(_, id)| *id));
         }
         match failure {
             Some(err) => Err(err),

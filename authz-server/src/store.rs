@@ -13,12 +13,15 @@
 //! several replicas sharing one database. The SQL is written once for both: every placeholder
 //! `$n` appears once and in order, which SQLite binds by position as PostgreSQL does.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use revocation::{RevocationEvent, Rule};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 /// Most revocations one group-commit transaction holds. Large enough that at thousands of
 /// revocations a second a commit covers everything that arrived during the previous one;
@@ -27,6 +30,45 @@ const MAX_GROUP: usize = 256;
 
 /// Revocations that may wait for the writer before callers wait for room (back-pressure).
 const WRITER_QUEUE: usize = 4096;
+
+/// How often the database is probed with a write ([`Store::spawn_probe`]).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a probe may take before the database counts as unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether `err` says the database is out of reach or takes no writes (rather than that a
+/// statement is wrong): no connection, a connection lost, PostgreSQL shutting down, out of
+/// disk or read-only; SQLite's file busy past `busy_timeout`, read-only, full, failing I/O
+/// or gone.
+fn unavailable(err: &sqlx::Error, postgres: bool) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if postgres {
+                // SQLSTATE classes: connection exception, insufficient resources (disk
+                // full), operator intervention (shutdown), system error; a read-only
+                // transaction (a standby).
+                ["08", "53", "57", "58"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || code == "25006"
+            } else {
+                // An SQLite result code, perhaps extended: the primary code is its low byte.
+                // BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+                code.parse::<i64>()
+                    .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
+            }
+        }
+        _ => false,
+    }
+}
 
 /// Columns shared by both schemas.
 const COLUMNS: &str = "id TEXT NOT NULL UNIQUE,
@@ -116,6 +158,8 @@ pub struct StoredRevocation {
 pub struct Store {
     pool: AnyPool,
     postgres: bool,
+    /// Whether the database takes writes, as last seen ([`Store::reachable`]).
+    reachable: Arc<AtomicBool>,
     /// The group-commit writer of revocations; see [`Store::insert`].
     writer: mpsc::Sender<PendingInsert>,
 }
@@ -173,6 +217,7 @@ impl Store {
         let store = Store {
             pool: pool.clone(),
             postgres,
+            reachable: Arc::new(AtomicBool::new(true)),
             writer,
         };
         store.create_schema().await?;
@@ -584,9 +629,89 @@ impl Store {
         Ok(removed == 1)
     }
 
-    /// Whether the database answers.
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    /// Whether the database took a write when last tried: by the probe
+    /// ([`Store::spawn_probe`], every [`PROBE_INTERVAL`]) or by a statement that failed for
+    /// want of a connection or of a writable file ([`Store::note`]). Requests that must
+    /// write answer 503 at once while it is false, instead of waiting for a connection.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Takes note of a failed statement: one that says the database is out of reach (or
+    /// takes no writes) marks it unreachable until the probe writes again. Returns whether
+    /// it was such a failure.
+    pub fn note(&self, err: &sqlx::Error) -> bool {
+        let out_of_reach = unavailable(err, self.postgres);
+        if out_of_reach && self.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %err, "the database is unreachable or takes no writes");
+        }
+        out_of_reach
+    }
+
+    /// One write, within [`PROBE_TIMEOUT`]: whether the database takes writes now.
+    pub async fn probe(&self) -> bool {
+        let write = sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('probe', '0')
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .execute(&self.pool);
+        let ok = match tokio::time::timeout(PROBE_TIMEOUT, write).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(err)) => {
+                self.note(&err);
+                false
+            }
+            Err(_) => false,
+        };
+        let was = self.reachable.swap(ok, Ordering::Relaxed);
+        if ok && !was {
+            tracing::info!("the database takes writes again");
+        } else if !ok && was {
+            tracing::warn!("the database is unreachable or takes no writes");
+        }
+        ok
+    }
+
+    /// Probes the database every [`PROBE_INTERVAL`] until `shutdown`.
+    pub fn spawn_probe(&self, shutdown: tokio_util::sync::CancellationToken) -> JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                store.probe().await;
+            }
+        })
+    }
+
+    /// Whether the revocation `id` is acknowledged by JetStream on the current stream.
+    pub async fn is_published(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let published: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM revocations WHERE id = $1 AND published_at IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        Ok(published > 0)
+    }
+
+    /// Whether rules queued again after the stream lost them ([`Store::switch_epoch`],
+    /// [`Store::requeue_after_rollback`]) still wait to be published: those were
+    /// acknowledged once, and gateways may lack them.
+    pub async fn requeued_pending(&self) -> Result<bool, sqlx::Error> {
+        let pending: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM revocations WHERE published_at IS NULL AND seq <=
+                 (SELECT CAST(value AS BIGINT) FROM meta WHERE name = 'requeued_through')",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        Ok(pending > 0)
     }
 
     /// Closes the pool.
@@ -823,13 +948,25 @@ async fn requeue_in_force(
     now: u64,
     leeway: u64,
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    let requeued = sqlx::query(
         "UPDATE revocations SET published_at = NULL WHERE published_at IS NOT NULL AND expires_at >= $1",
     )
     .bind(now.saturating_sub(leeway) as i64)
     .execute(&mut **tx)
     .await?
-    .rows_affected())
+    .rows_affected();
+    // Everything up to here was acknowledged once: the heartbeat vouches for nothing without
+    // the database while any of it waits ([`Store::requeued_pending`]).
+    sqlx::query("DELETE FROM meta WHERE name = 'requeued_through'")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO meta (name, value)
+         SELECT 'requeued_through', CAST(COALESCE(MAX(seq), 0) AS TEXT) FROM revocations",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(requeued)
 }
 
 /// The `last_published` record: "<sequence> <event id>".
@@ -923,6 +1060,36 @@ mod tests {
                 .try_get(0)
                 .unwrap();
         assert_eq!(with_time, 1);
+    }
+
+    /// A SQLite file that takes no writes (read-only, or locked past `busy_timeout`) counts
+    /// as the database out of reach; a statement that is wrong does not.
+    #[tokio::test]
+    async fn a_file_that_takes_no_writes_is_out_of_reach() {
+        use sqlx::Connection;
+        let (dir, store) = temp_store().await;
+        let url = format!("sqlite://{}?mode=ro", dir.path().join("t.db").display());
+        let mut read_only = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let err = sqlx::query("INSERT INTO meta (name, value) VALUES ('x', 'y')")
+            .execute(&mut read_only)
+            .await
+            .unwrap_err();
+        assert!(unavailable(&err, false), "{err}");
+        let err = sqlx::query("INSERT INTO nowhere VALUES (1)")
+            .execute(&mut read_only)
+            .await
+            .unwrap_err();
+        assert!(!unavailable(&err, false), "{err}");
+        assert!(store.reachable());
+        assert!(!store.note(&err));
+        assert!(
+            store.reachable(),
+            "a wrong statement says nothing of the database"
+        );
+        assert!(store.note(&sqlx::Error::PoolTimedOut));
+        assert!(!store.reachable());
+        assert!(store.probe().await, "the file takes writes");
+        assert!(store.reachable());
     }
 
     /// The stored revocations' sequence numbers, waiting to be published.

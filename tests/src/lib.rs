@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod nginx;
+pub mod postgres;
 pub use nginx::Nginx;
+pub use postgres::PrivatePostgres;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -703,7 +703,10 @@ async fn readiness_and_sigterm() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(status, 503);
-    assert_eq!(body, json!({"database": true, "nats": false}));
+    assert_eq!(
+        body,
+        json!({"database": true, "nats": false, "reasons": ["nats_disconnected"]})
+    );
     let system_tests::Runner::Process(process) = &mut authz.runner else {
         anyhow::bail!("expected a process");
     };

@@ -9,7 +9,7 @@ use system_tests::{all_refused, eventually, Authz, Gateway, Nats, Probe, TcpProx
 
 const MAX_STALENESS_MS: u64 = 1500;
 const BOUND: Duration = Duration::from_millis(MAX_STALENESS_MS);
-const AUTHZ_EXTRA: &str = "heartbeat_interval_ms = 200";
+const AUTHZ_EXTRA: &str = "heartbeat_interval_ms = 200\npublish_wait_ms = 1000";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn gateway_extra() -> String {
@@ -39,6 +39,41 @@ async fn revoke(authz: &Authz, probe: &Probe, token: &str, index: usize) -> anyh
         authz.revoke("demo-client", "demo-secret", token).await?,
         200
     );
+    probe.revoked(index);
+    Ok(())
+}
+
+/// Revokes while NATS is out of the authz-server's reach: committed, and refused (503)
+/// because it is not published; the probe is not told.
+async fn revoke_unpublished(authz: &Authz, token: &str) -> anyhow::Result<()> {
+    assert_eq!(
+        authz.revoke("demo-client", "demo-secret", token).await?,
+        503,
+        "acknowledged without being published"
+    );
+    Ok(())
+}
+
+/// Asks again for a revocation committed earlier until it is acknowledged (200: published);
+/// tells the probe then.
+async fn revoke_until_acknowledged(
+    authz: &Authz,
+    probe: &Probe,
+    token: &str,
+    index: usize,
+) -> anyhow::Result<()> {
+    eventually(
+        WAIT,
+        "the committed revocation to be acknowledged",
+        || async {
+            let status = authz
+                .revoke("demo-client", "demo-secret", token)
+                .await
+                .ok()?;
+            (status == 200).then_some(())
+        },
+    )
+    .await?;
     probe.revoked(index);
     Ok(())
 }
@@ -86,7 +121,7 @@ async fn nats_killed_and_restarted() -> anyhow::Result<()> {
     revoke(&authz, &probe, &before, i_before).await?;
 
     nats.kill();
-    revoke(&authz, &probe, &during, i_during).await?;
+    revoke_unpublished(&authz, &during).await?;
     for gw in &gws {
         let took = wait_status(gw, 503, "the gateway to report itself stale").await?;
         println!("gateway stale {took:?} after NATS died");
@@ -95,6 +130,7 @@ async fn nats_killed_and_restarted() -> anyhow::Result<()> {
     for gw in &gws {
         wait_status(gw, 200, "the gateway to be fresh again").await?;
     }
+    revoke_until_acknowledged(&authz, &probe, &during, i_during).await?;
     revoke(&authz, &probe, &after, i_after).await?;
     all_refused(&urls, &[before, during, after], WAIT).await?;
     check(&probe.finish().await, "nats_killed_and_restarted");
@@ -110,7 +146,8 @@ async fn cluster_node_killed() -> anyhow::Result<()> {
     let authz = Authz::start_with(
         dir.path(),
         &urls,
-        &format!("{AUTHZ_EXTRA}\nstream_replicas = 3"),
+        // Long enough to ride out the stream leader's failover (3-4 s).
+        "heartbeat_interval_ms = 200\nstream_replicas = 3\npublish_wait_ms = 10000",
     )
     .await?;
     let upstream = Upstream::start().await?;
@@ -248,7 +285,7 @@ async fn authz_killed_between_commit_and_publish() -> anyhow::Result<()> {
 
     // Commit without publish: the authz-server's NATS connection is cut.
     to_nats.cut();
-    revoke(&authz, &probe, &during, i_during).await?;
+    revoke_unpublished(&authz, &during).await?;
     let backlog = authz.metrics().await;
     assert!(
         backlog.contains("authz_outbox_backlog 1"),
@@ -258,6 +295,7 @@ async fn authz_killed_between_commit_and_publish() -> anyhow::Result<()> {
     authz.kill_and_restart().await?;
     to_nats.heal();
     all_refused(&urls, std::slice::from_ref(&during), WAIT).await?;
+    revoke_until_acknowledged(&authz, &probe, &during, i_during).await?;
     wait_status(&gw, 200, "the gateway fresh again").await?;
     revoke(&authz, &probe, &after, i_after).await?;
     all_refused(&urls, &[before, during, after], WAIT).await?;
@@ -398,10 +436,13 @@ async fn stream_tail_lost() -> anyhow::Result<()> {
     // sequences and past them, and a relay that only compared its last message would find
     // it there.
     nats.restore_store(&backup)?;
-    for (token, i) in after {
-        revoke(&authz, &probe, token, *i).await?;
+    for (token, _) in after {
+        revoke_unpublished(&authz, token).await?;
     }
     nats.restart()?;
+    for (token, i) in after {
+        revoke_until_acknowledged(&authz, &probe, token, *i).await?;
+    }
     let after: Vec<String> = after.iter().map(|(t, _)| t.clone()).collect();
     let every: Vec<String> = [before, lost, after].concat();
     if let Err(e) = all_refused(std::slice::from_ref(&gw.url), &every, WAIT).await {
