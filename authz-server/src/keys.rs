@@ -8,6 +8,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse, ThumbprintHash}
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 
 use revocation::freshness::{Heartbeat, HEARTBEAT_KEY_USE, HEARTBEAT_TYP};
+use revocation::snapshot::{Manifest, MANIFEST_TYP};
 
 use crate::error::StartError;
 
@@ -95,10 +96,44 @@ impl KeyObject {
 
     /// Signs a heartbeat as a JWS of type [`HEARTBEAT_TYP`] (`kid` set).
     pub fn sign_heartbeat(&self, hb: &Heartbeat) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign_typed(HEARTBEAT_TYP, hb)
+    }
+
+    /// Signs a snapshot manifest as a JWS of type [`MANIFEST_TYP`] (`kid` set).
+    pub fn sign_manifest(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign_typed(MANIFEST_TYP, manifest)
+    }
+
+    /// A manifest this key signed, or `None`.
+    pub fn open_manifest(&self, message: &[u8]) -> Option<Manifest> {
+        let token = std::str::from_utf8(message).ok()?;
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.typ.as_deref() != Some(MANIFEST_TYP) {
+            return None;
+        }
+        let mut validation = jsonwebtoken::Validation::new(self.alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &validation)
+            .ok()?
+            .claims;
+        Manifest::decode(&serde_json::to_vec(&claims).ok()?).ok()
+    }
+
+    fn sign_typed<T: serde::Serialize>(
+        &self,
+        typ: &str,
+        claims: &T,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(self.alg);
-        header.typ = Some(HEARTBEAT_TYP.into());
+        header.typ = Some(typ.into());
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, hb, &self.encoding)
+        jsonwebtoken::encode(&header, claims, &self.encoding)
     }
 
     /// Key used to verify tokens this server issued.

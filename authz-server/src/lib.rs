@@ -253,7 +253,7 @@ pub async fn run(
     );
     let heartbeat = heartbeat::HeartbeatTask {
         client: client.clone(),
-        key: heartbeat_key,
+        key: heartbeat_key.clone(),
         store: store.clone(),
         wake_relay: wake_relay.clone(),
         settings,
@@ -288,6 +288,7 @@ pub async fn run(
         snapshot::spawn(
             client.clone(),
             store.clone(),
+            heartbeat_key.clone(),
             snapshot::SnapshotSettings {
                 interval: Duration::from_millis(config.snapshot_interval_ms),
                 min_events: config.snapshot_min_events,

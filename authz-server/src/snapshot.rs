@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use revocation::snapshot::{self, ChunkWriter, Manifest, CHUNK_SUBJECT, MANIFEST_SUBJECT};
+use revocation::snapshot::{
+    self, ChunkDigest, ChunkWriter, Manifest, CHUNK_SUBJECT, MANIFEST_SUBJECT,
+};
 use revocation::stream::{self, STREAM_NAME};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +61,7 @@ pub struct SnapshotMetrics {
 pub fn spawn(
     client: async_nats::Client,
     store: Store,
+    key: Arc<crate::keys::KeyObject>,
     settings: SnapshotSettings,
     metrics: Arc<SnapshotMetrics>,
     shutdown: CancellationToken,
@@ -77,7 +80,7 @@ pub fn spawn(
             // reads them, and a later snapshot's purge removes them.
             let taken = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                taken = take(&revocations, &js, &store, &settings) => taken,
+                taken = take(&revocations, &js, &store, &key, &settings) => taken,
             };
             match taken {
                 Ok(Some(manifest)) => {
@@ -101,6 +104,7 @@ async fn take(
     revocations: &jetstream::Context,
     js: &jetstream::Context,
     store: &Store,
+    key: &crate::keys::KeyObject,
     settings: &SnapshotSettings,
 ) -> Result<Option<Manifest>, async_nats::Error> {
     let started = Instant::now();
@@ -117,7 +121,7 @@ async fn take(
         .get_last_raw_message_by_subject(MANIFEST_SUBJECT)
         .await
     {
-        Ok(message) => Manifest::decode(&message.payload).ok().map(|manifest| {
+        Ok(message) => key.open_manifest(&message.payload).map(|manifest| {
             let start = match manifest.first_chunk {
                 0 => message.sequence,
                 first => first,
@@ -139,6 +143,7 @@ async fn take(
     let id = uuid::Uuid::now_v7().to_string();
     let now = crate::clock::unix_now();
     let mut writer = ChunkWriter::new(&id);
+    let mut digest = ChunkDigest::default();
     let mut chunks = Vec::new();
     let mut after = 0;
     loop {
@@ -148,16 +153,18 @@ async fn take(
         for row in &page {
             let event = &row.event;
             if let Some(chunk) = writer.push(&event.rule.as_ref(), &event.iss, event.expires_at) {
+                digest.push(&chunk);
                 chunks.push(publish(js, CHUNK_SUBJECT, chunk).await?);
             }
         }
     }
     let (tail, rules) = writer.finish();
     if let Some(chunk) = tail {
+        digest.push(&chunk);
         chunks.push(publish(js, CHUNK_SUBJECT, chunk).await?);
     }
     let manifest = Manifest {
-        v: snapshot::SNAPSHOT_VERSION,
+        v: snapshot::MANIFEST_VERSION,
         id,
         epoch,
         seq,
@@ -166,8 +173,10 @@ async fn take(
         chunks: chunks.len() as u64,
         rules,
         created_at: now,
+        digest: digest.finish(),
     };
-    publish(js, MANIFEST_SUBJECT, manifest.to_json()).await?;
+    let signed = key.sign_manifest(&manifest)?;
+    publish(js, MANIFEST_SUBJECT, signed.into_bytes()).await?;
     // Keep the previous snapshot too: a gateway may be reading it right now. Only purge when
     // there is something to purge: nats-server 2.9.10, asked to purge up to its first sequence,
     // afterwards answers "no message found" for the last manifest (seen here; the test
@@ -226,6 +235,7 @@ mod tests {
             chunks: 0,
             rules,
             created_at: 0,
+            digest: String::new(),
         }
     }
 

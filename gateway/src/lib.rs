@@ -532,10 +532,13 @@ pub async fn run_with_reload(
     );
     let feed_task = feed::spawn(
         client.clone(),
-        nats.clone(),
-        revocations.clone(),
-        feed_status.clone(),
-        freshness.clone(),
+        feed::FeedShared {
+            connection: nats.clone(),
+            set: revocations.clone(),
+            status: feed_status.clone(),
+            freshness: freshness.clone(),
+            verifier: keys.clone(),
+        },
         revocation::feed::ReplaySettings {
             min_retention: Duration::from_secs(config.max_ttl.saturating_add(config.leeway)),
             split_min: config.replay_split_min,

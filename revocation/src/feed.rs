@@ -23,7 +23,13 @@ use crate::event::{RevocationEvent, SkipReason};
 use crate::freshness::{Freshness, Heartbeat, HeartbeatVerifier, Position, Unverified};
 use crate::nats::ConnectionState;
 use crate::set::{Applied, RevocationSet};
-use crate::snapshot::{Chunk, Manifest, CHUNK_SUBJECT, MANIFEST_SUBJECT, SNAPSHOT_STREAM};
+use crate::snapshot::{
+    Chunk, ChunkDigest, Manifest, SnapshotError, CHUNK_SUBJECT, MANIFEST_SUBJECT, SNAPSHOT_STREAM,
+};
+
+/// Longest a starting gateway waits for its JWK Set before it gives up on the snapshot (and
+/// replays the stream instead).
+const KEYS_WAIT: Duration = Duration::from_secs(10);
 use crate::stream::{HEARTBEAT_SUBJECT, STREAM_NAME};
 use crate::unix_now;
 
@@ -247,13 +253,22 @@ pub struct ReplaySettings {
     pub snapshot_min: u64,
 }
 
+/// What the feed shares with the rest of the gateway.
+pub struct FeedShared {
+    /// The NATS connection's state.
+    pub connection: Arc<ConnectionState>,
+    /// The rules it fills.
+    pub set: Arc<RevocationSet>,
+    pub status: Arc<FeedStatus>,
+    pub freshness: Arc<Freshness>,
+    /// Checks snapshot manifests (signed by the heartbeat key).
+    pub verifier: Arc<dyn HeartbeatVerifier>,
+}
+
 /// Starts the feed. It runs until `shutdown` is cancelled.
 pub fn spawn(
     client: async_nats::Client,
-    connection: Arc<ConnectionState>,
-    set: Arc<RevocationSet>,
-    status: Arc<FeedStatus>,
-    freshness: Arc<Freshness>,
+    shared: FeedShared,
     replay: ReplaySettings,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
@@ -261,6 +276,13 @@ pub fn spawn(
     js.set_timeout(Duration::from_secs(2));
     let mut snapshots = crate::snapshot::context(client);
     snapshots.set_timeout(Duration::from_secs(2));
+    let FeedShared {
+        connection,
+        set,
+        status,
+        freshness,
+        verifier,
+    } = shared;
     let feed = Feed {
         js,
         snapshots,
@@ -268,6 +290,7 @@ pub fn spawn(
         set,
         status,
         freshness,
+        verifier,
         replay,
     };
     tokio::spawn(async move {
@@ -298,6 +321,8 @@ struct Feed {
     set: Arc<RevocationSet>,
     status: Arc<FeedStatus>,
     freshness: Arc<Freshness>,
+    /// Checks snapshot manifests (signed by the heartbeat key).
+    verifier: Arc<dyn HeartbeatVerifier>,
     replay: ReplaySettings,
 }
 
@@ -374,6 +399,7 @@ async fn read_chunks(
 ) -> Result<(), async_nats::Error> {
     let now = unix_now();
     let (mut chunks, mut rules) = (0, 0);
+    let mut digest = ChunkDigest::default();
     let mut sequence = manifest.first_chunk;
     while chunks < manifest.chunks {
         if sequence > manifest.last_chunk {
@@ -391,6 +417,9 @@ async fn read_chunks(
         if chunk.index != chunks {
             return Err(format!("chunk {} found where {chunks} was due", chunk.index).into());
         }
+        // Applied before the digest is known: a snapshot's rules only ever tighten, and one
+        // that does not match the manifest is not used to skip any event.
+        digest.push(&message.payload);
         for rule in &chunk.rules {
             set.insert_ref(rule, now);
         }
@@ -400,6 +429,9 @@ async fn read_chunks(
     }
     if rules != manifest.rules {
         return Err(format!("{rules} rules found, {} announced", manifest.rules).into());
+    }
+    if digest.finish() != manifest.digest {
+        return Err(SnapshotError::Digest.into());
     }
     Ok(())
 }
@@ -580,6 +612,20 @@ impl Feed {
         result
     }
 
+    /// The manifest in `message` if the heartbeat key signed it. A gateway that is just
+    /// starting may not have its JWK Set yet: it waits for it, up to [`KEYS_WAIT`].
+    async fn open_manifest(&self, message: &[u8]) -> Result<Manifest, SnapshotError> {
+        let deadline = tokio::time::Instant::now() + KEYS_WAIT;
+        loop {
+            match Manifest::open(self.verifier.as_ref(), message) {
+                Err(SnapshotError::NoKeys) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
     /// Loads the latest snapshot if it is of this stream (`epoch`), within what the stream holds
     /// (`target`) and ahead of the feed. On success the feed goes on from the snapshot's
     /// sequence; otherwise nothing changes but the rules applied, and the stream is replayed.
@@ -617,7 +663,7 @@ impl Feed {
                 return;
             }
         };
-        let manifest = match Manifest::decode(&message.payload) {
+        let manifest = match self.open_manifest(&message.payload).await {
             Ok(manifest) => manifest,
             Err(reason) => {
                 self.status.snapshots_failed.inc();

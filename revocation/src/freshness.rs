@@ -38,10 +38,26 @@ pub const HEARTBEAT_KEY_USE: &str = "revgate-heartbeat";
 /// Largest signed heartbeat a gateway reads.
 pub const MAX_SIGNED_HEARTBEAT: usize = 4096;
 
-/// Checks a signed heartbeat: the gateway's JWK Set holds the keys.
+/// Checks what the authz-server signs with its heartbeat key (heartbeats, and snapshot
+/// manifests: [`crate::snapshot::MANIFEST_TYP`]); the gateway's JWK Set holds the keys.
 pub trait HeartbeatVerifier: Send + Sync {
+    /// The JSON payload of `message`, if it is a JWS of type `typ`, at most `max` bytes,
+    /// signed by a heartbeat key; otherwise why not.
+    fn open_signed(
+        &self,
+        typ: &'static str,
+        max: usize,
+        message: &[u8],
+    ) -> Result<serde_json::Value, Unverified>;
+
     /// The heartbeat, if `message` is one signed by a heartbeat key; otherwise why not.
-    fn open(&self, message: &[u8]) -> Result<Heartbeat, Unverified>;
+    fn open(&self, message: &[u8]) -> Result<Heartbeat, Unverified> {
+        let payload = self.open_signed(HEARTBEAT_TYP, MAX_SIGNED_HEARTBEAT, message)?;
+        serde_json::from_value::<Heartbeat>(payload)
+            .ok()
+            .and_then(Heartbeat::checked)
+            .ok_or(Unverified::Rejected("not a valid heartbeat"))
+    }
 }
 
 /// Why a message on the heartbeat subject was not believed.

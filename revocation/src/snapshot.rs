@@ -52,8 +52,21 @@ pub const CHUNK_SUBJECT: &str = "authz.snapshots.v1.chunk";
 /// Subject of every manifest; the last one names the latest snapshot.
 pub const MANIFEST_SUBJECT: &str = "authz.snapshots.v1.manifest";
 
-/// The only snapshot format this code writes and understands.
+/// The only chunk format this code writes and understands.
 pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The only manifest format this code writes and understands. Version 2: the manifest is
+/// signed and carries the digest of its chunks.
+pub const MANIFEST_VERSION: u32 = 2;
+
+/// A manifest travels as a JWS (compact serialisation) of its JSON with this `typ`, signed by
+/// the authz-server's heartbeat key (see [`crate::freshness::HEARTBEAT_TYP`]): a manifest
+/// decides which events a new gateway skips, so only the authz-server's key, not a subject
+/// permission, makes a gateway believe one. Its `digest` covers the chunks.
+pub const MANIFEST_TYP: &str = "revgate-snapshot+jwt";
+
+/// Largest signed manifest a gateway reads.
+pub const MAX_SIGNED_MANIFEST: usize = 4096;
 
 /// A chunk is closed once its rules take about this many bytes.
 pub const CHUNK_TARGET_BYTES: usize = 256 * 1024;
@@ -78,7 +91,7 @@ pub fn stream_config(replicas: usize) -> Config {
 /// What a snapshot holds and where its chunks are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Format version, [`SNAPSHOT_VERSION`].
+    /// Format version, [`MANIFEST_VERSION`].
     pub v: u32,
     /// Unique id of the snapshot, repeated in each of its chunks.
     pub id: String,
@@ -94,6 +107,31 @@ pub struct Manifest {
     pub rules: u64,
     /// Unix time the snapshot was taken.
     pub created_at: u64,
+    /// SHA-256 of the chunks, in order, as [`ChunkDigest`] computes it (lowercase hex).
+    pub digest: String,
+}
+
+/// The digest a manifest carries: SHA-256 over each chunk's payload, in order, each preceded
+/// by its length (8 bytes, big-endian), so that no two lists of chunks share it.
+#[derive(Default)]
+pub struct ChunkDigest(sha2::Sha256);
+
+impl ChunkDigest {
+    pub fn push(&mut self, chunk: &[u8]) {
+        use sha2::Digest;
+        self.0.update((chunk.len() as u64).to_be_bytes());
+        self.0.update(chunk);
+    }
+
+    /// Lowercase hex.
+    pub fn finish(self) -> String {
+        use sha2::Digest;
+        self.0
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 impl Manifest {
@@ -103,14 +141,38 @@ impl Manifest {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Parses and checks a manifest; why it cannot be used otherwise.
+    /// The manifest in a signed message, if a heartbeat key signed it ([`MANIFEST_TYP`]);
+    /// why it cannot be used otherwise.
+    pub fn open(
+        verifier: &dyn crate::freshness::HeartbeatVerifier,
+        message: &[u8],
+    ) -> Result<Manifest, SnapshotError> {
+        use crate::freshness::Unverified;
+        let payload = verifier
+            .open_signed(MANIFEST_TYP, MAX_SIGNED_MANIFEST, message)
+            .map_err(|e| match e {
+                Unverified::NoKeys => SnapshotError::NoKeys,
+                Unverified::Rejected(why) => SnapshotError::Unsigned(why),
+            })?;
+        let manifest: Manifest =
+            serde_json::from_value(payload).map_err(|_| SnapshotError::Malformed)?;
+        manifest.checked()
+    }
+
+    /// Parses and checks a manifest's JSON (no signature); why it cannot be used otherwise.
     pub fn decode(payload: &[u8]) -> Result<Manifest, SnapshotError> {
         if payload.len() > MAX_CHUNK_BYTES {
             return Err(SnapshotError::Oversized);
         }
         let manifest: Manifest =
             serde_json::from_slice(payload).map_err(|_| SnapshotError::Malformed)?;
-        if manifest.v != SNAPSHOT_VERSION {
+        manifest.checked()
+    }
+
+    /// The manifest if its fields make sense.
+    fn checked(self) -> Result<Manifest, SnapshotError> {
+        let manifest = self;
+        if manifest.v != MANIFEST_VERSION {
             return Err(SnapshotError::UnknownVersion);
         }
         let chunks_fit = match manifest.chunks {
@@ -121,7 +183,13 @@ impl Manifest {
                     && manifest.last_chunk - manifest.first_chunk >= n - 1
             }
         };
-        if manifest.id.is_empty() || manifest.id.len() > MAX_FIELD_LEN || !chunks_fit {
+        let digest_fits =
+            manifest.digest.len() == 64 && manifest.digest.bytes().all(|b| b.is_ascii_hexdigit());
+        if manifest.id.is_empty()
+            || manifest.id.len() > MAX_FIELD_LEN
+            || !chunks_fit
+            || !digest_fits
+        {
             return Err(SnapshotError::Invalid);
         }
         Ok(manifest)
@@ -141,6 +209,15 @@ pub enum SnapshotError {
     UnknownKind,
     #[error("snapshot fields out of range")]
     Invalid,
+    /// The gateway has not loaded the JWK Set that holds the heartbeat key yet.
+    #[error("no heartbeat key loaded yet to check the manifest with")]
+    NoKeys,
+    /// Not a manifest signed by a heartbeat key.
+    #[error("manifest not signed by a heartbeat key: {0}")]
+    Unsigned(&'static str),
+    /// The chunks are not those the manifest names.
+    #[error("the chunks do not match the manifest's digest")]
+    Digest,
 }
 
 /// One rule of a chunk as written: kind, issuer index, key, `not_before`, `expires_at`.
@@ -446,11 +523,31 @@ mod tests {
         );
     }
 
+    /// The chunk digest depends on every byte and on where chunks begin and end.
+    #[test]
+    fn the_digest_covers_the_chunks_and_their_bounds() {
+        let of = |chunks: &[&[u8]]| {
+            let mut digest = ChunkDigest::default();
+            for chunk in chunks {
+                digest.push(chunk);
+            }
+            digest.finish()
+        };
+        let whole = of(&[b"abc", b"def"]);
+        assert_eq!(whole.len(), 64);
+        assert_eq!(whole, of(&[b"abc", b"def"]));
+        assert_ne!(whole, of(&[b"abcdef"]));
+        assert_ne!(whole, of(&[b"ab", b"cdef"]));
+        assert_ne!(whole, of(&[b"def", b"abc"]));
+        assert_ne!(whole, of(&[b"abc", b"deg"]));
+        assert_ne!(of(&[]), of(&[b""]));
+    }
+
     /// A manifest must say where its chunks are, consistently.
     #[test]
     fn manifests_are_checked() {
         let good = Manifest {
-            v: 1,
+            v: MANIFEST_VERSION,
             id: "s".into(),
             epoch: 7,
             seq: 100,
@@ -459,6 +556,7 @@ mod tests {
             chunks: 3,
             rules: 90,
             created_at: 1,
+            digest: ChunkDigest::default().finish(),
         };
         assert_eq!(Manifest::decode(&good.to_json()), Ok(good.clone()));
         let empty = Manifest {
@@ -486,15 +584,23 @@ mod tests {
                 id: String::new(),
                 ..good.clone()
             },
+            Manifest {
+                digest: "00".into(),
+                ..good.clone()
+            },
+            Manifest {
+                digest: "g".repeat(64),
+                ..good.clone()
+            },
         ] {
             assert_eq!(
                 Manifest::decode(&bad.to_json()),
                 Err(SnapshotError::Invalid)
             );
         }
-        let v2 = Manifest { v: 2, ..good };
+        let v1 = Manifest { v: 1, ..good };
         assert_eq!(
-            Manifest::decode(&v2.to_json()),
+            Manifest::decode(&v1.to_json()),
             Err(SnapshotError::UnknownVersion)
         );
         assert_eq!(Manifest::decode(b"{}"), Err(SnapshotError::Malformed));

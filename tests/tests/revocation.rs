@@ -780,8 +780,9 @@ async fn new_gateway_loads_the_snapshot_then_the_rest() -> anyhow::Result<()> {
 }
 
 /// A snapshot a gateway cannot use — of another stream, naming chunks that are not there, with
-/// a chunk of another snapshot or a bad rule, or not a manifest at all — is passed over: the
-/// gateway replays the whole stream and enforces every revocation. A gateway cannot publish a
+/// a chunk of another snapshot or a bad rule, not a manifest at all, not signed by the
+/// heartbeat key, or whose chunks do not match its digest — is passed over: the gateway
+/// replays the whole stream and enforces every revocation. A gateway cannot publish a
 /// snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
@@ -845,17 +846,33 @@ async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
         );
         writer.finish().0.unwrap_or_default()
     };
-    let chunk = publish(CHUNK_SUBJECT, chunk_of("partial")).await?;
+    let digest_of = |payload: &[u8]| {
+        let mut digest = snapshot::ChunkDigest::default();
+        digest.push(payload);
+        digest.finish()
+    };
+    let partial = chunk_of("partial");
+    let chunk = publish(CHUNK_SUBJECT, partial.clone()).await?;
     // The same in a snapshot "late" whose chunk follows: what two authz-servers snapshotting at
     // once leave behind.
-    let late_chunk = publish(CHUNK_SUBJECT, chunk_of("late")).await?;
+    let late_payload = chunk_of("late");
+    let late_chunk = publish(CHUNK_SUBJECT, late_payload.clone()).await?;
+    // Manifests are signed by the heartbeat key (in the authz-server's database).
+    let store =
+        authz_server::store::Store::open(&stack.authz.database().display().to_string()).await?;
+    let key =
+        authz_server::keys::KeyObject::heartbeat_key(store.heartbeat_key("").await?.as_bytes())?;
+    let stranger = authz_server::keys::KeyObject::heartbeat_key(
+        authz_server::keys::generate_pem(jsonwebtoken::Algorithm::EdDSA)?.as_bytes(),
+    )?;
+    let signed = |m: Manifest| key.sign_manifest(&m).map(String::into_bytes);
     let bad_rule = publish(
         CHUNK_SUBJECT,
         br#"{"v":1,"snapshot":"bad","index":0,"iss":["i"],"rules":[["token",3,"k",0,1]]}"#.to_vec(),
     )
     .await?;
     let manifest = Manifest {
-        v: snapshot::SNAPSHOT_VERSION,
+        v: snapshot::MANIFEST_VERSION,
         id: "partial".into(),
         epoch,
         seq: 2,
@@ -864,61 +881,68 @@ async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
         chunks: 1,
         rules: 1,
         created_at: revocation::unix_now(),
+        digest: digest_of(&partial),
     };
     let cases = [
         // (manifest, whether the gateway counts it as failed)
         (
-            Manifest {
+            signed(Manifest {
                 epoch: epoch + 1,
                 ..manifest.clone()
-            }
-            .to_json(),
+            })?,
             false,
         ),
         (
-            Manifest {
+            signed(Manifest {
                 seq: 3,
                 ..manifest.clone()
-            }
-            .to_json(),
+            })?,
             false,
         ),
         (
-            Manifest {
+            signed(Manifest {
                 first_chunk: chunk + 100,
                 last_chunk: chunk + 100,
                 ..manifest.clone()
-            }
-            .to_json(),
+            })?,
             true,
         ),
         (
-            Manifest {
+            signed(Manifest {
                 id: "other".into(),
                 ..manifest.clone()
-            }
-            .to_json(),
+            })?,
             true,
         ),
         (
-            Manifest {
+            signed(Manifest {
                 rules: 2,
                 ..manifest.clone()
-            }
-            .to_json(),
+            })?,
             true,
         ),
         (
-            Manifest {
+            signed(Manifest {
                 id: "bad".into(),
                 first_chunk: bad_rule,
                 last_chunk: bad_rule,
                 ..manifest.clone()
-            }
-            .to_json(),
+            })?,
             true,
         ),
         (b"not a manifest".to_vec(), true),
+        // Right in every field, but not signed, or signed by another key: a certificate that
+        // may publish here (the authz-server's, stolen) still cannot make gateways skip events.
+        (manifest.to_json(), true),
+        (stranger.sign_manifest(&manifest)?.into_bytes(), true),
+        // Signed, but the chunks are not those it names.
+        (
+            signed(Manifest {
+                digest: digest_of(b"other chunks"),
+                ..manifest.clone()
+            })?,
+            true,
+        ),
     ];
     let revoked: Vec<&String> = revoked.iter().collect();
     for (i, (payload, failed)) in cases.into_iter().enumerate() {
@@ -948,9 +972,10 @@ async fn unusable_snapshots_fall_back_to_the_stream() -> anyhow::Result<()> {
         id: "late".into(),
         seq: 1,
         last_chunk: late_chunk,
+        digest: digest_of(&late_payload),
         ..manifest
     };
-    publish(MANIFEST_SUBJECT, late.to_json()).await?;
+    publish(MANIFEST_SUBJECT, signed(late)?).await?;
     let gw = snapshot_gateway(
         &stack,
         "gateway-1",

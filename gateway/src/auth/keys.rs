@@ -18,10 +18,7 @@ use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
-use revocation::freshness::{
-    Heartbeat, HeartbeatVerifier, Unverified, HEARTBEAT_KEY_USE, HEARTBEAT_TYP,
-    MAX_SIGNED_HEARTBEAT,
-};
+use revocation::freshness::{HeartbeatVerifier, Unverified, HEARTBEAT_KEY_USE};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -132,19 +129,23 @@ fn heartbeat_key(jwk: &Jwk) -> Option<DecodingKey> {
 /// (the authz-server's key is in the set from its first start, so this happens only before
 /// the first load, or when the database, and so the key, was replaced).
 impl HeartbeatVerifier for KeyStore {
-    fn open(&self, message: &[u8]) -> Result<Heartbeat, Unverified> {
+    fn open_signed(
+        &self,
+        typ: &'static str,
+        max: usize,
+        message: &[u8],
+    ) -> Result<serde_json::Value, Unverified> {
         use Unverified::Rejected;
-        if message.len() > MAX_SIGNED_HEARTBEAT {
+        if message.len() > max {
             return Err(Rejected("oversized"));
         }
-        let token = std::str::from_utf8(message).map_err(|_| Rejected("not a signed heartbeat"))?;
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| Rejected("not a signed heartbeat"))?;
+        let token = std::str::from_utf8(message).map_err(|_| Rejected("not signed"))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejected("not signed"))?;
         if header.alg != Algorithm::EdDSA
-            || header.typ.as_deref() != Some(HEARTBEAT_TYP)
+            || header.typ.as_deref() != Some(typ)
             || header.crit.is_some()
         {
-            return Err(Rejected("not a signed heartbeat"));
+            return Err(Rejected("not signed, or not of the expected type"));
         }
         let kid = header.kid.ok_or(Rejected("no kid"))?;
         let keys = self.snapshot().ok_or(Unverified::NoKeys)?;
@@ -157,11 +158,9 @@ impl HeartbeatVerifier for KeyStore {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let data = jsonwebtoken::decode::<Heartbeat>(token, key, &validation)
-            .map_err(|_| Rejected("bad signature or not a heartbeat"))?;
-        data.claims
-            .checked()
-            .ok_or(Rejected("not a valid heartbeat"))
+        jsonwebtoken::decode::<serde_json::Value>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|_| Rejected("bad signature"))
     }
 }
 
@@ -368,6 +367,8 @@ mod tests {
     #[test]
     fn the_heartbeat_key_is_for_heartbeats_only() {
         use jsonwebtoken::{EncodingKey, Header};
+        use revocation::freshness::{Heartbeat, HEARTBEAT_TYP};
+        use revocation::snapshot::{Manifest, SnapshotError, MANIFEST_TYP};
         let pair = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
         let der = pair.to_pkcs8v1().unwrap();
         let encoding = EncodingKey::from_ed_der(der.as_ref());
@@ -402,6 +403,15 @@ mod tests {
         future.covers_until_ms = 12;
         let odd = jsonwebtoken::encode(&header, &future, &encoding).unwrap();
         assert!(store.open(odd.as_bytes()).is_err());
+        // A heartbeat is no manifest, and a manifest (the other `typ`) no heartbeat.
+        assert!(matches!(
+            Manifest::open(&store, signed.as_bytes()),
+            Err(SnapshotError::Unsigned(_))
+        ));
+        let mut as_manifest = header.clone();
+        as_manifest.typ = Some(MANIFEST_TYP.into());
+        let relabelled = jsonwebtoken::encode(&as_manifest, &hb, &encoding).unwrap();
+        assert!(store.open(relabelled.as_bytes()).is_err());
 
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         let jwks = JwkSet { keys: vec![jwk] };
