@@ -56,7 +56,7 @@ pub enum OAuthError {
 
 /// Why a request that needs the database is refused while it is out of reach.
 pub const DATABASE_UNREACHABLE: &str =
-    "the database is unreachable or takes no writes; nothing was changed; retry later";
+    "the database is unreachable, busy or takes no writes; retry later";
 
 /// Why a revocation request is refused when its revocation is committed but not published
 /// within `publish_wait_ms`: gateways may not enforce it yet. It stays committed and is

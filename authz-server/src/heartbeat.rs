@@ -49,10 +49,10 @@ pub struct HeartbeatTask {
     pub sent: Counter,
 }
 
-/// Longest wait for the database in a heartbeat (and never more than half the interval);
-/// past it this tick sends nothing. Only a database known to be out of reach (the store's
-/// probe, or a failure that says so) makes the heartbeat go on without it.
-const DATABASE_WAIT: Duration = Duration::from_millis(800);
+/// Longest wait for the database in a heartbeat, as long as the store's probe waits: past
+/// it this tick sends nothing. Only a database known to be out of reach (the probe, or a
+/// failure that says so) makes the heartbeat go on without it.
+const DATABASE_WAIT: Duration = crate::store::PROBE_TIMEOUT;
 
 /// What one replica's heartbeats remember between ticks.
 #[derive(Debug, Default)]
@@ -135,8 +135,7 @@ impl HeartbeatTask {
         // which the stream must still hold.
         let before = Instant::now();
         let read = if self.store.reachable() {
-            let wait = DATABASE_WAIT.min(self.interval / 2);
-            match tokio::time::timeout(wait, self.read_database(epoch)).await {
+            match tokio::time::timeout(DATABASE_WAIT, self.read_database(epoch)).await {
                 Ok(read) => Some(read),
                 // Slow, not known to be gone: no statement this tick (the store's probe
                 // decides whether it is out of reach).
@@ -148,6 +147,8 @@ impl HeartbeatTask {
         };
         let (lag_ms, acknowledged) = match read {
             Some(Ok(Reading::Requeued)) => {
+                // Nothing read before this stands any more.
+                memory.confirmed = None;
                 self.wake_relay.notify_one();
                 return Ok(false);
             }
@@ -191,6 +192,7 @@ impl HeartbeatTask {
                     .await?;
             if lost {
                 memory.seen = None;
+                memory.confirmed = None;
                 self.wake_relay.notify_one();
                 return Ok(false);
             }

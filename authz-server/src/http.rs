@@ -435,14 +435,11 @@ async fn commit_revocation(
     }
     // Registered before the commit, so the relay's word cannot come first.
     let mut published = state.acks.register(&event.id);
-    let stored = state.store.insert(&event, requested_by).await;
-    let stored = match stored {
-        Ok(stored) => stored,
-        Err(err) => {
-            state.acks.forget(&event.id);
-            return Err(OAuthError::database(&state.store, err));
-        }
-    };
+    let stored = state
+        .store
+        .insert(&event, requested_by)
+        .await
+        .map_err(|err| OAuthError::database(&state.store, err))?;
     state.wake_relay.notify_one();
     state.metrics.revocations.inc();
     tracing::info!(
@@ -454,12 +451,9 @@ async fn commit_revocation(
     );
     if stored.id != event.id {
         // Already revoked: that revocation's own publication is what counts.
-        state.acks.forget(&event.id);
         published = state.acks.register(&stored.id);
     }
-    let outcome = wait_published(state, &stored.id, &mut published).await;
-    state.acks.forget(&stored.id);
-    outcome?;
+    wait_published(state, &stored.id, &mut published).await?;
     Ok(stored)
 }
 
@@ -469,7 +463,7 @@ async fn commit_revocation(
 async fn wait_published(
     state: &AppState,
     id: &str,
-    published: &mut tokio::sync::oneshot::Receiver<()>,
+    published: &mut crate::relay::Waiter,
 ) -> Result<(), OAuthError> {
     // Committed already: a database lost now makes it "not published yet", never "nothing
     // was changed".
@@ -485,7 +479,7 @@ async fn wait_published(
         look.tick().await;
         loop {
             tokio::select! {
-                _ = &mut *published => return Ok(()),
+                _ = published.published() => return Ok(()),
                 _ = look.tick() => {
                     if is_published().await? {
                         return Ok(());
@@ -625,9 +619,32 @@ async fn admin_client_delete(
     tracing::info!(client_id = %id, requested_by = %admin.id, "client removed");
     state.refresh_metadata().await;
     // A removed client's tokens stop working too: a client rule covering every token it
-    // was issued up to now.
-    revoke_client_tokens(&state, &id, "client removed", &admin.id).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    // was issued up to now. The client is gone either way: a rule committed but not yet
+    // published makes this 202 rather than an error a retry could not repeat (404).
+    let revocation = revoke_client_tokens(&state, &id, "client removed", &admin.id).await;
+    Ok(match published_or_pending(revocation)? {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "client_id": id,
+                "revocation": crate::error::NOT_PUBLISHED,
+            })),
+        )
+            .into_response(),
+    })
+}
+
+/// A revocation made as part of another change that has happened already: committed but
+/// not yet published is `None`, not an error.
+fn published_or_pending(
+    revocation: Result<RevocationEvent, OAuthError>,
+) -> Result<Option<RevocationEvent>, OAuthError> {
+    match revocation {
+        Ok(event) => Ok(Some(event)),
+        Err(OAuthError::Unavailable(why)) if why == crate::error::NOT_PUBLISHED => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// Commits a client rule for every token `client_id` was issued up to now (the cut-off
@@ -690,15 +707,23 @@ async fn admin_client_secret_post(
     }
     tracing::info!(client_id = %id, requested_by = %admin.id, revoke_tokens, "client secret rotated");
     // After the rotation, so that no token obtained with the old secret escapes the cut-off.
-    let revocation = if revoke_tokens {
-        Some(revoke_client_tokens(&state, &id, "client secret rotated", &admin.id).await?)
+    // The secret is rotated either way, so it is answered even when the rule is committed
+    // but not yet published (`revocation_published: false`): a retry would rotate again.
+    let (revocation, published) = if revoke_tokens {
+        let revocation =
+            revoke_client_tokens(&state, &id, "client secret rotated", &admin.id).await;
+        match published_or_pending(revocation)? {
+            Some(event) => (Some(event), true),
+            None => (None, false),
+        }
     } else {
-        None
+        (None, true)
     };
     Ok(no_store(serde_json::json!({
         "client_id": id,
         "client_secret": secret,
         "revocation": revocation,
+        "revocation_published": published,
     })))
 }
 

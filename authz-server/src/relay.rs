@@ -63,17 +63,27 @@ pub struct Acks {
 }
 
 impl Acks {
-    /// Completes once this replica's relay has recorded the revocation `id` as published.
-    /// Registered before the commit, it cannot miss that; one published by another
-    /// replica's relay is seen in the database instead.
-    pub fn register(&self, id: &str) -> oneshot::Receiver<()> {
+    /// A wait that completes once this replica's relay has recorded the revocation `id` as
+    /// published. Registered before the commit, it cannot miss that; one published by
+    /// another replica's relay is seen in the database instead. It leaves the list when
+    /// dropped, whatever the outcome.
+    pub fn register(self: &Arc<Self>, id: &str) -> Waiter {
         let (tx, rx) = oneshot::channel();
         self.lock().entry(id.to_string()).or_default().push(tx);
-        rx
+        Waiter {
+            acks: self.clone(),
+            id: id.to_string(),
+            rx,
+        }
+    }
+
+    /// How many requests wait (for tests and metrics).
+    pub fn waiting(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
     }
 
     /// Drops the waiters of `id` that gave up.
-    pub fn forget(&self, id: &str) {
+    fn forget(&self, id: &str) {
         let mut waiting = self.lock();
         if let Some(senders) = waiting.get_mut(id) {
             senders.retain(|tx| !tx.is_closed());
@@ -97,6 +107,29 @@ impl Acks {
         self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One request's wait for the publication of one revocation ([`Acks::register`]).
+pub struct Waiter {
+    acks: Arc<Acks>,
+    id: String,
+    rx: oneshot::Receiver<()>,
+}
+
+impl Waiter {
+    /// Completes when the relay says the revocation is published; never, if it cannot.
+    pub async fn published(&mut self) {
+        if (&mut self.rx).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.rx.close();
+        self.acks.forget(&self.id);
     }
 }
 
@@ -380,5 +413,35 @@ pub(crate) async fn message_id(
             .map(|v| v.as_str().to_string())),
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wait leaves the list however it ends: fired by the relay, or dropped (a timeout, a
+    /// failed commit, a request that went away), also when the same revocation is asked for
+    /// over and over and never published.
+    #[tokio::test]
+    async fn waits_never_outlive_their_request() {
+        let acks = Arc::new(Acks::default());
+        for _ in 0..1000 {
+            let waiter = acks.register("same");
+            drop(waiter);
+        }
+        assert_eq!(acks.waiting(), 0);
+        let mut first = acks.register("a");
+        let second = acks.register("a");
+        let other = acks.register("b");
+        assert_eq!(acks.waiting(), 3);
+        acks.published(["a"].into_iter());
+        tokio::time::timeout(Duration::from_secs(1), first.published())
+            .await
+            .expect("the relay's word reaches the waiter");
+        drop((first, second));
+        assert_eq!(acks.waiting(), 1);
+        drop(other);
+        assert_eq!(acks.waiting(), 0);
     }
 }

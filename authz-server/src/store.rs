@@ -37,36 +37,130 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a probe may take before the database counts as unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Whether `err` says the database is out of reach or takes no writes (rather than that a
-/// statement is wrong): no connection, a connection lost, PostgreSQL shutting down, out of
-/// disk or read-only; SQLite's file busy past `busy_timeout`, read-only, full, failing I/O
-/// or gone.
-fn unavailable(err: &sqlx::Error, postgres: bool) -> bool {
+/// How a failed statement speaks of the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Out of reach, or taking no writes: no connection, a connection lost, PostgreSQL
+    /// shutting down or refusing connections, out of disk, read-only (a standby), failing
+    /// I/O; SQLite's file read-only, full, failing I/O or gone.
+    OutOfReach,
+    /// Busy for now: no pooled connection in time, a lock waited for too long, a statement
+    /// cancelled, out of memory; SQLite's file locked past `busy_timeout`. Answered 503, but
+    /// it does not by itself say the database is gone (the probe decides).
+    Busy,
+    /// The statement or the data: a bug or a conflict, answered 500.
+    Other,
+}
+
+fn failure(err: &sqlx::Error, postgres: bool) -> Failure {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+        | sqlx::Error::WorkerCrashed => Failure::OutOfReach,
+        sqlx::Error::PoolTimedOut => Failure::Busy,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             if postgres {
-                // SQLSTATE classes: connection exception, insufficient resources (disk
-                // full), operator intervention (shutdown), system error; a read-only
-                // transaction (a standby).
-                ["08", "53", "57", "58"]
-                    .iter()
-                    .any(|class| code.starts_with(class))
-                    || code == "25006"
+                // SQLSTATE: connection exception (08), shutting down or not accepting
+                // connections (57P01-57P03), disk full (53100), too many connections
+                // (53300), system error (58), read-only transaction (25006).
+                if code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || code.starts_with("58")
+                    || ["53100", "53300", "25006"].contains(&code.as_ref())
+                {
+                    Failure::OutOfReach
+                } else if code.starts_with("53") || code == "57014" || code == "55P03" {
+                    // Out of memory, a cancelled statement, a lock not available in time.
+                    Failure::Busy
+                } else {
+                    Failure::Other
+                }
             } else {
                 // An SQLite result code, perhaps extended: the primary code is its low byte.
-                // BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
-                code.parse::<i64>()
-                    .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
+                match code.parse::<i64>().map(|c| c & 0xff) {
+                    // READONLY, IOERR, FULL, CANTOPEN.
+                    Ok(8 | 10 | 13 | 14) => Failure::OutOfReach,
+                    // BUSY, LOCKED.
+                    Ok(5 | 6) => Failure::Busy,
+                    _ => Failure::Other,
+                }
             }
         }
-        _ => false,
+        _ => Failure::Other,
+    }
+}
+
+/// Every SQLite connection's settings.
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;";
+
+/// Consecutive failed probes before the database counts as out of reach.
+const PROBE_FAILURES: u32 = 2;
+
+/// The store's probe: one write every [`PROBE_INTERVAL`] on a connection of its own.
+pub struct Probe {
+    store: Store,
+    conn: Option<AnyConnection>,
+    failures: u32,
+}
+
+impl Probe {
+    pub fn new(store: Store) -> Probe {
+        Probe {
+            store,
+            conn: None,
+            failures: 0,
+        }
+    }
+
+    /// One write within [`PROBE_TIMEOUT`] (connecting first if needed). A success marks the
+    /// database reachable; [`PROBE_FAILURES`] failures in a row mark it out of reach.
+    /// Returns whether the write went through.
+    pub async fn once(&mut self) -> bool {
+        let ok = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, self.write()).await,
+            Ok(Ok(()))
+        );
+        if !ok {
+            // A connection that failed or hung is not used again.
+            self.conn = None;
+            self.failures += 1;
+        } else {
+            self.failures = 0;
+        }
+        let reachable = &self.store.reachable;
+        if ok && !reachable.swap(true, Ordering::Relaxed) {
+            tracing::info!("the database takes writes again");
+        } else if self.failures >= PROBE_FAILURES && reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!("the database is unreachable or takes no writes");
+        }
+        ok
+    }
+
+    async fn write(&mut self) -> Result<(), sqlx::Error> {
+        use sqlx::Connection;
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let mut conn = AnyConnection::connect(&self.store.url).await?;
+                if self.store.postgres {
+                    conn.execute("SET lock_timeout = '1s'").await?;
+                } else {
+                    conn.execute(SQLITE_PRAGMAS).await?;
+                }
+                self.conn.insert(conn)
+            }
+        };
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('probe', '0')
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 }
 
@@ -157,6 +251,8 @@ pub struct StoredRevocation {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where the pool connects (for the probe's own connection).
+    url: String,
     postgres: bool,
     /// Whether the database takes writes, as last seen ([`Store::reachable`]).
     reachable: Arc<AtomicBool>,
@@ -198,15 +294,19 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if !postgres {
+                    if postgres {
+                        // A replica cut off in the middle of a transaction holds its locks
+                        // until the server notices: bound that, and every wait for a lock.
+                        conn.execute(
+                            "SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '10s';",
+                        )
+                        .await?;
+                    } else {
                         // WAL with FULL sync: a revocation is on disk before the API answers.
                         // (In WAL mode NORMAL skips the fsync at commit and may lose the last
                         // transactions on power loss; FULL syncs the WAL at every commit, which
                         // group commit makes affordable.)
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_PRAGMAS).await?;
                     }
                     Ok(())
                 })
@@ -216,6 +316,7 @@ impl Store {
         let (writer, queue) = mpsc::channel(WRITER_QUEUE);
         let store = Store {
             pool: pool.clone(),
+            url: url.clone(),
             postgres,
             reachable: Arc::new(AtomicBool::new(true)),
             writer,
@@ -275,8 +376,9 @@ impl Store {
     /// synced; alone, a revocation costs what it did before (one transaction). Inside the
     /// transaction the rows are inserted one by one exactly as a lone insert would be, so the
     /// deduplication is unchanged, also between two revocations of one token in one group
-    /// (the first is stored, the second gets it back). The event's `revoked_at` is set before
-    /// it is queued, so it never exceeds its commit time: the heartbeat relies on that.
+    /// (the first is stored, the second gets it back). The row's `committed_at` is the
+    /// database's clock inside the transaction, never later than the commit: the heartbeat's
+    /// lag relies on that.
     pub async fn insert(
         &self,
         event: &RevocationEvent,
@@ -471,6 +573,17 @@ impl Store {
         now: u64,
         leeway: u64,
     ) -> Result<u64, sqlx::Error> {
+        // The usual case, the same stream: a plain read, no lock (a replica cut off in the
+        // middle of a transaction must not leave a lock every heartbeat waits for).
+        let recorded: Option<String> =
+            sqlx::query("SELECT value FROM meta WHERE name = 'stream_epoch'")
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get(0))
+                .transpose()?;
+        if recorded.as_deref() == Some(epoch.to_string().as_str()) {
+            return Ok(0);
+        }
         let mut tx = self.pool.begin().await?;
         // A write on the epoch's row first, as `mark_published` does: a mark in progress
         // commits before this goes on, and the requeue below (a statement of its own, so a
@@ -639,42 +752,24 @@ impl Store {
 
     /// Takes note of a failed statement: one that says the database is out of reach (or
     /// takes no writes) marks it unreachable until the probe writes again. Returns whether
-    /// it was such a failure.
+    /// the failure is the database's state rather than the statement (answered 503, not 500).
     pub fn note(&self, err: &sqlx::Error) -> bool {
-        let out_of_reach = unavailable(err, self.postgres);
-        if out_of_reach && self.reachable.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %err, "the database is unreachable or takes no writes");
-        }
-        out_of_reach
-    }
-
-    /// One write, within [`PROBE_TIMEOUT`]: whether the database takes writes now.
-    pub async fn probe(&self) -> bool {
-        let write = sqlx::query(
-            "INSERT INTO meta (name, value) VALUES ('probe', '0')
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .execute(&self.pool);
-        let ok = match tokio::time::timeout(PROBE_TIMEOUT, write).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(err)) => {
-                self.note(&err);
-                false
+        match failure(err, self.postgres) {
+            Failure::OutOfReach => {
+                if self.reachable.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %err, "the database is unreachable or takes no writes");
+                }
+                true
             }
-            Err(_) => false,
-        };
-        let was = self.reachable.swap(ok, Ordering::Relaxed);
-        if ok && !was {
-            tracing::info!("the database takes writes again");
-        } else if !ok && was {
-            tracing::warn!("the database is unreachable or takes no writes");
+            Failure::Busy => true,
+            Failure::Other => false,
         }
-        ok
     }
 
-    /// Probes the database every [`PROBE_INTERVAL`] until `shutdown`.
+    /// Probes the database every [`PROBE_INTERVAL`] until `shutdown`, on a connection of
+    /// its own (a pool busy with requests says nothing of the database).
     pub fn spawn_probe(&self, shutdown: tokio_util::sync::CancellationToken) -> JoinHandle<()> {
-        let store = self.clone();
+        let mut probe = Probe::new(self.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PROBE_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -683,12 +778,13 @@ impl Store {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                store.probe().await;
+                probe.once().await;
             }
         })
     }
 
-    /// Whether the revocation `id` is acknowledged by JetStream on the current stream.
+    /// Whether the revocation `id` is marked published: acknowledged by JetStream on the
+    /// stream recorded when it was marked (a stream replaced since queues it again).
     pub async fn is_published(&self, id: &str) -> Result<bool, sqlx::Error> {
         let published: i64 = sqlx::query(
             "SELECT COUNT(*) FROM revocations WHERE id = $1 AND published_at IS NOT NULL",
@@ -957,15 +1053,17 @@ async fn requeue_in_force(
     .rows_affected();
     // Everything up to here was acknowledged once: the heartbeat vouches for nothing without
     // the database while any of it waits ([`Store::requeued_pending`]).
-    sqlx::query("DELETE FROM meta WHERE name = 'requeued_through'")
+    if requeued > 0 {
+        sqlx::query("DELETE FROM meta WHERE name = 'requeued_through'")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO meta (name, value)
+             SELECT 'requeued_through', CAST(COALESCE(MAX(seq), 0) AS TEXT) FROM revocations",
+        )
         .execute(&mut **tx)
         .await?;
-    sqlx::query(
-        "INSERT INTO meta (name, value)
-         SELECT 'requeued_through', CAST(COALESCE(MAX(seq), 0) AS TEXT) FROM revocations",
-    )
-    .execute(&mut **tx)
-    .await?;
+    }
     Ok(requeued)
 }
 
@@ -1062,8 +1160,9 @@ mod tests {
         assert_eq!(with_time, 1);
     }
 
-    /// A SQLite file that takes no writes (read-only, or locked past `busy_timeout`) counts
-    /// as the database out of reach; a statement that is wrong does not.
+    /// A SQLite file that takes no writes (read-only) counts as the database out of reach; a
+    /// statement that is wrong does not, nor a pool busy for a moment. The probe, on a
+    /// connection of its own, says the database takes writes again.
     #[tokio::test]
     async fn a_file_that_takes_no_writes_is_out_of_reach() {
         use sqlx::Connection;
@@ -1074,21 +1173,23 @@ mod tests {
             .execute(&mut read_only)
             .await
             .unwrap_err();
-        assert!(unavailable(&err, false), "{err}");
-        let err = sqlx::query("INSERT INTO nowhere VALUES (1)")
+        assert_eq!(failure(&err, false), Failure::OutOfReach, "{err}");
+        let wrong = sqlx::query("INSERT INTO nowhere VALUES (1)")
             .execute(&mut read_only)
             .await
             .unwrap_err();
-        assert!(!unavailable(&err, false), "{err}");
-        assert!(store.reachable());
-        assert!(!store.note(&err));
+        assert_eq!(failure(&wrong, false), Failure::Other, "{wrong}");
+        assert!(!store.note(&wrong));
         assert!(
             store.reachable(),
             "a wrong statement says nothing of the database"
         );
-        assert!(store.note(&sqlx::Error::PoolTimedOut));
+        assert!(store.note(&sqlx::Error::PoolTimedOut), "busy: answered 503");
+        assert!(store.reachable(), "but a busy pool is not a database gone");
+        assert!(store.note(&err));
         assert!(!store.reachable());
-        assert!(store.probe().await, "the file takes writes");
+        let mut probe = Probe::new(store.clone());
+        assert!(probe.once().await, "the file takes writes");
         assert!(store.reachable());
     }
 

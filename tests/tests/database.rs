@@ -10,7 +10,9 @@ use system_tests::{
     all_refused, eventually, Authz, Gateway, Nats, PrivatePostgres, Probe, TcpProxy, Upstream,
 };
 
-const MAX_STALENESS_MS: u64 = 1500;
+// Above the time the store's probe takes to call a hung database out of reach (two probes
+// of at most a second, half a second apart), during which heartbeats wait.
+const MAX_STALENESS_MS: u64 = 4000;
 const BOUND: Duration = Duration::from_millis(MAX_STALENESS_MS);
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -175,7 +177,7 @@ async fn the_database_stopped_under_load() -> anyhow::Result<()> {
         assert!(started.elapsed() < Duration::from_secs(1));
     }
     // The gateways stay fresh well past max_staleness, and keep enforcing the rules.
-    stay_ready(&gateways, BOUND * 3).await;
+    stay_ready(&gateways, BOUND * 2).await;
     let http = reqwest::Client::new();
     for gw in &gateways {
         assert_eq!(gw.call(&http, "/echo/", &revoked).await, 401);
@@ -352,7 +354,7 @@ async fn a_sqlite_file_that_takes_no_writes() -> anyhow::Result<()> {
     assert_eq!(status, 503);
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert!(took < Duration::from_secs(1), "the refusal took {took:?}");
-    stay_ready(&gateways, BOUND * 3).await;
+    stay_ready(&gateways, BOUND * 2).await;
 
     sqlx::query("ROLLBACK").execute(&mut holder).await?;
     eventually(
@@ -365,5 +367,85 @@ async fn a_sqlite_file_that_takes_no_writes() -> anyhow::Result<()> {
     )
     .await?;
     all_refused(&urls, std::slice::from_ref(&token), WAIT).await?;
+    Ok(())
+}
+
+/// While the database is out of reach, a replica vouches only for the stream it last saw in
+/// the database. The stream deleted then (a NATS store lost, or a stolen authz certificate)
+/// comes back empty, and the rules cannot be queued again without the database: the replica
+/// must not tell a gateway that an empty stream is complete. A gateway started meanwhile never
+/// turns ready and never serves the revoked token; once the database is back, the rules are
+/// published again and both gateways enforce them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_replaced_while_the_database_is_out_of_reach() -> anyhow::Result<()> {
+    let pg = PrivatePostgres::start()?;
+    let nats = Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    let authz = Authz::start_with(
+        dir.path(),
+        &[nats.url()],
+        &replica_config(&pg.url(), dir.path(), None),
+    )
+    .await?;
+    let upstream = Upstream::start().await?;
+    let extra = format!("max_staleness_ms = {MAX_STALENESS_MS}");
+    let gw = Gateway::start_with(
+        "gateway-1",
+        "gateway-1",
+        &[nats.url()],
+        &authz,
+        &upstream,
+        &extra,
+    )
+    .await?;
+    gw.wait_ready().await?;
+    let token = authz.token("demo-client", "demo-secret").await?;
+    let (status, ..) = revoke(&authz, &token).await?;
+    assert_eq!(status, 200);
+    all_refused(
+        std::slice::from_ref(&gw.url),
+        std::slice::from_ref(&token),
+        WAIT,
+    )
+    .await?;
+
+    pg.stop()?;
+    eventually(
+        Duration::from_secs(10),
+        "the database to be seen gone",
+        || async {
+            let (status, body) = authz_readyz(&authz).await;
+            (status == 503 && body.contains("database_unreachable")).then_some(())
+        },
+    )
+    .await?;
+    let (client, _) = system_tests::connect_nats_as(&nats.url(), "authz").await?;
+    revocation::stream::context(client)
+        .delete_stream(revocation::stream::STREAM_NAME)
+        .await?;
+    let late = Gateway::start_with(
+        "gateway-2",
+        "gateway-2",
+        &[nats.url()],
+        &authz,
+        &upstream,
+        &extra,
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let until = Instant::now() + BOUND * 2;
+    while Instant::now() < until {
+        assert_ne!(
+            late.call(&http, "/echo/", &token).await,
+            200,
+            "a gateway started on the empty stream served a revoked token"
+        );
+        assert_ne!(late.readyz().await, 200, "an empty stream was vouched for");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    pg.start_again()?;
+    late.wait_ready().await?;
+    all_refused(&[gw.url.clone(), late.url.clone()], &[token], WAIT).await?;
     Ok(())
 }
