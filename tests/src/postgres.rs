@@ -1,6 +1,8 @@
-//! A PostgreSQL server of a test's own: initialised in a temporary directory, listening on a
-//! dynamic loopback port, with trust authentication. A test can stop it (as a crash would)
-//! and start it again without touching anyone else's database. It is stopped on drop.
+//! PostgreSQL for the tests. [`PgDatabase`]: a database of its own for one test, on the
+//! server `deploy/ensure-postgres.sh` makes sure of. [`PrivatePostgres`]: a server of a
+//! test's own, initialised in a temporary directory, listening on a dynamic loopback port,
+//! with trust authentication; a test can stop it (as a crash would) and start it again
+//! without touching anyone else's database. It is stopped on drop.
 //!
 //! PostgreSQL refuses to run as root: as root, its files belong to the `postgres` user
 //! (Debian's package makes it) and its commands run through `runuser`.
@@ -155,4 +157,70 @@ fn server_bin() -> Result<PathBuf> {
         .pop()
         .map(|(_, bin)| bin)
         .context("no PostgreSQL server binaries (initdb) installed")
+}
+
+/// A PostgreSQL database of its own for one test, dropped afterwards. The server is the one
+/// `deploy/ensure-postgres.sh` makes sure of (or `REVGATE_TEST_POSTGRES`).
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Result<PgDatabase> {
+        use sqlx::Connection;
+        let admin_url = std::env::var("REVGATE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .with_context(|| {
+                format!("cannot reach PostgreSQL at {admin_url} (run deploy/ensure-postgres.sh)")
+            })?;
+        let name = format!("revgate_test_{}", uuid_like());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin_url);
+        Ok(PgDatabase {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        })
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs outside async: use a runtime of its own on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }

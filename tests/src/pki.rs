@@ -1,0 +1,59 @@
+//! The development PKI (`certs/make-dev-certs.sh`), made once per test process, and the
+//! NATS client section every service's configuration gets.
+
+use super::*;
+
+/// The development PKI, plus a second CA for the negative tests.
+pub struct Pki {
+    _dir: tempfile::TempDir,
+    pub certs: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl Pki {
+    /// Made once per test process. Also installs the process's TLS crypto provider (the
+    /// services do so at start; a test's own NATS client may come first).
+    pub fn get() -> &'static Pki {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        static PKI: OnceLock<Pki> = OnceLock::new();
+        PKI.get_or_init(|| Pki::make().expect("the dev PKI script failed"))
+    }
+
+    fn make() -> Result<Pki> {
+        let dir = tempfile::tempdir()?;
+        let script = repo_root().join("certs/make-dev-certs.sh");
+        let certs = dir.path().join("certs");
+        let other_ca = dir.path().join("other-ca");
+        let status = Command::new(&script)
+            .arg(&certs)
+            .args(GATEWAY_IDS)
+            .env("MAKE_BAD_CERTS", "1")
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("{} failed", script.display());
+        }
+        let status = Command::new(&script)
+            .arg(&other_ca)
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("{} failed for the second CA", script.display());
+        }
+        Ok(Pki {
+            _dir: dir,
+            certs,
+            other_ca,
+        })
+    }
+
+    /// `[nats]` config section for identity `name` (certificate files `<name>.pem`).
+    pub fn nats_section(&self, urls: &[String], name: &str, cert: &str) -> String {
+        format!(
+            "[nats]\nurls = {urls:?}\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\ninbox_name = {name:?}\n",
+            ca = self.certs.join("ca.pem"),
+            cert = self.certs.join(format!("{cert}.pem")),
+            key = self.certs.join(format!("{cert}-key.pem")),
+        )
+    }
+}
