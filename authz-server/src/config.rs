@@ -2,10 +2,11 @@
 //! variables (`AUTHZ_LISTEN`, `AUTHZ_NATS__URLS`, …), validated before anything binds.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use revocation::nats::NatsConfig;
 use serde::Deserialize;
+pub use startup::ServiceConfig;
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone, Deserialize)]
@@ -170,23 +171,13 @@ fn default_replicas() -> usize {
     1
 }
 
-impl Config {
-    /// Reads the file, applies `AUTHZ_*` overrides and validates the result.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let config: Config = startup::load_config(path, "AUTHZ_")?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Parses a TOML string (tests) and validates it.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let config: Config = startup::parse_config(text)?;
-        config.validate()?;
-        Ok(config)
-    }
+/// Loaded with [`ServiceConfig::load`] (a file, `AUTHZ_*` overrides) or
+/// [`ServiceConfig::from_toml`], both validated.
+impl ServiceConfig for Config {
+    const ENV_PREFIX: &'static str = "AUTHZ_";
 
     /// Checks the values serde cannot; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         let issuer = url::Url::parse(&self.issuer).map_err(|e| format!("issuer: {e}"))?;
         let loopback = matches!(issuer.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
         if issuer.scheme() != "https" && !(issuer.scheme() == "http" && loopback) {

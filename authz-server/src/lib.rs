@@ -93,12 +93,7 @@ pub struct Metrics {
     pub outbox_backlog: Gauge,
 }
 
-/// Installs the process-wide crypto providers (aws-lc-rs for both jsonwebtoken and rustls).
-/// jsonwebtoken panics at first use without one; calling this twice is harmless.
-pub fn install_crypto() {
-    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
+pub use startup::install_crypto;
 
 /// On the first start, the key ring is empty: take the key file (generating it when absent)
 /// as the first signing key.

@@ -5,6 +5,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use authz_server::config::ServiceConfig as _;
+
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 

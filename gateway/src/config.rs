@@ -2,11 +2,12 @@
 //! variables (`GATEWAY_LISTEN`, `GATEWAY_NATS__URLS`, …), validated before anything binds.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use revocation::nats::NatsConfig;
 use serde::Deserialize;
 use startup::serve::ListenerLimits;
+pub use startup::ServiceConfig;
 
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone, Deserialize)]
@@ -355,23 +356,13 @@ fn default_replay_snapshot_min() -> u64 {
     10_000
 }
 
-impl Config {
-    /// Reads the file, applies `GATEWAY_*` overrides and validates the result.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let config: Config = startup::load_config(path, "GATEWAY_")?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Parses a TOML string (tests) and validates it.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let config: Config = startup::parse_config(text)?;
-        config.validate()?;
-        Ok(config)
-    }
+/// Loaded with [`ServiceConfig::load`] (a file, `GATEWAY_*` overrides) or
+/// [`ServiceConfig::from_toml`], both validated.
+impl ServiceConfig for Config {
+    const ENV_PREFIX: &'static str = "GATEWAY_";
 
     /// Checks the values serde cannot; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.issuer.is_empty() {
             return Err("issuer: must not be empty".into());
         }

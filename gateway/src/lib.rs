@@ -105,12 +105,7 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// Installs the process-wide crypto providers (aws-lc-rs for jsonwebtoken and rustls).
-/// jsonwebtoken panics at first use without one; calling this twice is harmless.
-pub fn install_crypto() {
-    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
+pub use startup::install_crypto;
 
 impl Gateway {
     /// What keeps the gateway from vouching for tokens; empty when ready.

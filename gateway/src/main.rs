@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use gateway::config::ServiceConfig as _;
+
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 

@@ -1,8 +1,10 @@
 //! What both service binaries do the same way around running.
 //!
-//! - [`load_config`]: a TOML file with `PREFIX_*` environment overrides (nested keys joined by
-//!   `__`), unknown keys rejected by the target type; the message names the file and the key.
-//! - [`parse_config`]: the same from a string, for tests.
+//! - [`ServiceConfig`]: a service's configuration, loaded by [`load_config`] (a TOML file with
+//!   `PREFIX_*` environment overrides, nested keys joined by `__`, unknown keys rejected by
+//!   the target type; the message names the file and the key) or [`parse_config`] (a
+//!   string, for tests), then validated.
+//! - [`install_crypto`]: the process-wide crypto providers.
 //! - [`shutdown_on_signal`]: cancels a token on the first SIGINT or SIGTERM.
 //! - [`serve`]: the HTTP server loop of every listener, each connection bounded.
 
@@ -14,6 +16,37 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
+
+/// Installs the process-wide crypto providers (aws-lc-rs for both jsonwebtoken and rustls).
+/// jsonwebtoken panics at first use without one; calling this twice is harmless.
+pub fn install_crypto() {
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A service's configuration: a TOML file with `ENV_PREFIX*` overrides, checked by
+/// [`ServiceConfig::validate`] before anything starts.
+pub trait ServiceConfig: DeserializeOwned {
+    /// The environment variables that override keys (`AUTHZ_`, `GATEWAY_`).
+    const ENV_PREFIX: &'static str;
+
+    /// Checks the values serde cannot; the message names the field.
+    fn validate(&self) -> Result<(), String>;
+
+    /// Reads the file, applies the environment overrides and validates the result.
+    fn load(path: &Path) -> Result<Self, String> {
+        let config: Self = load_config(path, Self::ENV_PREFIX)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (tests) and validates it.
+    fn from_toml(text: &str) -> Result<Self, String> {
+        let config: Self = parse_config(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
 
 /// Reads `path` and applies the environment variables starting with `env_prefix`
 /// (`PREFIX_CONFIG`, which names the file itself, is ignored).

@@ -2,6 +2,7 @@
 //! calls tests make of it.
 
 use super::*;
+use authz_server::config::ServiceConfig as _;
 
 /// Client secrets used by the tests, hashed once.
 fn hashes() -> &'static [(String, String); 3] {

@@ -2,6 +2,7 @@
 //! tests make of it.
 
 use super::*;
+use gateway::config::ServiceConfig as _;
 
 /// A gateway, in-process.
 pub struct Gateway {
