@@ -52,6 +52,9 @@ pub struct Config {
     /// Milliseconds between heartbeats; gateways' `max_staleness_ms` must be well above it.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+    /// `text` (default) or `json` (one object a line).
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
     /// Milliseconds a revocation request waits for its revocation to be published before it
     /// is answered 503 (committed, published later, not yet acknowledged): 200 means it is
     /// in the stream.
@@ -154,6 +157,9 @@ fn default_credential_cache_entries() -> usize {
 fn default_credential_cache_ttl() -> u64 {
     300
 }
+fn default_log_format() -> String {
+    "text".into()
+}
 fn default_heartbeat_interval_ms() -> u64 {
     1000
 }
@@ -206,6 +212,9 @@ impl ServiceConfig for Config {
         }
         if self.credential_cache_ttl > 86_400 {
             return Err("credential_cache_ttl: must be at most 86400 seconds".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err("log_format: must be text or json".into());
         }
         if !(100..=60_000).contains(&self.publish_wait_ms) {
             return Err("publish_wait_ms: must be between 100 and 60000".into());

@@ -947,16 +947,5 @@ async fn metrics_get(State(state): State<Arc<AppState>>) -> Response {
     if let Ok(backlog) = state.store.backlog().await {
         state.metrics.outbox_backlog.set(backlog);
     }
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &state.registry).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    startup::metrics_response(&state.registry)
 }

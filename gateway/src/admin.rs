@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use http::{header, StatusCode};
+use http::StatusCode;
 
 use crate::Gateway;
 
@@ -55,16 +55,5 @@ async fn metrics_get(State(gw): State<Arc<Gateway>>) -> Response {
     ));
     m.heartbeat_age_ms.set(ms(gw.freshness.heartbeat_age(now)));
     m.update_connections();
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &gw.registry).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    startup::metrics_response(&gw.registry)
 }

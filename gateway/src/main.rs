@@ -38,17 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        // Colour codes only for a terminal, never in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(filter);
-    if config.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    startup::init_logging(&config.log_format);
     // One thread: a current-thread runtime, which skips the work-stealing machinery.
     let mut runtime = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -5,6 +5,7 @@
 //!   the target type; the message names the file and the key) or [`parse_config`] (a
 //!   string, for tests), then validated.
 //! - [`install_crypto`]: the process-wide crypto providers.
+//! - [`init_logging`]: the log, as text or JSON lines; [`metrics_response`]: `/metrics`.
 //! - [`shutdown_on_signal`]: cancels a token on the first SIGINT or SIGTERM.
 //! - [`serve`]: the HTTP server loop of every listener, each connection bounded.
 
@@ -16,6 +17,42 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
+
+/// Sets up the log: `log_format` `text` (colour only on a terminal) or `json` (one object a
+/// line), the level from `RUST_LOG` (default `info`). The services validate the format when
+/// they load their configuration.
+pub fn init_logging(log_format: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        // Colour codes only for a terminal, never in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(filter);
+    if log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
+/// The `/metrics` answer: `registry` in the OpenMetrics text format.
+pub fn metrics_response(
+    registry: &prometheus_client::registry::Registry,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
 
 /// Installs the process-wide crypto providers (aws-lc-rs for both jsonwebtoken and rustls).
 /// jsonwebtoken panics at first use without one; calling this twice is harmless.

@@ -680,13 +680,15 @@ async fn methods_and_content_types() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/readyz` reports the database and NATS; the binary stops cleanly on SIGTERM.
+/// `/readyz` reports the database and NATS; the binary stops cleanly on SIGTERM; with
+/// `log_format = "json"` every log line is a JSON object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_sigterm() -> anyhow::Result<()> {
     let mut nats = Nats::start()?;
     let dir = tempfile::tempdir()?;
     let port = system_tests::free_ports(1)?[0];
-    let mut authz = Authz::spawn_process(dir.path(), port, &[nats.url()], "").await?;
+    let mut authz =
+        Authz::spawn_process(dir.path(), port, &[nats.url()], "log_format = \"json\"").await?;
     let readyz = || async {
         let r = reqwest::get(format!("{}/readyz", authz.url)).await.ok()?;
         Some((r.status().as_u16(), r.json::<Value>().await.ok()?))
@@ -714,5 +716,14 @@ async fn readiness_and_sigterm() -> anyhow::Result<()> {
         process.terminate(),
         "SIGTERM did not stop the server cleanly"
     );
+    let output = process.output();
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.iter().any(|l| l.contains("authz-server listening")));
+    for line in lines {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not a JSON line: {line}"
+        );
+    }
     Ok(())
 }
