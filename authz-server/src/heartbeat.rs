@@ -166,7 +166,7 @@ impl HeartbeatTask {
             }
             Some(Err(err)) if !self.store.note(&err) => return Err(err.into()),
             // The database is out of reach. Every revocation
-            // acknowledged was published first (`http::commit_revocation`), so the stream's
+            // acknowledged was published first (`http::commit::commit_revocation`), so the stream's
             // sequence read now covers every one acknowledged before `before`: the lag is
             // nothing. That holds for the stream this replica last saw recorded in the
             // database, if no rule acknowledged once was then waiting to be published again

@@ -98,7 +98,7 @@ const SQLITE_PRAGMAS: &str =
     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;";
 
 /// Consecutive failed probes before the database counts as out of reach.
-const PROBE_FAILURES: u32 = 2;
+pub const PROBE_FAILURES: u32 = 2;
 
 /// The store's probe: one write every [`PROBE_INTERVAL`] on a connection of its own.
 pub struct Probe {
