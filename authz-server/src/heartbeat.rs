@@ -145,18 +145,31 @@ impl HeartbeatTask {
             // Known to be out of reach (the store's probe): not even tried.
             None
         };
+        let read = match read {
+            Some(Ok(reading)) => Some(reading),
+            // A failure that leaves the database in reach (a statement refused, a busy pool)
+            // sends nothing this tick; one that puts it out of reach is as if known.
+            Some(Err(err)) => {
+                self.store.note(&err);
+                if self.store.reachable() {
+                    return Err(err.into());
+                }
+                None
+            }
+            None => None,
+        };
         let (lag_ms, acknowledged) = match read {
-            Some(Ok(Reading::Requeued)) => {
+            Some(Reading::Requeued) => {
                 // Nothing read before this stands any more.
                 memory.confirmed = None;
                 self.wake_relay.notify_one();
                 return Ok(false);
             }
-            Some(Ok(Reading::Published {
+            Some(Reading::Published {
                 lag_ms,
                 acknowledged,
                 requeued_pending,
-            })) => {
+            }) => {
                 memory.confirmed = Some(Confirmed {
                     epoch,
                     requeued_pending,
@@ -164,16 +177,10 @@ impl HeartbeatTask {
                 });
                 (lag_ms, acknowledged)
             }
-            Some(Err(err)) if !self.store.note(&err) => return Err(err.into()),
-            // The database is out of reach. Every revocation
-            // acknowledged was published first (`http::commit::commit_revocation`), so the stream's
-            // sequence read now covers every one acknowledged before `before`: the lag is
-            // nothing. That holds for the stream this replica last saw recorded in the
-            // database, if no rule acknowledged once was then waiting to be published again
-            // after a lost stream, and if the stream still holds its tail (checked below).
-            _ => match &memory.confirmed {
-                Some(c) if c.epoch == epoch && !c.requeued_pending => (0, c.acknowledged.clone()),
-                _ => return Ok(false),
+            // Out of reach.
+            None => match self.without_database(memory, epoch) {
+                Some(statement) => statement,
+                None => return Ok(false),
             },
         };
         // ... at or below the stream's last sequence read now, if the stream is still the
@@ -182,11 +189,22 @@ impl HeartbeatTask {
         if stream::epoch(&info) != epoch {
             return Ok(false);
         }
+        let state = &info.state;
+        let last_id = match state.last_sequence {
+            0 => None,
+            seq => crate::relay::message_id(&stream, seq).await?,
+        };
         // The stream must still hold what was acknowledged on it, and what this replica saw
         // in it before: JetStream acknowledges before it syncs to disk, so a crash or a
-        // restored backup can take its tail, and the stream keeps its identity.
+        // restored backup can take its tail, and the stream keeps its identity. The message
+        // at the last sequence was just read; any other is looked up.
         let seen = memory.seen.as_ref().map(|(_, seq, id)| (*seq, id.clone()));
-        for (seq, id) in acknowledged.iter().chain(seen.iter()) {
+        let mut records: Vec<(u64, String)> = acknowledged.into_iter().chain(seen).collect();
+        records.dedup();
+        for (seq, id) in &records {
+            if *seq == state.last_sequence && last_id.as_deref() == Some(id.as_str()) {
+                continue;
+            }
             let lost =
                 crate::relay::requeue_if_lost(&self.store, &stream, epoch, self.leeway, (*seq, id))
                     .await?;
@@ -197,11 +215,6 @@ impl HeartbeatTask {
                 return Ok(false);
             }
         }
-        let state = &info.state;
-        let last_id = match state.last_sequence {
-            0 => None,
-            seq => crate::relay::message_id(&stream, seq).await?,
-        };
         if let Some(id) = &last_id {
             memory.seen = Some((epoch, state.last_sequence, id.clone()));
         }
@@ -221,6 +234,24 @@ impl HeartbeatTask {
             .publish(HEARTBEAT_SUBJECT, signed.into())
             .await?;
         Ok(true)
+    }
+
+    /// The statement made without the database: no lag, and the last message recorded as
+    /// acknowledged. Every revocation acknowledged was published first
+    /// (`http::commit::commit_revocation`), so the stream's sequence read after `before`
+    /// covers every one acknowledged before it. That holds for the stream this replica last
+    /// saw recorded in the database, if no rule acknowledged once was then waiting to be
+    /// published again after a lost stream, and if the stream still holds its tail (checked
+    /// by the caller); `None` otherwise.
+    fn without_database(
+        &self,
+        memory: &Memory,
+        epoch: u64,
+    ) -> Option<(u64, Option<(u64, String)>)> {
+        match &memory.confirmed {
+            Some(c) if c.epoch == epoch && !c.requeued_pending => Some((0, c.acknowledged.clone())),
+            _ => None,
+        }
     }
 
     /// The database's side of a heartbeat. First the stream's identity, recorded (by this

@@ -119,10 +119,11 @@ impl KeyObject {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &validation)
+        jsonwebtoken::decode::<Manifest>(token, &self.decoding, &validation)
             .ok()?
-            .claims;
-        Manifest::decode(&serde_json::to_vec(&claims).ok()?).ok()
+            .claims
+            .checked()
+            .ok()
     }
 
     fn sign_typed<T: serde::Serialize>(

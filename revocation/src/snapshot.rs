@@ -170,7 +170,7 @@ impl Manifest {
     }
 
     /// The manifest if its fields make sense.
-    fn checked(self) -> Result<Manifest, SnapshotError> {
+    pub fn checked(self) -> Result<Manifest, SnapshotError> {
         let manifest = self;
         if manifest.v != MANIFEST_VERSION {
             return Err(SnapshotError::UnknownVersion);
