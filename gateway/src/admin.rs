@@ -30,12 +30,12 @@ async fn readyz_get(State(gw): State<Arc<Gateway>>) -> Response {
     let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
     let body = serde_json::json!({
         "ready": reasons.is_empty(),
-        "staleness_ms": ms(gw.freshness.staleness(now)),
-        "max_staleness_ms": gw.freshness.max_staleness().as_millis() as u64,
-        "heartbeat_age_ms": ms(gw.freshness.heartbeat_age(now)),
+        "staleness_ms": ms(gw.auth.freshness.staleness(now)),
+        "max_staleness_ms": gw.auth.freshness.max_staleness().as_millis() as u64,
+        "heartbeat_age_ms": ms(gw.auth.freshness.heartbeat_age(now)),
         "reasons": reasons,
-        "revocation_rules": gw.revocations.len(),
-        "last_sequence": gw.feed.last_sequence(),
+        "revocation_rules": gw.auth.revocations.len(),
+        "last_sequence": gw.auth.feed.last_sequence(),
         "nats_connected": gw.nats.is_connected(),
     });
     (status, Json(body)).into_response()
@@ -43,17 +43,18 @@ async fn readyz_get(State(gw): State<Arc<Gateway>>) -> Response {
 
 async fn metrics_get(State(gw): State<Arc<Gateway>>) -> Response {
     let m = &gw.metrics;
-    m.revocation_rules.set(gw.revocations.len() as i64);
-    m.last_sequence.set(gw.feed.last_sequence() as i64);
-    m.feed_caught_up.set(i64::from(gw.feed.is_caught_up()));
+    m.revocation_rules.set(gw.auth.revocations.len() as i64);
+    m.last_sequence.set(gw.auth.feed.last_sequence() as i64);
+    m.feed_caught_up.set(i64::from(gw.auth.feed.is_caught_up()));
     let now = std::time::Instant::now();
     let ms = |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
-    m.staleness_ms.set(ms(gw.freshness.staleness(now)));
+    m.staleness_ms.set(ms(gw.auth.freshness.staleness(now)));
     // Read at scrape time, like /readyz, so that the two never disagree.
     m.stale.set(i64::from(
-        !gw.freshness.is_fresh(now) || gw.feed.resyncing() || gw.unknown_event(),
+        !gw.auth.freshness.is_fresh(now) || gw.auth.feed.resyncing() || gw.auth.unknown_event(),
     ));
-    m.heartbeat_age_ms.set(ms(gw.freshness.heartbeat_age(now)));
+    m.heartbeat_age_ms
+        .set(ms(gw.auth.freshness.heartbeat_age(now)));
     m.update_connections();
     startup::metrics_response(&gw.registry)
 }

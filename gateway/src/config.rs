@@ -28,20 +28,20 @@ pub struct Config {
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
     /// Seconds between JWKS refreshes; the last good set is kept when a refresh fails.
-    #[serde(default = "default_jwks_refresh")]
-    pub jwks_refresh: u64,
+    #[serde(default = "default_jwks_refresh", alias = "jwks_refresh")]
+    pub jwks_refresh_s: u64,
     /// Least seconds between two JWKS fetches triggered by tokens naming an unknown `kid`.
-    #[serde(default = "default_jwks_min_refresh")]
-    pub jwks_min_refresh: u64,
+    #[serde(default = "default_jwks_min_refresh", alias = "jwks_min_refresh")]
+    pub jwks_min_refresh_s: u64,
     /// Signature algorithms accepted; each key is pinned to one of them.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
-    #[serde(default = "default_leeway")]
-    pub leeway: u64,
+    #[serde(default = "default_leeway", alias = "leeway")]
+    pub leeway_s: u64,
     /// Longest accepted token lifetime (`exp - iat`), in seconds.
-    #[serde(default = "default_max_ttl")]
-    pub max_ttl: u64,
+    #[serde(default = "default_max_ttl", alias = "max_ttl")]
+    pub max_ttl_s: u64,
     /// Longest accepted `Authorization` header, in bytes.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
@@ -49,8 +49,8 @@ pub struct Config {
     #[serde(default = "default_realm")]
     pub realm: String,
     /// Seconds to wait for an upstream's response headers before answering 504.
-    #[serde(default = "default_upstream_timeout")]
-    pub upstream_timeout: u64,
+    #[serde(default = "default_upstream_timeout", alias = "upstream_timeout")]
+    pub upstream_timeout_s: u64,
     /// Milliseconds the proxy keeps serving after SIGTERM while `/readyz` already answers
     /// 503, so that load balancers take the gateway out before it stops accepting.
     #[serde(default = "default_drain_delay_ms")]
@@ -59,8 +59,8 @@ pub struct Config {
     #[serde(default = "default_log_format")]
     pub log_format: String,
     /// Seconds in-flight requests get to finish after SIGTERM.
-    #[serde(default = "default_grace")]
-    pub shutdown_grace: u64,
+    #[serde(default = "default_grace", alias = "shutdown_grace")]
+    pub shutdown_grace_s: u64,
     /// Longest time, in milliseconds, for which the gateway may be unable to prove that it
     /// enforces every acknowledged revocation (see the README's "guarantee"). Past it the
     /// gateway is not ready, and `on_stale` decides what protected routes answer.
@@ -360,6 +360,14 @@ fn default_replay_snapshot_min() -> u64 {
 /// [`ServiceConfig::from_toml`], both validated.
 impl ServiceConfig for Config {
     const ENV_PREFIX: &'static str = "GATEWAY_";
+    const RENAMED: &'static [(&'static str, &'static str)] = &[
+        ("jwks_refresh", "jwks_refresh_s"),
+        ("jwks_min_refresh", "jwks_min_refresh_s"),
+        ("leeway", "leeway_s"),
+        ("max_ttl", "max_ttl_s"),
+        ("upstream_timeout", "upstream_timeout_s"),
+        ("shutdown_grace", "shutdown_grace_s"),
+    ];
 
     /// Checks the values serde cannot; the message names the field.
     fn validate(&self) -> Result<(), String> {
@@ -369,6 +377,40 @@ impl ServiceConfig for Config {
         if self.audiences.is_empty() {
             return Err("audiences: at least one audience is required".into());
         }
+        self.validate_keys()?;
+        self.validate_tls()?;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err("log_format: must be text or json".into());
+        }
+        // Heartbeats come every second by default: a bound much below that would flap.
+        if self.max_staleness_ms < 500 {
+            return Err("max_staleness_ms: must be at least 500".into());
+        }
+        let l = &self.limits;
+        l.listener().validate("limits")?;
+        if l.upstream_connect_timeout_ms == 0 {
+            return Err("limits.upstream_connect_timeout_ms: must be positive".into());
+        }
+        if l.max_concurrent_requests == 0 {
+            return Err("limits.max_concurrent_requests: must be positive".into());
+        }
+        if self.max_ttl_s == 0 {
+            return Err("max_ttl_s: must be positive".into());
+        }
+        if self.routes.is_empty() {
+            return Err("routes: at least one route is required".into());
+        }
+        self.validate_headers()?;
+        for (i, route) in self.routes.iter().enumerate() {
+            self.validate_route(i, route)?;
+        }
+        self.nats.validate("nats")
+    }
+}
+
+impl Config {
+    /// Where the issuer's keys come from, how often they are fetched and which algorithms.
+    fn validate_keys(&self) -> Result<(), String> {
         match (&self.jwks_url, &self.jwks_file) {
             (Some(url), None) => {
                 let parsed = url::Url::parse(url).map_err(|e| format!("jwks_url: {e}"))?;
@@ -386,8 +428,8 @@ impl ServiceConfig for Config {
             (None, Some(_)) => {}
             _ => return Err("jwks_url / jwks_file: give exactly one".into()),
         }
-        if self.jwks_refresh == 0 {
-            return Err("jwks_refresh: must be at least 1 second".into());
+        if self.jwks_refresh_s == 0 {
+            return Err("jwks_refresh_s: must be at least 1 second".into());
         }
         if self.algorithms.is_empty() {
             return Err("algorithms: at least one is required".into());
@@ -399,7 +441,11 @@ impl ServiceConfig for Config {
                 ));
             }
         }
-        // Heartbeats come every second by default: a bound much below that would flap.
+        Ok(())
+    }
+
+    /// The files of the listener's TLS and of TLS to upstreams.
+    fn validate_tls(&self) -> Result<(), String> {
         if let Some(tls) = &self.tls {
             for (field, path) in [
                 ("tls.cert_file", &tls.cert_file),
@@ -430,26 +476,11 @@ impl ServiceConfig for Config {
                 }
             }
         }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return Err("log_format: must be text or json".into());
-        }
-        if self.max_staleness_ms < 500 {
-            return Err("max_staleness_ms: must be at least 500".into());
-        }
-        let l = &self.limits;
-        l.listener().validate("limits")?;
-        if l.upstream_connect_timeout_ms == 0 {
-            return Err("limits.upstream_connect_timeout_ms: must be positive".into());
-        }
-        if l.max_concurrent_requests == 0 {
-            return Err("limits.max_concurrent_requests: must be positive".into());
-        }
-        if self.max_ttl == 0 {
-            return Err("max_ttl: must be positive".into());
-        }
-        if self.routes.is_empty() {
-            return Err("routes: at least one route is required".into());
-        }
+        Ok(())
+    }
+
+    /// The identity header prefix and the untrusted headers are header names.
+    fn validate_headers(&self) -> Result<(), String> {
         let header_name = |name: &str| {
             !name.is_empty()
                 && http::HeaderName::from_bytes(name.as_bytes()).is_ok()
@@ -463,82 +494,86 @@ impl ServiceConfig for Config {
         if let Some(bad) = self.untrusted_headers.iter().find(|h| !header_name(h)) {
             return Err(format!("untrusted_headers: {bad:?} is not a header name"));
         }
-        for (i, route) in self.routes.iter().enumerate() {
-            match crate::path::normalize(&route.prefix, self.merge_slashes) {
-                Ok(n) if n.path == route.prefix.as_str() && !n.encoded_slash => {}
-                Ok(n) => {
-                    return Err(format!(
-                        "routes[{i}].prefix: {:?} is not in normal form (it reads as {:?})",
-                        route.prefix, n.path
-                    ))
-                }
-                Err(e) => return Err(format!("routes[{i}].prefix: {}", e.as_str())),
-            }
-            if let Some(host) = &route.host {
-                if crate::host::host_name(host).is_none() || host.contains(':') {
-                    return Err(format!(
-                        "routes[{i}].host: {host:?} is not a host name (no port)"
-                    ));
-                }
-            }
-            for method in route.methods.iter().flatten() {
-                // Methods are case-sensitive: `get` would be an extension method, not GET.
-                let upper = !method.is_empty()
-                    && method.bytes().all(|b| {
-                        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                    });
-                match method.parse::<http::Method>() {
-                    Ok(m) if m == http::Method::CONNECT => {
-                        return Err(format!(
-                            "routes[{i}].methods: CONNECT is not proxied (the gateway does not tunnel)"
-                        ))
-                    }
-                    Ok(m) if upper && m.as_str() == method => {}
-                    _ => {
-                        return Err(format!(
-                            "routes[{i}].methods: {method:?} is not a method name (upper case, e.g. GET)"
-                        ))
-                    }
-                }
-            }
-            if route.methods.as_ref().is_some_and(Vec::is_empty) {
-                return Err(format!("routes[{i}].methods: must not be empty"));
-            }
-            let upstreams = route.upstream_urls();
-            if upstreams.is_empty() {
-                return Err(format!("routes[{i}]: give upstream or upstreams"));
-            }
-            for upstream in upstreams {
-                let parsed = url::Url::parse(upstream)
-                    .map_err(|e| format!("routes[{i}].upstream {upstream:?}: {e}"))?;
-                if !matches!(parsed.scheme(), "http" | "https")
-                    || parsed.host_str().is_none()
-                    || parsed.path() != "/"
-                    || !parsed.username().is_empty()
-                    || parsed.query().is_some()
-                {
-                    return Err(format!(
-                        "routes[{i}].upstream {upstream:?}: must be an http(s)://host:port URL without a path"
-                    ));
-                }
-                if parsed.scheme() == "https" && self.upstream_tls.is_none() {
-                    return Err(format!(
-                        "routes[{i}].upstream {upstream:?}: an https upstream needs [upstream_tls] (ca_file)"
-                    ));
-                }
-            }
-            if route.public && route.audiences.is_some() {
+        Ok(())
+    }
+
+    /// One route: a prefix in normal form, a host name, method names, upstream URLs, and a
+    /// policy that makes sense (a public route requires nothing).
+    fn validate_route(&self, i: usize, route: &RouteConfig) -> Result<(), String> {
+        match crate::path::normalize(&route.prefix, self.merge_slashes) {
+            Ok(n) if n.path == route.prefix.as_str() && !n.encoded_slash => {}
+            Ok(n) => {
                 return Err(format!(
-                    "routes[{i}]: a public route cannot require audiences"
+                    "routes[{i}].prefix: {:?} is not in normal form (it reads as {:?})",
+                    route.prefix, n.path
+                ))
+            }
+            Err(e) => return Err(format!("routes[{i}].prefix: {}", e.as_str())),
+        }
+        if let Some(host) = &route.host {
+            if crate::host::host_name(host).is_none() || host.contains(':') {
+                return Err(format!(
+                    "routes[{i}].host: {host:?} is not a host name (no port)"
                 ));
             }
-            if route.audiences.as_ref().is_some_and(Vec::is_empty) {
-                return Err(format!("routes[{i}].audiences: must not be empty"));
-            }
-            if route.public && !route.scopes.is_empty() {
-                return Err(format!("routes[{i}]: a public route cannot require scopes"));
+        }
+        for method in route.methods.iter().flatten() {
+            // Methods are case-sensitive: `get` would be an extension method, not GET.
+            let upper = !method.is_empty()
+                && method.bytes().all(|b| {
+                    b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            match method.parse::<http::Method>() {
+                Ok(m) if m == http::Method::CONNECT => {
+                    return Err(format!(
+                        "routes[{i}].methods: CONNECT is not proxied (the gateway does not tunnel)"
+                    ))
+                }
+                Ok(m) if upper && m.as_str() == method => {}
+                _ => {
+                    return Err(format!(
+                    "routes[{i}].methods: {method:?} is not a method name (upper case, e.g. GET)"
+                ))
+                }
             }
         }
-        self.nats.validate("nats")
+        if route.methods.as_ref().is_some_and(Vec::is_empty) {
+            return Err(format!("routes[{i}].methods: must not be empty"));
+        }
+        let upstreams = route.upstream_urls();
+        if upstreams.is_empty() {
+            return Err(format!("routes[{i}]: give upstream or upstreams"));
+        }
+        for upstream in upstreams {
+            let parsed = url::Url::parse(upstream)
+                .map_err(|e| format!("routes[{i}].upstream {upstream:?}: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.host_str().is_none()
+                || parsed.path() != "/"
+                || !parsed.username().is_empty()
+                || parsed.query().is_some()
+            {
+                return Err(format!(
+                    "routes[{i}].upstream {upstream:?}: must be an http(s)://host:port URL without a path"
+                ));
+            }
+            if parsed.scheme() == "https" && self.upstream_tls.is_none() {
+                return Err(format!(
+                    "routes[{i}].upstream {upstream:?}: an https upstream needs [upstream_tls] (ca_file)"
+                ));
+            }
+        }
+        if route.public && route.audiences.is_some() {
+            return Err(format!(
+                "routes[{i}]: a public route cannot require audiences"
+            ));
+        }
+        if route.audiences.as_ref().is_some_and(Vec::is_empty) {
+            return Err(format!("routes[{i}].audiences: must not be empty"));
+        }
+        if route.public && !route.scopes.is_empty() {
+            return Err(format!("routes[{i}]: a public route cannot require scopes"));
+        }
+        Ok(())
     }
 }

@@ -79,6 +79,9 @@ impl GatewayError {
     }
 
     /// The response, with `realm` in the challenge.
+    ///
+    /// Long on purpose: one arm per variant, so that every status, error code and challenge
+    /// the gateway can answer is in this one place (RFC 6750 §3).
     pub fn into_response_with_realm(self, realm: &str) -> Response {
         let challenge = |extra: &str| {
             let value = format!("Bearer realm=\"{realm}\"{extra}");

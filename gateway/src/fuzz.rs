@@ -112,7 +112,7 @@ pub fn jwt(header: &[u8], claims: &[u8]) {
         audiences: vec!["api".into()],
         leeway: 10,
         max_ttl: 600,
-        headers: Default::default(),
+        jose_headers: Default::default(),
     };
     for candidate in [token.as_str(), signed.as_str(), &token[..token.len() / 2]] {
         if let Ok((claims, _)) = verifier.verify(candidate, keys, 1_000, None) {
@@ -301,7 +301,7 @@ mod tests {
             audiences: vec!["api".into()],
             leeway: 10,
             max_ttl: 600,
-            headers: Default::default(),
+            jose_headers: Default::default(),
         };
         assert!(verifier.verify(&token, keys, 1_000, None).is_ok());
     }

@@ -1,36 +1,44 @@
 //! The API gateway.
 //!
 //! ```text
-//! request -> host, path -> route -> bearer -> jwt (keys) -> revocation set -> scope -> proxy -> upstream
-//!                                                  ^
-//!                        NATS (mTLS) --> feed -----+
+//! request -> route -> admit -> authenticate -> authorise -> forward -> respond
+//!                              (bearer, keys,               (proxy,
+//!                              revocation set)              upstream pool)
+//!                                    ^
+//!            NATS (mTLS) --> feed ---+
 //! ```
 //!
 //! # Layout
 //!
+//! - [`pipeline`]: one request, phase by phase, in order: start reading here.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`host`]: the request's host, validated (`Host`, absolute form, `:authority`).
 //! - [`path`]: the request path normalised, as routed and as forwarded.
 //! - [`routes`]: the route table (path prefix -> upstream and policy).
-//! - [`auth`]: bearer extraction, key set, signature and claim checks.
+//! - [`auth`]: bearer extraction, key set, signature and claim checks, the revocation set,
+//!   and the gates (keys loaded, stream replayed, fresh) behind one [`auth::Authenticator`].
+//! - [`body`]: the request body's size limit, and its failures told from the upstream's.
 //! - [`proxy`]: forwarding to upstreams: the headers going in and out.
 //! - [`sanitize`]: headers a client may not send upstream, nor an upstream send back.
 //! - [`upstream`]: each upstream's pool of keep-alive connections.
 //! - [`error`]: request-path errors and the one place they become responses.
 //! - [`admin`]: health, readiness and metrics on the admin listener.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`tasks`]: the background tasks (staleness watch, sweeper, configuration reload).
 //! - [`tls`]: the proxy listener's certificate, and TLS to `https://` upstreams.
 //! - [`framing`]: the guard that refuses requests framed two ways (request smuggling), and
 //!   the transfer codings accepted.
 //! - [`fuzz`]: the client-facing parsers' invariants on arbitrary bytes (property tests,
 //!   `make fuzz`).
 //!
-//! Both listeners run on `startup::serve`, which bounds every connection.
+//! Here: the [`Gateway`] and [`run`], which builds it, starts its tasks, serves both
+//! listeners on `startup::serve` (which bounds every connection) and drains on shutdown.
 //!
 //! The revocation set and the feed that fills it live in the shared `revocation` crate.
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod framing;
@@ -38,54 +46,50 @@ pub mod fuzz;
 pub mod host;
 pub mod metrics;
 pub mod path;
+pub mod pipeline;
 pub mod proxy;
 pub mod routes;
 pub mod sanitize;
+pub mod tasks;
 pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::response::Response;
 use http::Request;
 use jsonwebtoken::Algorithm;
 use prometheus_client::registry::Registry;
-use revocation::feed::{self, FeedStatus};
+use revocation::feed::FeedStatus;
 use revocation::freshness::Freshness;
 use revocation::nats::ConnectionState;
-use revocation::{RevocationSet, TokenRef};
+use revocation::RevocationSet;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use auth::jwt::{VerifiedClaims, Verifier};
-use auth::keys::{JwksSource, KeyStore};
+use auth::jwt::Verifier;
+use auth::keys::{IssuerKeys, JwksSource};
+use auth::Authenticator;
 pub use config::{Config, OnStale};
-use error::GatewayError;
-use routes::{Route, RouteTable};
+use routes::RouteTable;
+pub use startup::install_crypto;
 
 /// One gateway instance: its policy and the state its tasks share.
 pub struct Gateway {
     /// The route table; replaced whole on reload (SIGHUP).
-    routes: std::sync::RwLock<Arc<RouteTable>>,
+    routes: RwLock<Arc<RouteTable>>,
     /// Set on SIGTERM: `/readyz` turns 503 while the listener keeps serving.
-    draining: std::sync::atomic::AtomicBool,
-    pub verifier: Verifier,
-    pub keys: Arc<KeyStore>,
-    pub revocations: Arc<RevocationSet>,
-    /// Tokens whose signature was verified before.
-    pub token_cache: auth::cache::TokenCache,
-    pub feed: Arc<FeedStatus>,
-    pub freshness: Arc<Freshness>,
-    pub on_stale: OnStale,
+    draining: AtomicBool,
+    /// Tokens, keys, the revocation set and the gates in front of them.
+    pub auth: Authenticator,
     pub nats: Arc<ConnectionState>,
     pub proxy: proxy::Proxy,
     pub metrics: Arc<metrics::Metrics>,
     pub registry: Registry,
     realm: String,
-    max_token_bytes: usize,
     max_body_bytes: u64,
     merge_slashes: bool,
     /// The TLS client of `https://` upstreams, kept for reloads.
@@ -105,8 +109,6 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-pub use startup::install_crypto;
-
 impl Gateway {
     /// What keeps the gateway from vouching for tokens; empty when ready.
     pub fn not_ready_reasons(&self) -> Vec<&'static str> {
@@ -114,114 +116,8 @@ impl Gateway {
         if self.is_draining() {
             reasons.push("draining");
         }
-        match self.keys.snapshot() {
-            None => reasons.push("jwks_not_loaded"),
-            Some(keys) if keys.is_empty() => reasons.push("jwks_has_no_usable_key"),
-            Some(_) => {}
-        }
-        if !self.feed.is_caught_up() {
-            reasons.push("revocations_not_replayed");
-        }
-        if !self.freshness.is_fresh(std::time::Instant::now()) || self.feed.resyncing() {
-            reasons.push("stale");
-        }
-        if self.unknown_event() {
-            reasons.push("unknown_event");
-        }
-        if self.feed.retention_too_short() {
-            reasons.push("stream_retention_too_short");
-        }
+        reasons.extend(self.auth.not_ready_reasons());
         reasons
-    }
-
-    /// Whether the feed met a revocation event it cannot read that may still matter (its
-    /// `expires_at`, plus the leeway, not past): the gateway cannot claim to enforce it.
-    pub fn unknown_event(&self) -> bool {
-        let until = self.feed.unreadable_until();
-        until != 0 && until.saturating_add(self.verifier.leeway) >= revocation::unix_now()
-    }
-
-    /// Bearer, signature, claims, revocation and scope: the identity to forward, or why not.
-    pub fn authenticate(
-        &self,
-        request: &Request<Body>,
-        route: &Route,
-    ) -> Result<Arc<VerifiedClaims>, GatewayError> {
-        // The token's syntax is checked on a cache miss: a cached token passed it already.
-        let token = auth::bearer::extract_unchecked(request.headers(), self.max_token_bytes)?;
-        // Fail closed: until the key set is loaded and the stream replayed, a token that was
-        // revoked could look valid here.
-        let keys = match self.keys.snapshot() {
-            None => return Err(GatewayError::NotReady("jwks_not_loaded")),
-            Some(keys) if keys.is_empty() => {
-                return Err(GatewayError::NotReady("jwks_has_no_usable_key"))
-            }
-            Some(keys) => keys,
-        };
-        if !self.feed.is_caught_up() {
-            return Err(GatewayError::NotReady("revocations_not_replayed"));
-        }
-        if self.feed.retention_too_short() {
-            return Err(GatewayError::NotReady("stream_retention_too_short"));
-        }
-        let stale = if !self.freshness.is_fresh(std::time::Instant::now()) || self.feed.resyncing()
-        {
-            Some("stale")
-        } else if self.unknown_event() {
-            Some("unknown_event")
-        } else {
-            None
-        };
-        if let Some(why) = stale {
-            match self.on_stale {
-                OnStale::Reject => return Err(GatewayError::NotReady(why)),
-                OnStale::Serve => {
-                    self.metrics.stale_served.inc();
-                }
-            }
-        }
-        let now = revocation::unix_now();
-        let audiences = route.audiences.as_deref();
-        let claims = match self.token_cache.get(token, &keys, now) {
-            Some(claims) => {
-                self.metrics.token_cache_hits.inc();
-                self.verifier
-                    .check_claims(&claims, now, audiences)
-                    .map_err(GatewayError::InvalidToken)?;
-                claims
-            }
-            None => {
-                self.metrics.token_cache_misses.inc();
-                auth::bearer::check_b64token(token)?;
-                let (claims, key_id) =
-                    self.verifier
-                        .verify(token, &keys, now, audiences)
-                        .map_err(|reason| {
-                            if reason == auth::jwt::TokenError::UnknownKey {
-                                // A key may have been added since the last refresh.
-                                self.keys.unknown_kid_seen();
-                            }
-                            GatewayError::InvalidToken(reason)
-                        })?;
-                let claims = Arc::new(claims);
-                self.token_cache.insert(token, claims.clone(), key_id);
-                claims
-            }
-        };
-        let token_ref = TokenRef {
-            iss: &claims.iss,
-            jti: &claims.jti,
-            sub: &claims.sub,
-            client_id: &claims.client_id,
-            iat: claims.iat,
-        };
-        if self.revocations.is_revoked(&token_ref) {
-            return Err(GatewayError::InvalidToken(auth::jwt::TokenError::Revoked));
-        }
-        if !claims.has_scopes(&route.scopes) {
-            return Err(GatewayError::InsufficientScope(route.scopes.join(" ")));
-        }
-        Ok(claims)
     }
 
     /// The current route table.
@@ -246,201 +142,8 @@ impl Gateway {
 
     /// Whether SIGTERM has started the drain.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::Acquire)
+        self.draining.load(Ordering::Acquire)
     }
-
-    /// Checks the request's framing, method, host and path, matches the route and runs the
-    /// request through it; returns the route's prefix (for metrics and the access log) with
-    /// the outcome.
-    async fn handle(
-        &self,
-        request: Request<Body>,
-        peer: &proxy::Peer,
-        framing: &framing::AmbiguousFraming,
-    ) -> (Option<Arc<str>>, Result<Response, GatewayError>) {
-        let table = self.routes();
-        let target = match self.target(&request, framing, &table) {
-            Ok(target) => target,
-            Err(e) => return (None, Err(e)),
-        };
-        let route = target.route;
-        let prefix = Some(route.prefix.clone());
-        if target.encoded_slash && route.encoded_slashes == config::EncodedSlashes::Reject {
-            let e = GatewayError::BadRequest("the path contains an encoded slash or backslash");
-            return (prefix, Err(e));
-        }
-        if !route.allows(request.method()) {
-            return (
-                prefix,
-                Err(GatewayError::MethodNotAllowed(route.allow.clone())),
-            );
-        }
-        (
-            prefix,
-            self.proxy_route(route, request, target.forward, peer).await,
-        )
-    }
-
-    /// What the request names, each part checked: its framing, host and normalised path,
-    /// and the route they lead to.
-    fn target<'t>(
-        &self,
-        request: &Request<Body>,
-        framing: &framing::AmbiguousFraming,
-        table: &'t RouteTable,
-    ) -> Result<RouteTarget<'t>, GatewayError> {
-        // Framed by both Content-Length and Transfer-Encoding (see `framing`): refuse it.
-        if framing.is_raised() {
-            return Err(GatewayError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ));
-        }
-        framing::check_transfer_coding(request.headers()).map_err(|e| match e {
-            framing::CodingError::Unsupported => GatewayError::UnsupportedTransferCoding,
-            framing::CodingError::Malformed => {
-                GatewayError::BadRequest("the Transfer-Encoding header is malformed")
-            }
-        })?;
-        // The gateway does not tunnel: a CONNECT has no path to route.
-        if request.method() == http::Method::CONNECT {
-            return Err(GatewayError::MethodNotAllowed(
-                http::HeaderValue::from_static(routes::DEFAULT_ALLOW),
-            ));
-        }
-        let host = host::request_host(request.version(), request.uri(), request.headers())
-            .map_err(|e| GatewayError::BadRequest(e.as_str()))?;
-        let normalized = path::normalize(request.uri().path(), self.merge_slashes)
-            .map_err(|e| GatewayError::BadRequest(e.as_str()))?;
-        let route = table
-            .find(host.as_ref().map(|h| h.name.as_str()), &normalized.path)
-            .ok_or(GatewayError::NoRoute)?;
-        Ok(RouteTarget {
-            route,
-            encoded_slash: normalized.encoded_slash,
-            forward: proxy::Target {
-                host,
-                path: match normalized.path {
-                    std::borrow::Cow::Borrowed(_) => None,
-                    std::borrow::Cow::Owned(path) => Some(path),
-                },
-            },
-        })
-    }
-
-    async fn proxy_route(
-        &self,
-        route: &Route,
-        request: Request<Body>,
-        target: proxy::Target,
-        peer: &proxy::Peer,
-    ) -> Result<Response, GatewayError> {
-        // Shed load before doing any work for it.
-        let _permit = self
-            .in_flight
-            .try_acquire()
-            .map_err(|_| GatewayError::Overloaded)?;
-        let identity = if route.public {
-            None
-        } else {
-            Some(self.authenticate(&request, route)?)
-        };
-        let declared = request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes) {
-            return Err(GatewayError::PayloadTooLarge);
-        }
-        // A body without a declared length is cut off at the limit as it streams.
-        let request = request.map(|body| {
-            Body::new(http_body_util::Limited::new(
-                body,
-                self.max_body_bytes as usize,
-            ))
-        });
-        self.proxy
-            .forward(route, request, &target, identity.as_deref(), peer)
-            .await
-    }
-}
-
-/// A request's route, with the host and path it was matched on (forwarded as such).
-struct RouteTarget<'t> {
-    route: &'t Route,
-    forward: proxy::Target,
-    /// The path holds `%2F` or `%5C`.
-    encoded_slash: bool,
-}
-
-/// Every proxied request enters here, straight from hyper (no router: there is one handler,
-/// and the connection's peer and framing flag come with the service instead of in request
-/// extensions, which cost a few allocations per request).
-async fn gateway_handler(
-    gw: Arc<Gateway>,
-    peer: Arc<proxy::Peer>,
-    framing: framing::AmbiguousFraming,
-    request: Request<Body>,
-) -> Response {
-    let started = std::time::Instant::now();
-    // RFC 9112 §6.3: after a request with Transfer-Encoding the connection closes, so
-    // nothing smuggled behind a chunked body is ever read (and `framing` can follow request
-    // boundaries exactly).
-    // An upgrade request that is not switched closes too: what follows it on the connection
-    // may be the other protocol's bytes, not a request.
-    let close_after = request
-        .headers()
-        .contains_key(http::header::TRANSFER_ENCODING);
-    let upgrade_asked = request.headers().contains_key(http::header::UPGRADE);
-    let method = request.method().clone();
-    // The path only, when logging: a query string may carry secrets. (A `Uri` clone shares
-    // its bytes.)
-    let uri = request.uri().clone();
-    let (route, outcome) = gw.handle(request, &peer, &framing).await;
-    let mut error_kind = None;
-    let response = match outcome {
-        Ok(response) => response,
-        Err(err) => {
-            error_kind = Some(err.kind());
-            match &err {
-                GatewayError::InvalidToken(reason) => {
-                    gw.metrics.auth_failure(*reason);
-                    tracing::info!(%method, path = uri.path(), reason = reason.as_str(), "token refused");
-                }
-                GatewayError::UpstreamUnavailable(cause) => {
-                    tracing::warn!(%method, path = uri.path(), %cause, "upstream unavailable");
-                }
-                other => {
-                    tracing::debug!(%method, path = uri.path(), error = other.kind(), "request refused")
-                }
-            }
-            err.into_response_with_realm(&gw.realm)
-        }
-    };
-    let mut response = response;
-    let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    if close_after || (upgrade_asked && !switched) {
-        response.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-    }
-    let status = response.status().as_u16();
-    let route = route.unwrap_or_else(|| gw.metrics.no_route.clone());
-    let elapsed = started.elapsed();
-    gw.metrics.observe(&route, status, elapsed, error_kind);
-    // The access log: one line per request, never the token.
-    tracing::info!(
-        target: "access",
-        client = %peer.addr.ip(),
-        %method,
-        path = uri.path(),
-        route = &*route,
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        error = error_kind.unwrap_or(""),
-    );
-    response
 }
 
 /// Runs the gateway on the two listeners until `shutdown` is cancelled, then drains.
@@ -459,15 +162,39 @@ pub async fn run(
 ///
 /// On `shutdown`: `/readyz` turns 503 at once, the proxy keeps serving for `drain_delay_ms`
 /// so that load balancers notice, then stops accepting and gives in-flight requests
-/// `shutdown_grace` seconds.
+/// `shutdown_grace_s` seconds.
 pub async fn run_with_reload(
     config: Config,
     listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: CancellationToken,
-    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+    reloads: tokio::sync::mpsc::Receiver<Config>,
 ) -> Result<(), StartError> {
     install_crypto();
+    let built = build(&config).await?;
+    let tasks = tasks::spawn(&built, &config, reloads, shutdown.child_token());
+    serve_and_drain(&built, &config, listener, admin_listener, shutdown).await?;
+    tasks.stop().await;
+    drop(built);
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// A gateway built from its configuration, connected to NATS, before any task runs.
+pub struct Built {
+    pub gateway: Arc<Gateway>,
+    /// The NATS connection the feed and the heartbeats read.
+    pub client: async_nats::Client,
+    /// Where the issuer's keys come from, and the algorithms taken from them.
+    pub key_source: JwksSource,
+    pub algorithms: Vec<Algorithm>,
+    /// The proxy listener's TLS, if it has any.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Checks what the configuration's types could not, connects to NATS and assembles the
+/// gateway's shared state.
+async fn build(config: &Config) -> Result<Built, StartError> {
     let upstream_tls = config
         .upstream_tls
         .as_ref()
@@ -488,7 +215,7 @@ pub async fn run_with_reload(
         .map(|a| a.parse::<Algorithm>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Config(format!("algorithms: {e}")))?;
-    let source = match (&config.jwks_url, &config.jwks_file) {
+    let key_source = match (&config.jwks_url, &config.jwks_file) {
         (Some(url), _) => JwksSource::Url(url.clone()),
         (None, Some(file)) => JwksSource::File(file.clone()),
         (None, None) => {
@@ -497,131 +224,98 @@ pub async fn run_with_reload(
             ))
         }
     };
+    let header_policy =
+        sanitize::HeaderPolicy::new(&config.identity_header_prefix, &config.untrusted_headers)
+            .map_err(StartError::Config)?;
 
-    let tasks = shutdown.child_token();
-    let keys = Arc::new(KeyStore::default());
-    let keys_task = auth::keys::spawn_refresher(
-        keys.clone(),
-        source,
-        algorithms,
-        Duration::from_secs(config.jwks_refresh),
-        Duration::from_secs(config.jwks_min_refresh),
-        tasks.clone(),
-    );
-
-    let revocations = Arc::new(RevocationSet::new(config.leeway));
-    let feed_status = Arc::new(FeedStatus::default());
     let nats = Arc::new(ConnectionState::default());
     let client = revocation::nats::connect(&config.nats, "gateway", nats.clone())
         .await
         .map_err(|e| StartError::Nats(e.to_string()))?;
-    let freshness = Arc::new(Freshness::new(Duration::from_millis(
-        config.max_staleness_ms,
-    )));
-    let heartbeat_task = feed::spawn_heartbeats(
-        client.clone(),
-        freshness.clone(),
-        feed_status.clone(),
-        keys.clone(),
-        tasks.clone(),
-    );
-    let feed_task = feed::spawn(
-        client.clone(),
-        feed::FeedShared {
-            connection: nats.clone(),
-            set: revocations.clone(),
-            status: feed_status.clone(),
-            freshness: freshness.clone(),
-            verifier: keys.clone(),
-        },
-        revocation::feed::ReplaySettings {
-            min_retention: Duration::from_secs(config.max_ttl.saturating_add(config.leeway)),
-            split_min: config.replay_split_min,
-            snapshot_min: config.replay_snapshot_min,
-        },
-        tasks.clone(),
-    );
-
+    let feed = Arc::new(FeedStatus::default());
     let metrics = Arc::new(metrics::Metrics::default());
-    let registry = metrics.registry(&feed_status, &nats);
+    let registry = metrics.registry(&feed, &nats);
+    let auth = authenticator(config, feed, metrics.clone());
+    let proxy = proxy::Proxy::new(
+        Duration::from_secs(config.upstream_timeout_s),
+        Duration::from_millis(config.limits.upstream_connect_timeout_ms),
+        if tls.is_some() { "https" } else { "http" },
+        header_policy,
+        Duration::from_millis(config.limits.idle_timeout_ms),
+    );
     let gateway = Arc::new(Gateway {
-        routes: std::sync::RwLock::new(Arc::new(routes)),
-        draining: std::sync::atomic::AtomicBool::new(false),
-        verifier: Verifier {
-            issuer: config.issuer.clone(),
-            audiences: config.audiences.clone(),
-            leeway: config.leeway,
-            max_ttl: config.max_ttl,
-            headers: Default::default(),
-        },
-        keys,
-        revocations,
-        token_cache: auth::cache::TokenCache::new(config.token_cache_entries),
-        feed: feed_status,
-        freshness,
-        on_stale: config.on_stale,
+        routes: RwLock::new(Arc::new(routes)),
+        draining: AtomicBool::new(false),
+        auth,
         nats,
-        proxy: proxy::Proxy::new(
-            Duration::from_secs(config.upstream_timeout),
-            Duration::from_millis(config.limits.upstream_connect_timeout_ms),
-            if config.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            },
-            sanitize::HeaderPolicy::new(&config.identity_header_prefix, &config.untrusted_headers)
-                .map_err(StartError::Config)?,
-            Duration::from_millis(config.limits.idle_timeout_ms),
-        ),
+        proxy,
         metrics,
         registry,
         realm: config.realm.clone(),
-        max_token_bytes: config.max_token_bytes,
         max_body_bytes: config.limits.max_body_bytes,
         merge_slashes: config.merge_slashes,
         upstream_tls,
         trusted_proxies: config.trusted_proxies.clone(),
         in_flight: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
     });
+    Ok(Built {
+        gateway,
+        client,
+        key_source,
+        algorithms,
+        tls,
+    })
+}
 
-    let proxy_app = {
-        let gw = gateway.clone();
-        move |addr: SocketAddr| {
-            let gw = gw.clone();
-            let trusted = gw
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&addr.ip()));
-            let peer = Arc::new(proxy::Peer::new(addr, trusted));
-            let framing = framing::AmbiguousFraming::default();
-            let guard = framing::FramingGuard::new(framing.clone());
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let (gw, peer, framing) = (gw.clone(), peer.clone(), framing.clone());
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            gateway_handler(gw, peer, framing, request.map(Body::new)).await,
-                        )
-                    }
-                });
-            (service, guard)
-        }
-    };
-    let admin_app = startup::serve::router_service(admin::app(gateway.clone()));
-    let watch_task = spawn_staleness_watch(gateway.clone(), tasks.clone());
-    let sweeper_task = spawn_sweeper(gateway.clone(), tasks.clone());
+/// The token checks and their gates, as configured; the keys and the revocation set start
+/// empty (the gates stay closed until the refresher and the feed fill them).
+fn authenticator(
+    config: &Config,
+    feed: Arc<FeedStatus>,
+    metrics: Arc<metrics::Metrics>,
+) -> Authenticator {
+    Authenticator {
+        verifier: Verifier {
+            issuer: config.issuer.clone(),
+            audiences: config.audiences.clone(),
+            leeway: config.leeway_s,
+            max_ttl: config.max_ttl_s,
+            jose_headers: Default::default(),
+        },
+        keys: Arc::new(IssuerKeys::default()),
+        revocations: Arc::new(RevocationSet::new(config.leeway_s)),
+        token_cache: auth::cache::TokenCache::new(config.token_cache_entries),
+        feed,
+        freshness: Arc::new(Freshness::new(Duration::from_millis(
+            config.max_staleness_ms,
+        ))),
+        on_stale: config.on_stale,
+        metrics,
+        max_token_bytes: config.max_token_bytes,
+    }
+}
+
+/// Serves both listeners until `shutdown`, then drains: `/readyz` reports not ready at once,
+/// the proxy keeps serving for `drain_delay_ms`, then stops accepting, and in-flight requests
+/// get `shutdown_grace_s` seconds.
+async fn serve_and_drain(
+    built: &Built,
+    config: &Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let gateway = &built.gateway;
     tracing::info!(addr = %listener.local_addr()?, "gateway proxy listening");
     tracing::info!(addr = %admin_listener.local_addr()?, "gateway admin listening");
-    let grace = Duration::from_secs(config.shutdown_grace);
-    // Drain: report not-ready at once, keep serving for the delay, then stop accepting.
+    let grace = Duration::from_secs(config.shutdown_grace_s);
     let stop_accepting = CancellationToken::new();
     let drain = {
-        let (gw, stop, shutdown) = (gateway.clone(), stop_accepting.clone(), shutdown.clone());
+        let (gw, stop) = (gateway.clone(), stop_accepting.clone());
         let delay = Duration::from_millis(config.drain_delay_ms);
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            gw.draining
-                .store(true, std::sync::atomic::Ordering::Release);
+            gw.draining.store(true, Ordering::Release);
             tracing::info!(
                 delay_ms = delay.as_millis() as u64,
                 "draining: not ready, still serving"
@@ -630,28 +324,9 @@ pub async fn run_with_reload(
             stop.cancel();
         })
     };
-    let reload_task = {
-        let (gw, tasks) = (gateway.clone(), tasks.clone());
-        tokio::spawn(async move {
-            loop {
-                let config = tokio::select! {
-                    _ = tasks.cancelled() => return,
-                    next = reloads.recv() => match next { Some(c) => c, None => return },
-                };
-                match gw.reload(&config) {
-                    Ok(()) => {
-                        tracing::info!(routes = config.routes.len(), "configuration reloaded")
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "new configuration rejected; keeping the old one")
-                    }
-                }
-            }
-        })
-    };
     let admin = tokio::spawn(startup::serve::serve(
         admin_listener,
-        admin_app,
+        startup::serve::router_service(admin::app(gateway.clone())),
         startup::serve::ListenerLimits::admin(),
         None,
         Arc::default(),
@@ -660,89 +335,49 @@ pub async fn run_with_reload(
     ));
     startup::serve::serve(
         listener,
-        proxy_app,
+        |addr| connection(gateway, addr),
         config.limits.listener(),
-        tls,
+        built.tls.clone(),
         gateway.metrics.connections.clone(),
-        stop_accepting.clone(),
+        stop_accepting,
         grace,
     )
     .await;
     drain.abort();
-    reload_task.abort();
     let _ = admin.await;
-    tasks.cancel();
-    let _ = tokio::join!(
-        keys_task,
-        feed_task,
-        heartbeat_task,
-        sweeper_task,
-        watch_task
-    );
-    drop(client);
-    tracing::info!("gateway stopped");
     Ok(())
 }
 
-/// Reports every change between fresh and stale once, in the log: the
-/// alarm that `on_stale = "serve"` relies on.
-fn spawn_staleness_watch(
-    gw: Arc<Gateway>,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut was_fresh = None;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = std::time::Instant::now();
-            let fresh = gw.freshness.is_fresh(now);
-            if was_fresh != Some(fresh) {
-                let staleness_ms = gw.freshness.staleness(now).map(|s| s.as_millis() as u64);
-                if fresh {
-                    tracing::info!(?staleness_ms, "revocation set is fresh");
-                } else if was_fresh.is_some() {
-                    tracing::warn!(?staleness_ms, policy = ?gw.on_stale, "revocation set is STALE: cannot prove recent revocations are enforced");
-                }
-                was_fresh = Some(fresh);
-            }
+/// A proxy connection's service: the peer (trusted as a proxy or not) and the framing
+/// guard are made once per connection, and every request goes to [`pipeline::serve`].
+fn connection(
+    gw: &Arc<Gateway>,
+    addr: SocketAddr,
+) -> (
+    impl hyper::service::Service<
+            Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future = impl Send + 'static,
+        > + Send
+        + 'static,
+    framing::FramingGuard,
+) {
+    let gw = gw.clone();
+    let trusted = gw
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&addr.ip()));
+    let peer = Arc::new(proxy::Peer::new(addr, trusted));
+    let framing = framing::AmbiguousFraming::default();
+    let guard = framing::FramingGuard::new(framing.clone());
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let (gw, peer, framing) = (gw.clone(), peer.clone(), framing.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                pipeline::serve(gw, peer, framing, request.map(Body::new)).await,
+            )
         }
-    })
-}
-
-/// Forgets revocation rules once the tokens they cover can no longer be accepted, cached
-/// tokens once they expire, and idle upstream connections past their idle timeout.
-fn spawn_sweeper(gw: Arc<Gateway>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    let now = revocation::unix_now();
-                    let purged = gw.revocations.purge_expired(now);
-                    if purged > 0 {
-                        tracing::debug!(purged, "expired revocation rules purged");
-                    }
-                    let purged = gw.token_cache.purge_expired(now);
-                    if purged > 0 {
-                        tracing::debug!(purged, "expired tokens dropped from the cache");
-                    }
-                    let closed: usize = gw
-                        .routes()
-                        .upstreams()
-                        .map(|u| u.close_idle(std::time::Instant::now()))
-                        .sum();
-                    if closed > 0 {
-                        tracing::debug!(closed, "idle upstream connections closed");
-                    }
-                }
-            }
-        }
-    })
+    });
+    (service, guard)
 }

@@ -165,6 +165,9 @@ impl Metrics {
     }
 
     /// A registry with these metrics and the feed's and connection's counters.
+    ///
+    /// Long on purpose: one registration per metric, in the order `/metrics` lists them, with
+    /// its help text; the metrics have different types, so a table would box each one.
     pub fn registry(self: &Arc<Self>, feed: &FeedStatus, nats: &ConnectionState) -> Registry {
         for reason in TokenError::ALL {
             let _ = self

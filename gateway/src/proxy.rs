@@ -13,10 +13,7 @@
 //! the client's connection into a tunnel the gateway no longer reads.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -25,11 +22,11 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 
 use crate::auth::jwt::VerifiedClaims;
+use crate::body;
 use crate::error::GatewayError;
 use crate::host::RequestHost;
 use crate::routes::Route;
 use crate::sanitize::{self, HeaderPolicy};
-use crate::upstream::SendError;
 
 // Header names are statics: parsing a name from a string on every request, or building and
 // dropping a constant array of them, showed up in the profile (BENCHMARKS.md).
@@ -99,7 +96,7 @@ pub struct Proxy {
     connect_timeout: Duration,
     /// `http` or `https`: how clients reach the gateway, for `X-Forwarded-Proto`.
     proto: &'static str,
-    headers: HeaderPolicy,
+    header_policy: HeaderPolicy,
     /// A WebSocket tunnel quiet this long in both directions is closed (the listener's idle
     /// timeout).
     tunnel_idle: Duration,
@@ -118,14 +115,14 @@ impl Proxy {
         timeout: Duration,
         connect_timeout: Duration,
         proto: &'static str,
-        headers: HeaderPolicy,
+        header_policy: HeaderPolicy,
         tunnel_idle: Duration,
     ) -> Self {
         Proxy {
             timeout,
             connect_timeout,
             proto,
-            headers,
+            header_policy,
             tunnel_idle,
         }
     }
@@ -146,6 +143,45 @@ impl Proxy {
             .extensions_mut()
             .remove::<Arc<startup::serve::ConnectionHold>>();
         let (mut parts, body) = request.into_parts();
+        self.upstream_head(&mut parts, route, target, identity, peer, websocket)?;
+        let (body, watch) = body::watch(body, self.tunnel_idle);
+        let upstream = route.upstream();
+        let sent = upstream.send(Request::from_parts(parts, body), self.connect_timeout);
+        let mut response = match tokio::time::timeout(self.timeout, sent).await {
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+            // The client's body failed, not the upstream: too large, malformed or silent.
+            Ok(Err(e)) => match watch.blame(&e) {
+                Some(clients) => return Err(clients),
+                None => return Err(GatewayError::UpstreamUnavailable(e.to_string())),
+            },
+            Ok(Ok(response)) => response,
+        };
+        let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(response.headers_mut());
+        self.header_policy.clean_response(response.headers_mut());
+        if switching {
+            let Some(client) = client_upgrade else {
+                return Err(GatewayError::UpstreamUnavailable(
+                    "101 Switching Protocols to a request that asked for no upgrade".into(),
+                ));
+            };
+            self.tunnel(client, &mut response, identity, hold);
+        }
+        Ok(response)
+    }
+
+    /// The request head as the upstream gets it: its path, HTTP/1.1, no hop-by-hop headers,
+    /// the client's untrusted headers removed, the gateway's identity and forwarding headers
+    /// added, and the bearer token removed unless the route forwards it.
+    fn upstream_head(
+        &self,
+        parts: &mut http::request::Parts,
+        route: &Route,
+        target: &Target,
+        identity: Option<&VerifiedClaims>,
+        peer: &Peer,
+        websocket: bool,
+    ) -> Result<(), GatewayError> {
         parts.uri = upstream_uri(route, &parts.uri, target.path.as_deref())?;
         if parts.version == http::Version::HTTP_2 {
             sanitize::join_cookies(&mut parts.headers);
@@ -161,11 +197,12 @@ impl Proxy {
                 .headers
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
-        self.headers.clean_request(&mut parts.headers, peer.trusted);
+        self.header_policy
+            .clean_request(&mut parts.headers, peer.trusted);
         // Identity headers come from the gateway alone; a claim that is no header value
         // leaves its header out.
         if let Some(id) = identity {
-            for (name, value) in self.headers.identity.iter().zip(&id.headers) {
+            for (name, value) in self.header_policy.identity.iter().zip(&id.identity_headers) {
                 if let Some(value) = value {
                     parts.headers.insert(name, value.clone());
                 }
@@ -182,56 +219,32 @@ impl Proxy {
             target.host.as_ref().map(|h| h.value.clone()),
             self.proto,
         );
+        Ok(())
+    }
 
-        let body_failed = Arc::new(AtomicBool::new(false));
-        let body_timed_out = Arc::new(AtomicBool::new(false));
-        let body = Body::new(WatchedBody {
-            inner: body,
-            failed: body_failed.clone(),
-            timed_out: body_timed_out.clone(),
-            idle: self.tunnel_idle,
-            silent: None,
+    /// Passes the upstream's `101` on and joins the two upgraded connections in a task of
+    /// their own, which keeps the client connection's `hold` until the tunnel ends.
+    fn tunnel(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        response: &mut Response<Body>,
+        identity: Option<&VerifiedClaims>,
+        hold: Option<Arc<startup::serve::ConnectionHold>>,
+    ) {
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let upstream = hyper::upgrade::on(response);
+        // A tunnel lasts no longer than the token that opened it, and closes when idle.
+        let until = identity.map(|id| {
+            let left = id.exp.saturating_sub(revocation::unix_now());
+            tokio::time::Instant::now() + Duration::from_secs(left)
         });
-        let upstream = route.upstream();
-        let sent = upstream.send(Request::from_parts(parts, body), self.connect_timeout);
-        let mut response = match tokio::time::timeout(self.timeout, sent).await {
-            Err(_) => return Err(GatewayError::UpstreamTimeout),
-            // The client's body failed, not the upstream: too large, or malformed.
-            Ok(Err(SendError::Http(e))) if body_too_large(&e) => {
-                return Err(GatewayError::PayloadTooLarge)
-            }
-            Ok(Err(_)) if body_timed_out.load(Ordering::Acquire) => {
-                return Err(GatewayError::BodyTimeout)
-            }
-            Ok(Err(_)) if body_failed.load(Ordering::Acquire) => return Err(GatewayError::BadBody),
-            Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e.to_string())),
-            Ok(Ok(response)) => response,
-        };
-        let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        strip_hop_by_hop(response.headers_mut());
-        self.headers.clean_response(response.headers_mut());
-        if switching {
-            let Some(client) = client_upgrade else {
-                return Err(GatewayError::UpstreamUnavailable(
-                    "101 Switching Protocols to a request that asked for no upgrade".into(),
-                ));
-            };
-            let headers = response.headers_mut();
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            let upstream = hyper::upgrade::on(&mut response);
-            // A tunnel lasts no longer than the token that opened it, and closes when idle.
-            let until = identity.map(|id| {
-                let left = id.exp.saturating_sub(revocation::unix_now());
-                tokio::time::Instant::now() + Duration::from_secs(left)
-            });
-            let tunnel = join_upgraded(client, upstream, self.tunnel_idle, until);
-            tokio::spawn(async move {
-                tunnel.await;
-                drop(hold);
-            });
-        }
-        Ok(response)
+        let tunnel = join_upgraded(client, upstream, self.tunnel_idle, until);
+        tokio::spawn(async move {
+            tunnel.await;
+            drop(hold);
+        });
     }
 }
 
@@ -296,73 +309,6 @@ async fn join_upgraded(
         }
     }
     tracing::debug!("upgraded connection ended");
-}
-
-/// The client's request body, noting whether it failed (a malformed chunk, a connection cut
-/// mid-body), so that the failure is answered as the client's (400) and not the upstream's;
-/// a body that sends nothing for `idle` fails (408), as nginx's `client_body_timeout`: a
-/// client trickling an upload would otherwise hold its request for as long as the upstream
-/// keeps reading.
-struct WatchedBody {
-    inner: Body,
-    failed: Arc<AtomicBool>,
-    timed_out: Arc<AtomicBool>,
-    idle: Duration,
-    /// Running while the body waits on the client.
-    silent: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl hyper::body::Body for WatchedBody {
-    type Data = hyper::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.silent = None;
-                if let Some(Err(_)) = &frame {
-                    this.failed.store(true, Ordering::Release);
-                }
-                Poll::Ready(frame)
-            }
-            Poll::Pending => {
-                let idle = this.idle;
-                let silent = this
-                    .silent
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                std::task::ready!(std::future::Future::poll(silent.as_mut(), cx));
-                this.timed_out.store(true, Ordering::Release);
-                this.failed.store(true, Ordering::Release);
-                Poll::Ready(Some(Err(axum::Error::new(
-                    "the request body stopped arriving",
-                ))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Whether the request failed because the client's body passed the size limit.
-fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
 }
 
 /// `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a trusted proxy the

@@ -147,6 +147,11 @@ fn bad_config_exits_64() {
             ),
             "host",
         ),
+        (
+            "a renamed key under both names",
+            config(&certs, "leeway = 30\nleeway_s = 30"),
+            "leeway_s",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = dir.path().join("gateway.toml");
@@ -171,29 +176,41 @@ fn bad_config_exits_64() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
 }
 
-/// A running gateway exits 0 on SIGTERM, promptly.
+/// A running gateway exits 0 on SIGTERM, promptly. Its configuration uses two renamed keys,
+/// one in the file and one from the environment: both are read, each with a warning.
 #[test]
 fn sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let certs = certs(dir.path());
     let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, config(&certs, "")).unwrap();
+    std::fs::write(&path, config(&certs, "leeway = 30")).unwrap();
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&path)
         .env("RUST_LOG", "info")
+        .env("GATEWAY_MAX_TTL", "3600")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let listening = lines
+    let log: Vec<String> = lines
         .by_ref()
         .take(50)
         .map_while(Result::ok)
-        .any(|l| l.contains("admin listening"));
-    assert!(listening, "the gateway never logged its listeners");
+        .take_while(|l| !l.contains("admin listening"))
+        .collect();
+    assert!(
+        log.len() < 50,
+        "the gateway never logged its listeners: {log:?}"
+    );
+    for (old, new) in [("leeway", "leeway_s"), ("max_ttl", "max_ttl_s")] {
+        let warned = log.iter().any(|l| {
+            l.contains("WARN") && l.contains(&format!("key {old} is deprecated: call it {new}"))
+        });
+        assert!(warned, "no warning for {old}: {log:?}");
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -483,59 +483,8 @@ impl Feed {
     async fn follow(&self) -> Result<(), async_nats::Error> {
         let stream = self.js.get_stream(STREAM_NAME).await?;
         let info = stream.cached_info();
-        let max_age = info.config.max_age;
-        let too_short = !max_age.is_zero() && max_age < self.replay.min_retention;
-        self.status
-            .max_age_s
-            .store(max_age.as_secs(), Ordering::Release);
-        self.status
-            .retention_too_short
-            .store(too_short, Ordering::Release);
-        if too_short {
-            tracing::error!(
-                stream_max_age_s = max_age.as_secs(),
-                needed_s = self.replay.min_retention.as_secs(),
-                "the revocation stream keeps events for less time than this gateway accepts \
-                 tokens (its max_ttl + leeway): a revocation could age out while its token is \
-                 still valid. Not ready until the stream keeps them long enough (the \
-                 authz-server's max_ttl + leeway) or this gateway's max_ttl is lowered"
-            );
-            return Err("revocation stream retention shorter than max_ttl + leeway".into());
-        }
-        let epoch = crate::stream::epoch(info);
-        // The same stream, holding less than this feed applied: it lost its tail.
-        if epoch == self.status.epoch() && info.state.last_sequence < self.status.last_sequence() {
-            self.status.start_resync();
-        }
-        if self.status.resync.swap(false, Ordering::AcqRel) {
-            self.status.last_sequence.store(0, Ordering::Release);
-            self.status.forget_history();
-            self.freshness.reset(epoch);
-        }
-        if epoch != self.status.epoch() {
-            if self.status.epoch() != 0 {
-                // The stream was recreated (deleted, or its store lost): its sequences start
-                // again. Replay it whole; the set keeps what it holds, so nothing loosens.
-                tracing::warn!("revocation stream was recreated; replaying it from the start");
-            }
-            self.status.epoch.store(epoch, Ordering::Release);
-            self.status.last_sequence.store(0, Ordering::Release);
-            self.status.forget_history();
-            self.freshness.on_applied(Position { epoch, seq: 0 });
-        }
-        // Messages before the stream's first sequence aged out (MaxAge is the longest token
-        // lifetime plus leeway): nothing in them can still matter, so count them as applied —
-        // otherwise a heartbeat announcing such a sequence could never be satisfied.
-        let first = info.state.first_sequence;
-        if first > self.status.last_sequence() + 1 {
-            self.status
-                .last_sequence
-                .store(first - 1, Ordering::Release);
-            self.freshness.on_applied(Position {
-                epoch,
-                seq: first - 1,
-            });
-        }
+        self.check_retention(info)?;
+        let epoch = self.align(info);
         // Everything up to here must be applied before the gateway may call itself ready.
         let target = info.state.last_sequence;
         let backlog = target.saturating_sub(self.status.last_sequence());
@@ -610,6 +559,75 @@ impl Feed {
         // Whatever ended the consumer, what was applied counts.
         self.report(&mut progress);
         result
+    }
+
+    /// Refuses a stream that keeps events for less time than this gateway accepts tokens
+    /// (reported as not ready).
+    fn check_retention(
+        &self,
+        info: &async_nats::jetstream::stream::Info,
+    ) -> Result<(), async_nats::Error> {
+        let max_age = info.config.max_age;
+        let too_short = !max_age.is_zero() && max_age < self.replay.min_retention;
+        self.status
+            .max_age_s
+            .store(max_age.as_secs(), Ordering::Release);
+        self.status
+            .retention_too_short
+            .store(too_short, Ordering::Release);
+        if too_short {
+            tracing::error!(
+                stream_max_age_s = max_age.as_secs(),
+                needed_s = self.replay.min_retention.as_secs(),
+                "the revocation stream keeps events for less time than this gateway accepts \
+                 tokens (its max_ttl + leeway): a revocation could age out while its token is \
+                 still valid. Not ready until the stream keeps them long enough (the \
+                 authz-server's max_ttl + leeway) or this gateway's max_ttl is lowered"
+            );
+            return Err("revocation stream retention shorter than max_ttl + leeway".into());
+        }
+        Ok(())
+    }
+
+    /// Brings the feed's position in line with the stream before following it: a stream
+    /// that lost its tail is replayed again, a recreated one from the start, and sequences
+    /// that aged out count as applied. Returns the stream's epoch.
+    fn align(&self, info: &async_nats::jetstream::stream::Info) -> u64 {
+        let epoch = crate::stream::epoch(info);
+        // The same stream, holding less than this feed applied: it lost its tail.
+        if epoch == self.status.epoch() && info.state.last_sequence < self.status.last_sequence() {
+            self.status.start_resync();
+        }
+        if self.status.resync.swap(false, Ordering::AcqRel) {
+            self.status.last_sequence.store(0, Ordering::Release);
+            self.status.forget_history();
+            self.freshness.reset(epoch);
+        }
+        if epoch != self.status.epoch() {
+            if self.status.epoch() != 0 {
+                // The stream was recreated (deleted, or its store lost): its sequences start
+                // again. Replay it whole; the set keeps what it holds, so nothing loosens.
+                tracing::warn!("revocation stream was recreated; replaying it from the start");
+            }
+            self.status.epoch.store(epoch, Ordering::Release);
+            self.status.last_sequence.store(0, Ordering::Release);
+            self.status.forget_history();
+            self.freshness.on_applied(Position { epoch, seq: 0 });
+        }
+        // Messages before the stream's first sequence aged out (MaxAge is the longest token
+        // lifetime plus leeway): nothing in them can still matter, so count them as applied —
+        // otherwise a heartbeat announcing such a sequence could never be satisfied.
+        let first = info.state.first_sequence;
+        if first > self.status.last_sequence() + 1 {
+            self.status
+                .last_sequence
+                .store(first - 1, Ordering::Release);
+            self.freshness.on_applied(Position {
+                epoch,
+                seq: first - 1,
+            });
+        }
+        epoch
     }
 
     /// The manifest in `message` if the heartbeat key signed it. A gateway that is just

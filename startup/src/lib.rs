@@ -1,14 +1,16 @@
 //! What both service binaries do the same way around running.
 //!
-//! - [`ServiceConfig`]: a service's configuration, loaded by [`load_config`] (a TOML file with
-//!   `PREFIX_*` environment overrides, nested keys joined by `__`, unknown keys rejected by
-//!   the target type; the message names the file and the key) or [`parse_config`] (a
-//!   string, for tests), then validated.
+//! - [`ServiceConfig`]: a service's configuration, loaded from a TOML file with `PREFIX_*`
+//!   environment overrides (nested keys joined by `__`; unknown keys rejected by the target
+//!   type; the message names the file and the key) or from a string (tests), then
+//!   validated. Renamed keys are still read, with a warning ([`note_deprecated`]).
 //! - [`install_crypto`]: the process-wide crypto providers.
 //! - [`init_logging`]: the log, as text or JSON lines; [`metrics_response`]: `/metrics`.
 //! - [`shutdown_on_signal`]: cancels a token on the first SIGINT or SIGTERM.
 //! - [`serve`]: the HTTP server loop of every listener, each connection bounded.
+//! - [`periodic::spawn_every`]: background work on a period that stops on shutdown.
 
+pub mod periodic;
 pub mod serve;
 
 use std::path::Path;
@@ -32,6 +34,11 @@ pub fn init_logging(log_format: &str) {
         logs.json().init();
     } else {
         logs.init();
+    }
+    let mut pending = DEPRECATIONS.lock().unwrap_or_else(|p| p.into_inner());
+    LOGGING.store(true, std::sync::atomic::Ordering::Release);
+    for warning in pending.drain(..) {
+        tracing::warn!("{warning}");
     }
 }
 
@@ -67,40 +74,66 @@ pub trait ServiceConfig: DeserializeOwned {
     /// The environment variables that override keys (`AUTHZ_`, `GATEWAY_`).
     const ENV_PREFIX: &'static str;
 
+    /// Top-level keys that were renamed, as `(old, new)`. The type reads the old name too
+    /// (`#[serde(alias = "old")]`); loading warns about it ([`note_deprecated`]), and giving
+    /// both names is an error.
+    const RENAMED: &'static [(&'static str, &'static str)] = &[];
+
     /// Checks the values serde cannot; the message names the field.
     fn validate(&self) -> Result<(), String>;
 
     /// Reads the file, applies the environment overrides and validates the result.
     fn load(path: &Path) -> Result<Self, String> {
-        let config: Self = load_config(path, Self::ENV_PREFIX)?;
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(
+            Env::prefixed(Self::ENV_PREFIX)
+                .split("__")
+                .ignore(&["config"]),
+        );
+        let config: Self =
+            extract::<Self>(&figment).map_err(|e| format!("{}: {e}", path.display()))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Parses a TOML string (tests) and validates it.
     fn from_toml(text: &str) -> Result<Self, String> {
-        let config: Self = parse_config(text)?;
+        let config: Self = extract::<Self>(&Figment::new().merge(Toml::string(text)))?;
         config.validate()?;
         Ok(config)
     }
 }
 
-/// Reads `path` and applies the environment variables starting with `env_prefix`
-/// (`PREFIX_CONFIG`, which names the file itself, is ignored).
-pub fn load_config<T: DeserializeOwned>(path: &Path, env_prefix: &str) -> Result<T, String> {
-    Figment::new()
-        .merge(Toml::file_exact(path))
-        .merge(Env::prefixed(env_prefix).split("__").ignore(&["config"]))
-        .extract()
-        .map_err(|e| format!("{}: {e}", path.display()))
+/// The configuration `figment` holds, each renamed key it still uses noted.
+fn extract<T: ServiceConfig>(figment: &Figment) -> Result<T, String> {
+    for (old, new) in T::RENAMED {
+        if figment.find_value(old).is_ok() {
+            if figment.find_value(new).is_ok() {
+                return Err(format!(
+                    "{new}: also given under its old name {old}; keep one"
+                ));
+            }
+            note_deprecated(format!(
+                "configuration key {old} is deprecated: call it {new}"
+            ));
+        }
+    }
+    figment.extract().map_err(|e| e.to_string())
 }
 
-/// Parses a TOML string.
-pub fn parse_config<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    Figment::new()
-        .merge(Toml::string(text))
-        .extract()
-        .map_err(|e| e.to_string())
+/// Deprecation warnings noted before the log was set up, logged by [`init_logging`].
+static DEPRECATIONS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Set once [`init_logging`] has run: warnings are logged at once from then on.
+static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Warns that something deprecated is in use: in the log, or, before the log is set up (a
+/// configuration is read before it), as soon as [`init_logging`] sets it up.
+pub fn note_deprecated(warning: String) {
+    let mut pending = DEPRECATIONS.lock().unwrap_or_else(|p| p.into_inner());
+    if LOGGING.load(std::sync::atomic::Ordering::Acquire) {
+        tracing::warn!("{warning}");
+    } else {
+        pending.push(warning);
+    }
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.

@@ -175,6 +175,9 @@ pub type TlsAcceptor = tokio_rustls::TlsAcceptor;
 
 /// Serves on `listener` until `shutdown`, then gives open connections `grace` to finish.
 /// Every connection gets the service and read observer `make(peer)` returns.
+///
+/// Long on purpose: the accept loop and the connection task it spawns share the service's
+/// generic bounds, which each part would otherwise repeat.
 pub async fn serve<M, S, B, O>(
     listener: TcpListener,
     make: M,
@@ -195,23 +198,7 @@ pub async fn serve<M, S, B, O>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     O: ReadObserver,
 {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
-        // A head larger than the buffer is answered 431 by hyper.
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_millis(
-            limits.http2_keep_alive_interval_ms,
-        )))
-        .keep_alive_timeout(Duration::from_millis(limits.http2_keep_alive_timeout_ms));
+    let builder = http_builder(&limits);
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let sources = Arc::new(Sources::new(limits.per_source()));
     let connections = TaskTracker::new();
@@ -295,6 +282,29 @@ pub async fn serve<M, S, B, O>(
     }
 }
 
+/// HTTP/1.1 and HTTP/2 (by ALPN or preface), with the listener's header limits and
+/// timeouts.
+fn http_builder(limits: &ListenerLimits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        // A head larger than the buffer is answered 431 by hyper.
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_millis(
+            limits.http2_keep_alive_interval_ms,
+        )))
+        .keep_alive_timeout(Duration::from_millis(limits.http2_keep_alive_timeout_ms));
+    builder
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
     Closed,
@@ -367,6 +377,10 @@ impl Drop for SourceGuard {
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves one connection until it ends, it times out, or `shutdown` (then gracefully).
+///
+/// Long on purpose: one loop holds the connection's whole timeout state machine (first
+/// byte, idle, a client that takes no response, closing), so that every transition is read
+/// in one place.
 async fn serve_connection<IO, S, B, O>(
     io: IO,
     service: S,

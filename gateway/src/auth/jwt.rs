@@ -120,7 +120,7 @@ pub struct VerifiedClaims {
     pub scope: String,
     /// `X-Auth-Subject`, `X-Auth-Client-Id` and `X-Auth-Scope` for the upstream, made once
     /// per token rather than per request; `None` for a claim that is no header value.
-    pub headers: [Option<http::HeaderValue>; 3],
+    pub identity_headers: [Option<http::HeaderValue>; 3],
     aud: OneOrMany,
 }
 
@@ -137,7 +137,7 @@ impl From<RawClaims> for VerifiedClaims {
         let scope = scopes.join(" ");
         let header = |value: &str| http::HeaderValue::from_str(value).ok();
         VerifiedClaims {
-            headers: [header(&c.sub), header(&c.client_id), header(&scope)],
+            identity_headers: [header(&c.sub), header(&c.client_id), header(&scope)],
             scope,
             scopes,
             iss: c.iss,
@@ -186,20 +186,20 @@ pub struct Verifier {
     pub leeway: u64,
     pub max_ttl: u64,
     /// JOSE headers already checked (shared by clones).
-    pub headers: HeaderCache,
+    pub jose_headers: JoseHeaderCache,
 }
 
 /// What an accepted JOSE header says that the gateway acts on: the key to look up and the
 /// algorithm it must have. (`typ` was at+jwt, and no forbidden member was present.)
 #[derive(Debug, Clone)]
-struct HeaderFacts {
+struct JoseHeaderFacts {
     kid: Box<str>,
     alg: Algorithm,
 }
 
 /// Headers entering the cache at most; there are a few per issuer in practice (one per
 /// signing key), so a full cache means someone is sending made-up headers.
-const HEADER_CACHE_ENTRIES: usize = 64;
+const JOSE_HEADER_CACHE_ENTRIES: usize = 64;
 
 /// Accepted JOSE headers, by their exact base64url text. An issuer signs every token of a key
 /// with the same header, so even a never-seen token nearly always carries one checked
@@ -208,38 +208,38 @@ const HEADER_CACHE_ENTRIES: usize = 64;
 /// is exactly a header that passed the checks, and the key lookup and algorithm match are
 /// still made on every token. Bounded; refused headers are not kept.
 #[derive(Clone)]
-pub struct HeaderCache(Arc<quick_cache::sync::Cache<Box<str>, HeaderFacts>>);
+pub struct JoseHeaderCache(Arc<quick_cache::sync::Cache<Box<str>, JoseHeaderFacts>>);
 
-impl Default for HeaderCache {
+impl Default for JoseHeaderCache {
     fn default() -> Self {
-        HeaderCache(Arc::new(quick_cache::sync::Cache::new(
-            HEADER_CACHE_ENTRIES,
+        JoseHeaderCache(Arc::new(quick_cache::sync::Cache::new(
+            JOSE_HEADER_CACHE_ENTRIES,
         )))
     }
 }
 
-impl std::fmt::Debug for HeaderCache {
+impl std::fmt::Debug for JoseHeaderCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeaderCache")
+        f.debug_struct("JoseHeaderCache")
             .field("entries", &self.0.len())
             .finish()
     }
 }
 
-impl HeaderCache {
+impl JoseHeaderCache {
     /// The facts of `encoded` (the token's first segment), checking it on a miss.
-    fn facts(&self, encoded: &str, token: &str) -> Result<HeaderFacts, TokenError> {
+    fn facts(&self, encoded: &str, token: &str) -> Result<JoseHeaderFacts, TokenError> {
         if let Some(facts) = self.0.get(encoded) {
             return Ok(facts);
         }
-        let facts = check_header(token)?;
+        let facts = check_jose_header(token)?;
         self.0.insert(encoded.into(), facts.clone());
         Ok(facts)
     }
 }
 
 /// Decodes and checks the JOSE header of `token` (three segments).
-fn check_header(token: &str) -> Result<HeaderFacts, TokenError> {
+fn check_jose_header(token: &str) -> Result<JoseHeaderFacts, TokenError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     // RFC 9068 §4: typ must be at+jwt (or its full media type); compare case-insensitively.
     let typ_ok = header.typ.as_deref().is_some_and(|t| {
@@ -259,7 +259,7 @@ fn check_header(token: &str) -> Result<HeaderFacts, TokenError> {
         return Err(TokenError::Header);
     }
     let kid = header.kid.ok_or(TokenError::UnknownKey)?;
-    Ok(HeaderFacts {
+    Ok(JoseHeaderFacts {
         kid: kid.into(),
         alg: header.alg,
     })
@@ -282,7 +282,7 @@ impl Verifier {
         if payload.contains('.') {
             return Err(TokenError::Malformed);
         }
-        let header = self.headers.facts(header, token)?;
+        let header = self.jose_headers.facts(header, token)?;
         let key = keys.get(&header.kid).ok_or(TokenError::UnknownKey)?;
         if header.alg != key.alg {
             return Err(TokenError::Algorithm);
@@ -352,7 +352,7 @@ mod tests {
             audiences: vec!["api".into()],
             leeway: 10,
             max_ttl: 600,
-            headers: HeaderCache::default(),
+            jose_headers: JoseHeaderCache::default(),
         }
     }
 
@@ -470,11 +470,11 @@ mod tests {
         let header = serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"});
         let first = es256_token(&pair, &header, "a");
         assert_eq!(v.verify(&first, &keys, 1100, None).unwrap().0.jti, "a");
-        assert_eq!(v.headers.0.len(), 1);
+        assert_eq!(v.jose_headers.0.len(), 1);
         // A never-seen token with the same header: a hit, still verified in full.
         let second = es256_token(&pair, &header, "b");
         assert_eq!(v.verify(&second, &keys, 1100, None).unwrap().0.jti, "b");
-        assert_eq!(v.headers.0.len(), 1);
+        assert_eq!(v.jose_headers.0.len(), 1);
         let (other_pair, other_keys) = es256_key("k1");
         let forged = es256_token(&other_pair, &header, "c");
         assert_eq!(
@@ -515,7 +515,7 @@ mod tests {
                 assert_eq!(v.verify(&token, &keys, 1100, None).unwrap_err(), error);
             }
         }
-        assert_eq!(v.headers.0.len(), 1);
+        assert_eq!(v.jose_headers.0.len(), 1);
         // An accepted header naming another algorithm than its key's: kept, and refused
         // every time by the match made on each token.
         let rs256 = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": "k1"});
@@ -526,7 +526,7 @@ mod tests {
                 TokenError::Algorithm
             );
         }
-        assert_eq!(v.headers.0.len(), 2);
+        assert_eq!(v.jose_headers.0.len(), 2);
         // Four segments are malformed whatever the first one is.
         let (signed, signature) = first.rsplit_once('.').unwrap();
         let four = format!("{signed}.x.{signature}");
@@ -545,9 +545,9 @@ mod tests {
             );
         }
         assert!(
-            v.headers.0.len() <= 2 * HEADER_CACHE_ENTRIES,
+            v.jose_headers.0.len() <= 2 * JOSE_HEADER_CACHE_ENTRIES,
             "{}",
-            v.headers.0.len()
+            v.jose_headers.0.len()
         );
         assert_eq!(v.verify(&first, &keys, 1100, None).unwrap().0.jti, "a");
     }

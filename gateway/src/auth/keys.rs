@@ -128,7 +128,7 @@ fn heartbeat_key(jwk: &Jwk) -> Option<DecodingKey> {
 /// `use` is [`HEARTBEAT_KEY_USE`], EdDSA only. An unknown `kid` asks for an early refresh
 /// (the authz-server's key is in the set from its first start, so this happens only before
 /// the first load, or when the database, and so the key, was replaced).
-impl HeartbeatVerifier for KeyStore {
+impl HeartbeatVerifier for IssuerKeys {
     fn open_signed(
         &self,
         typ: &'static str,
@@ -148,7 +148,7 @@ impl HeartbeatVerifier for KeyStore {
             return Err(Rejected("not signed, or not of the expected type"));
         }
         let kid = header.kid.ok_or(Rejected("no kid"))?;
-        let keys = self.snapshot().ok_or(Unverified::NoKeys)?;
+        let keys = self.current().ok_or(Unverified::NoKeys)?;
         let Some(key) = keys.heartbeat.get(&kid) else {
             self.unknown_kid_seen();
             return Err(Rejected("unknown heartbeat key"));
@@ -232,15 +232,16 @@ pub enum JwksSource {
     File(std::path::PathBuf),
 }
 
-/// The current key set, swapped whole on every successful refresh.
+/// The issuer's keys: the current [`KeySet`], swapped whole on every successful refresh
+/// of its JWKS.
 #[derive(Default)]
-pub struct KeyStore {
+pub struct IssuerKeys {
     current: RwLock<Option<Arc<KeySet>>>,
     /// Woken when a token names a `kid` the set does not have (a key may have been added).
     unknown_kid: tokio::sync::Notify,
 }
 
-impl KeyStore {
+impl IssuerKeys {
     /// Asks for an early refresh because a token named an unknown `kid`. Cheap and
     /// non-blocking; the refresher rate-limits the fetches.
     pub fn unknown_kid_seen(&self) {
@@ -248,7 +249,7 @@ impl KeyStore {
     }
 
     /// The current keys, or `None` before the first successful load.
-    pub fn snapshot(&self) -> Option<Arc<KeySet>> {
+    pub fn current(&self) -> Option<Arc<KeySet>> {
         self.current.read().ok().and_then(|g| g.clone())
     }
 
@@ -266,7 +267,7 @@ impl KeyStore {
 /// token names an unknown `kid` — at most once per `min_interval`, so a flood of made-up
 /// kids costs one fetch per interval. A failed refresh keeps the last good set.
 pub fn spawn_refresher(
-    store: Arc<KeyStore>,
+    store: Arc<IssuerKeys>,
     source: JwksSource,
     allowed: Vec<Algorithm>,
     refresh: Duration,
@@ -291,7 +292,7 @@ pub fn spawn_refresher(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot load the JWKS");
-                    let pause = if store.snapshot().is_some() {
+                    let pause = if store.current().is_some() {
                         refresh.min(retry * 10)
                     } else {
                         retry
@@ -389,13 +390,13 @@ mod tests {
         header.kid = Some("hb".into());
         let signed = jsonwebtoken::encode(&header, &hb, &encoding).unwrap();
 
-        let store = KeyStore::default();
+        let store = IssuerKeys::default();
         assert_eq!(store.open(signed.as_bytes()), Err(Unverified::NoKeys));
         let jwks = JwkSet {
             keys: vec![jwk.clone()],
         };
         store.replace(KeySet::from_jwks(&jwks, &[Algorithm::EdDSA]));
-        let keys = store.snapshot().unwrap();
+        let keys = store.current().unwrap();
         assert!(keys.get("hb").is_none() && keys.is_empty());
         assert_eq!(store.open(signed.as_bytes()), Ok(hb.clone()));
         // A statement that is not a heartbeat (covers a future), signed all the same.
@@ -416,7 +417,7 @@ mod tests {
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         let jwks = JwkSet { keys: vec![jwk] };
         store.replace(KeySet::from_jwks(&jwks, &[Algorithm::EdDSA]));
-        assert!(store.snapshot().unwrap().get("hb").is_some());
+        assert!(store.current().unwrap().get("hb").is_some());
         assert_eq!(
             store.open(signed.as_bytes()),
             Err(Unverified::Rejected("unknown heartbeat key"))
@@ -443,18 +444,18 @@ mod tests {
             let jwks: JwkSet = serde_json::from_value(serde_json::json!({ "keys": keys })).unwrap();
             KeySet::from_jwks(&jwks, &[Algorithm::ES256])
         };
-        let store = KeyStore::default();
+        let store = IssuerKeys::default();
         store.replace(set(vec![ec("a", x1), ec("b", x1)]));
-        let first = store.snapshot().unwrap();
+        let first = store.current().unwrap();
         let (a, b) = (first.get("a").unwrap().id, first.get("b").unwrap().id);
         assert_ne!(a, b);
         store.replace(set(vec![ec("a", x1), ec("b", x2)]));
-        let second = store.snapshot().unwrap();
+        let second = store.current().unwrap();
         assert_eq!(second.get("a").unwrap().id, a);
         assert_ne!(second.get("b").unwrap().id, b);
         assert!(second.has_key_id(a));
         assert!(!second.has_key_id(b));
         store.replace(set(vec![ec("b", x2)]));
-        assert!(!store.snapshot().unwrap().has_key_id(a));
+        assert!(!store.current().unwrap().has_key_id(a));
     }
 }

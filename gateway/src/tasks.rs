@@ -1,0 +1,151 @@
+//! The gateway's background tasks, all stopped by one token: the key refresher, the
+//! revocation feed and its heartbeats, the staleness watch, the sweeper and the
+//! configuration reload.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use revocation::feed::{self, FeedShared, ReplaySettings};
+use startup::periodic::spawn_every;
+use tokio::sync::mpsc::Receiver;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{auth, Built, Config, Gateway};
+
+/// The running tasks.
+pub struct Tasks {
+    stop: CancellationToken,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// Stops every task and waits for them to end.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for handle in self.handles {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Starts every background task of a built gateway; they run until [`Tasks::stop`] or until
+/// `stop` is cancelled.
+pub fn spawn(
+    built: &Built,
+    config: &Config,
+    reloads: Receiver<Config>,
+    stop: CancellationToken,
+) -> Tasks {
+    let gw = &built.gateway;
+    let auth = &gw.auth;
+    let keys = auth::keys::spawn_refresher(
+        auth.keys.clone(),
+        built.key_source.clone(),
+        built.algorithms.clone(),
+        Duration::from_secs(config.jwks_refresh_s),
+        Duration::from_secs(config.jwks_min_refresh_s),
+        stop.clone(),
+    );
+    let heartbeats = feed::spawn_heartbeats(
+        built.client.clone(),
+        auth.freshness.clone(),
+        auth.feed.clone(),
+        auth.keys.clone(),
+        stop.clone(),
+    );
+    let feed = feed::spawn(
+        built.client.clone(),
+        FeedShared {
+            connection: gw.nats.clone(),
+            set: auth.revocations.clone(),
+            status: auth.feed.clone(),
+            freshness: auth.freshness.clone(),
+            verifier: auth.keys.clone(),
+        },
+        ReplaySettings {
+            min_retention: Duration::from_secs(config.max_ttl_s.saturating_add(config.leeway_s)),
+            split_min: config.replay_split_min,
+            snapshot_min: config.replay_snapshot_min,
+        },
+        stop.clone(),
+    );
+    let handles = vec![
+        keys,
+        heartbeats,
+        feed,
+        spawn_staleness_watch(gw.clone(), stop.clone()),
+        spawn_sweeper(gw.clone(), stop.clone()),
+        spawn_reload(gw.clone(), reloads, stop.clone()),
+    ];
+    Tasks { stop, handles }
+}
+
+/// Reports every change between fresh and stale once, in the log: the alarm that
+/// `on_stale = "serve"` relies on.
+fn spawn_staleness_watch(gw: Arc<Gateway>, stop: CancellationToken) -> JoinHandle<()> {
+    let mut was_fresh = None;
+    spawn_every(Duration::from_millis(100), stop, move || {
+        let now = Instant::now();
+        let freshness = &gw.auth.freshness;
+        let fresh = freshness.is_fresh(now);
+        if was_fresh != Some(fresh) {
+            let staleness_ms = freshness.staleness(now).map(|s| s.as_millis() as u64);
+            if fresh {
+                tracing::info!(?staleness_ms, "revocation set is fresh");
+            } else if was_fresh.is_some() {
+                tracing::warn!(?staleness_ms, policy = ?gw.auth.on_stale, "revocation set is STALE: cannot prove recent revocations are enforced");
+            }
+            was_fresh = Some(fresh);
+        }
+        std::future::ready(())
+    })
+}
+
+/// Forgets revocation rules once the tokens they cover can no longer be accepted, cached
+/// tokens once they expire, and idle upstream connections past their idle timeout.
+fn spawn_sweeper(gw: Arc<Gateway>, stop: CancellationToken) -> JoinHandle<()> {
+    spawn_every(Duration::from_secs(10), stop, move || {
+        let now = revocation::unix_now();
+        let purged = gw.auth.revocations.purge_expired(now);
+        if purged > 0 {
+            tracing::debug!(purged, "expired revocation rules purged");
+        }
+        let purged = gw.auth.token_cache.purge_expired(now);
+        if purged > 0 {
+            tracing::debug!(purged, "expired tokens dropped from the cache");
+        }
+        let closed: usize = gw
+            .routes()
+            .upstreams()
+            .map(|u| u.close_idle(Instant::now()))
+            .sum();
+        if closed > 0 {
+            tracing::debug!(closed, "idle upstream connections closed");
+        }
+        std::future::ready(())
+    })
+}
+
+/// Applies every configuration received on `reloads` (SIGHUP); an invalid one is logged and
+/// the old one kept.
+fn spawn_reload(
+    gw: Arc<Gateway>,
+    mut reloads: Receiver<Config>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let config = tokio::select! {
+                _ = stop.cancelled() => return,
+                next = reloads.recv() => match next { Some(c) => c, None => return },
+            };
+            match gw.reload(&config) {
+                Ok(()) => tracing::info!(routes = config.routes.len(), "configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "new configuration rejected; keeping the old one")
+                }
+            }
+        }
+    })
+}
