@@ -317,7 +317,7 @@ impl Drop for Server {
 /// `VmRSS` and `VmHWM` of a process, in MiB (zero if it cannot be read).
 fn memory_mib(pid: u32) -> (f64, f64) {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    system_tests::resident_memory(pid).map_or((0.0, 0.0), |(rss, peak)| (mib(rss), mib(peak)))
+    bench::measure::resident_memory(pid).map_or((0.0, 0.0), |(rss, peak)| (mib(rss), mib(peak)))
 }
 
 /// Pins every thread of a process started by the harness to the server CPU.
@@ -434,8 +434,8 @@ struct Load {
 impl Load {
     fn measure(&self, server: &Server, tokens: &Path, mode: &str) -> Result<Sample> {
         let (cpu0, up0) = (
-            system_tests::cpu_seconds(server.pid()),
-            system_tests::cpu_seconds(self.upstream_pid),
+            bench::measure::cpu_seconds(server.pid()),
+            bench::measure::cpu_seconds(self.upstream_pid),
         );
         let out = run(Command::new("taskset")
             .args(["-c", LOAD_CPU])
@@ -449,8 +449,8 @@ impl Load {
             .arg(tokens)
             .arg(mode))?;
         let (cpu1, up1) = (
-            system_tests::cpu_seconds(server.pid()),
-            system_tests::cpu_seconds(self.upstream_pid),
+            bench::measure::cpu_seconds(server.pid()),
+            bench::measure::cpu_seconds(self.upstream_pid),
         );
         let line = out
             .lines()
