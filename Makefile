@@ -19,7 +19,7 @@ deps:
 
 ## bench-revocation: revoke 1,000 tokens while three gateways serve them; print the delays
 bench-revocation: deps
-	cargo run --release --quiet -p system-tests --bin revocation-bench -- --tokens 1000
+	cargo run --release --quiet -p bench --bin revocation-bench -- --tokens 1000
 
 ## bench: the performance figures of BENCHMARKS.md (about 15 minutes; prints every table)
 bench: deps

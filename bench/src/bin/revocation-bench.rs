@@ -116,7 +116,7 @@ async fn main() -> Result<()> {
 
 fn print_row(name: &str, samples: &mut [Duration]) {
     samples.sort();
-    let at = |q: f64| system_tests::quantile(samples, q);
+    let at = |q: f64| bench::measure::quantile(samples, q);
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!(
         "{name:<12} {:>10} {:>10} {:>10}",

@@ -10,10 +10,12 @@
 //! - [`net`]: free ports and a TCP proxy that cuts like a partition.
 //! - [`postgres`]: a PostgreSQL database of a test's own, or a server of its own.
 //! - [`nginx`]: a real nginx upstream that reports the path it resolved.
-//! - [`measure`] and [`seed`]: what the benchmarks measure, and their seeding.
-//! - Here: [`eventually`], a bounded wait on a condition.
+//! - [`seed`]: many revocation rules at once, straight into the stream (the benchmarks, and
+//!   tests of long replays).
+//! - Here: [`eventually`], a bounded wait on a condition, and [`get_text`] to poll with it.
 //!
-//! Everything is re-exported at the crate root (`system_tests::Authz`).
+//! Everything but [`seed`] is re-exported at the crate root (`system_tests::Authz`). The
+//! benchmarks of `make bench` (the `bench` crate) start their stacks with this harness too.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -25,7 +27,6 @@ use anyhow::{bail, Context, Result};
 
 pub mod authz;
 pub mod gateways;
-pub mod measure;
 pub mod nats;
 pub mod net;
 pub mod nginx;
@@ -39,7 +40,6 @@ pub mod upstream;
 
 pub use authz::*;
 pub use gateways::*;
-pub use measure::*;
 pub use nats::*;
 pub use net::*;
 pub use nginx::Nginx;
@@ -75,6 +75,11 @@ pub fn init_tracing() {
                 .try_init();
         }
     });
+}
+
+/// The body of a GET as text; `None` on any failure (for polling with [`eventually`]).
+pub async fn get_text(url: &str) -> Option<String> {
+    reqwest::get(url).await.ok()?.text().await.ok()
 }
 
 /// Waits until `check` returns `Some`, polling every 5 ms, for at most `limit`.

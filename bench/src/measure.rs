@@ -1,11 +1,8 @@
 //! What the benchmarks measure of a process: quantiles, CPU seconds, resident memory.
 
-use super::*;
+use std::time::Duration;
 
-/// The body of a GET as text; `None` on any failure (for polling with [`eventually`]).
-pub async fn get_text(url: &str) -> Option<String> {
-    reqwest::get(url).await.ok()?.text().await.ok()
-}
+use anyhow::{Context, Result};
 
 /// The `q` quantile (0 to 1, nearest rank) of durations sorted in ascending order.
 pub fn quantile(sorted: &[Duration], q: f64) -> Duration {

@@ -424,7 +424,7 @@ async fn failed_authentication_is_rate_limited() -> anyhow::Result<()> {
         assert_eq!(attempt("wrong").await?.status(), 401);
     }
     // The source is over its budget: even the right secret waits there (from another
-    // address it works: tests/lockout.rs).
+    // address it works: system-tests/tests/lockout.rs).
     let r = attempt("demo-secret").await?;
     assert_eq!(
         r.status(),

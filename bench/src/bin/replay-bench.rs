@@ -183,7 +183,7 @@ async fn start_gateway(
     let id = GATEWAY_IDS[n % GATEWAY_IDS.len()];
     let run_dir = dir.join(format!("run-{n}"));
     std::fs::create_dir_all(&run_dir)?;
-    let nats_cpu_before = nats.pid().map_or(0.0, system_tests::cpu_seconds);
+    let nats_cpu_before = nats.pid().map_or(0.0, bench::measure::cpu_seconds);
     let started = Instant::now();
     let mut gw =
         Gateway::spawn_process(&run_dir, id, &[nats.url()], authz, upstream, extra).await?;
@@ -196,9 +196,9 @@ async fn start_gateway(
     }
     let ready = started.elapsed();
     let pid = gw.process()?.pid().context("the gateway exited")?;
-    let gateway_cpu = system_tests::cpu_seconds(pid);
-    let nats_cpu = nats.pid().map_or(0.0, system_tests::cpu_seconds) - nats_cpu_before;
-    let (rss, peak) = system_tests::resident_memory(pid)?;
+    let gateway_cpu = bench::measure::cpu_seconds(pid);
+    let nats_cpu = nats.pid().map_or(0.0, bench::measure::cpu_seconds) - nats_cpu_before;
+    let (rss, peak) = bench::measure::resident_memory(pid)?;
     let log = gw.process()?.output();
     // The feed's log lines: how long the snapshot and the replay took, and how many messages.
     let elapsed = |what| log_field(&log, what, "elapsed_ms").map(Duration::from_millis);
@@ -353,7 +353,7 @@ fn in_process_set(rules: usize) {
     };
     let empty = RevocationSet::new(30);
     let (empty_ns, _) = lookups(&empty, false);
-    let rss_before = system_tests::resident_memory(std::process::id())
+    let rss_before = bench::measure::resident_memory(std::process::id())
         .map(|m| m.0)
         .unwrap_or(0);
     let set = RevocationSet::new(30);
@@ -372,7 +372,7 @@ fn in_process_set(rules: usize) {
         set.insert(&event, now);
     }
     let insert = started.elapsed();
-    let rss_after = system_tests::resident_memory(std::process::id())
+    let rss_after = bench::measure::resident_memory(std::process::id())
         .map(|m| m.0)
         .unwrap_or(0);
     let (hit_ns, hits) = lookups(&set, true);

@@ -1,4 +1,5 @@
-//! Seeding the revocation stream with many rules at once, for benchmarks.
+//! Seeding the revocation stream with many rules at once, for the benchmarks and for tests of
+//! long replays.
 //!
 //! The events go straight to JetStream as the authz-server's NATS identity (the only one
 //! allowed to publish revocations), bypassing its outbox: a million rules through the admin API

@@ -137,7 +137,7 @@ async fn main() -> Result<()> {
         elapsed.as_secs_f64()
     );
     latencies.sort();
-    let at = |q: f64| system_tests::quantile(&latencies, q);
+    let at = |q: f64| bench::measure::quantile(&latencies, q);
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!(
         "latency      p50 {}   p99 {}   max {}",
@@ -284,8 +284,8 @@ async fn lockout_scenario(authz: &Authz, phase: Duration) -> Result<()> {
         let pair = |v: &[Duration]| {
             format!(
                 "{:.2} / {:.2} ms",
-                ms(system_tests::quantile(v, 0.5)),
-                ms(system_tests::quantile(v, 0.99))
+                ms(bench::measure::quantile(v, 0.5)),
+                ms(bench::measure::quantile(v, 0.99))
             )
         };
         println!(

@@ -317,7 +317,7 @@ impl Drop for Server {
 /// `VmRSS` and `VmHWM` of a process, in MiB (zero if it cannot be read).
 fn memory_mib(pid: u32) -> (f64, f64) {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    system_tests::resident_memory(pid).map_or((0.0, 0.0), |(rss, peak)| (mib(rss), mib(peak)))
+    bench::measure::resident_memory(pid).map_or((0.0, 0.0), |(rss, peak)| (mib(rss), mib(peak)))
 }
 
 /// Pins every thread of a process started by the harness to the server CPU.
@@ -434,8 +434,8 @@ struct Load {
 impl Load {
     fn measure(&self, server: &Server, tokens: &Path, mode: &str) -> Result<Sample> {
         let (cpu0, up0) = (
-            system_tests::cpu_seconds(server.pid()),
-            system_tests::cpu_seconds(self.upstream_pid),
+            bench::measure::cpu_seconds(server.pid()),
+            bench::measure::cpu_seconds(self.upstream_pid),
         );
         let out = run(Command::new("taskset")
             .args(["-c", LOAD_CPU])
@@ -449,8 +449,8 @@ impl Load {
             .arg(tokens)
             .arg(mode))?;
         let (cpu1, up1) = (
-            system_tests::cpu_seconds(server.pid()),
-            system_tests::cpu_seconds(self.upstream_pid),
+            bench::measure::cpu_seconds(server.pid()),
+            bench::measure::cpu_seconds(self.upstream_pid),
         );
         let line = out
             .lines()
@@ -545,13 +545,14 @@ fn table(title: &str, results: &BTreeMap<&'static str, Summary>, order: &[&'stat
     out
 }
 
+/// Checks the machine, starts the servers, makes sure every contestant accepts the tokens,
+/// runs the rounds of each workload and prints the report.
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = <Args as clap::Parser>::parse();
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     stop_everything_on_signal()?;
-    let (wrk, nginx, haproxy) = (which("wrk")?, which("nginx")?, which("haproxy")?);
-    which("taskset")?;
+    let tools = Tools::find()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     anyhow::ensure!(cpus >= 2, "the benchmark pins the load and the servers to two different CPUs; this machine has {cpus}");
     let bench = repo_root().join("target/bench");
@@ -559,92 +560,268 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&work)?;
     // Kept when the run fails: the servers' logs are there.
     eprintln!("work directory: {}", work.display());
-    let fresh_needed = if args.only.as_deref() == Some("pool") {
-        0
-    } else {
+    let fresh_needed = if Workload::Fresh.chosen(&args) {
         args.rounds * args.fresh_per_round
+    } else {
+        0
     };
     let tokens = Tokens::ensure(&bench.join("tokens"), fresh_needed)?;
     let script = work.join("tokens.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
 
-    // The revocation stack of `gateway`: NATS and the authz-server (for its heartbeats).
-    let ports = free_ports(11)?;
-    let nats = Nats::start()?;
-    let authz_dir = work.join("authz");
-    std::fs::create_dir_all(&authz_dir)?;
-    // The stream keeps events as long as the gateway accepts tokens.
-    let retention = format!("max_ttl = {TOKEN_TTL}");
-    let authz = Authz::spawn_process(&authz_dir, ports[0], &[nats.url()], &retention).await?;
-    pin(nats.pid())?;
-    pin(authz.pid())?;
+    let ports = Ports::free()?;
+    let servers = Servers::start(&tools, &work, &ports, &tokens).await?;
+    let million = if args.rules > 0 {
+        Some(Million::start(args.rules, &work, &ports, &tokens).await?)
+    } else {
+        None
+    };
+    let empty_memory = memory_mib(servers.gateway.pid());
+    let load = Load {
+        wrk: tools.wrk,
+        script,
+        seconds: args.seconds,
+        connections: args.connections,
+        upstream_pid: servers.direct.pid(),
+    };
 
-    // The upstream, and the plain proxy in front of it.
-    let upstream_port = ports[1];
+    let pool_contestants = servers.pool_contestants(million.as_ref());
+    check_contestants(&pool_contestants, &tokens).await?;
+    let pool = Workload::Pool
+        .chosen(&args)
+        .then(|| run_rounds(&load, Workload::Pool, &pool_contestants, &args, &tokens))
+        .transpose()?;
+    let fresh_contestants = [&servers.haproxy_jwt, &servers.gateway];
+    let fresh = Workload::Fresh
+        .chosen(&args)
+        .then(|| run_rounds(&load, Workload::Fresh, &fresh_contestants, &args, &tokens))
+        .transpose()?;
+
+    let report = Report {
+        args: &args,
+        pool_order: pool_contestants.iter().map(|s| s.name).collect(),
+        pool: pool.as_ref(),
+        fresh: fresh.as_ref(),
+        million: million.as_ref().map(Million::report).unwrap_or_default(),
+        empty_memory,
+    };
+    println!("{}", report.text());
+    drop(million);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// The programs the benchmark runs, found before anything starts.
+struct Tools {
+    wrk: PathBuf,
+    nginx: PathBuf,
+    haproxy: PathBuf,
+}
+
+impl Tools {
+    fn find() -> Result<Tools> {
+        let (wrk, nginx, haproxy) = (which("wrk")?, which("nginx")?, which("haproxy")?);
+        which("taskset")?;
+        Ok(Tools {
+            wrk,
+            nginx,
+            haproxy,
+        })
+    }
+}
+
+/// The loopback ports of a run, one for each listener.
+struct Ports {
+    authz: u16,
+    upstream: u16,
+    nginx_proxy: u16,
+    hyper_proxy: u16,
+    haproxy: u16,
+    gateway: u16,
+    gateway_admin: u16,
+    authz_1m: u16,
+    gateway_1m: u16,
+    gateway_1m_admin: u16,
+}
+
+impl Ports {
+    fn free() -> Result<Ports> {
+        let p = free_ports(10)?;
+        Ok(Ports {
+            authz: p[0],
+            upstream: p[1],
+            nginx_proxy: p[2],
+            haproxy: p[3],
+            gateway: p[4],
+            gateway_admin: p[5],
+            authz_1m: p[6],
+            gateway_1m: p[7],
+            gateway_1m_admin: p[8],
+            hyper_proxy: p[9],
+        })
+    }
+}
+
+/// Every contestant but `gateway-1m`, and the revocation stack of `gateway`: NATS and the
+/// authz-server (for its heartbeats). Dropped in this order, the gateway first.
+struct Servers {
+    gateway: Server,
+    haproxy_jwt: Server,
+    hyper_proxy: Server,
+    nginx_proxy: Server,
+    direct: Server,
+    /// Only kept running, for `gateway`.
+    _authz: Authz,
+    _nats: Nats,
+}
+
+impl Servers {
+    /// Starts them all, each pinned to the server CPU, and waits for the gateway to be ready.
+    async fn start(tools: &Tools, work: &Path, ports: &Ports, tokens: &Tokens) -> Result<Servers> {
+        // The revocation stack of `gateway`.
+        let nats = Nats::start()?;
+        let authz_dir = work.join("authz");
+        std::fs::create_dir_all(&authz_dir)?;
+        let authz =
+            Authz::spawn_process(&authz_dir, ports.authz, &[nats.url()], &retention()).await?;
+        pin(nats.pid())?;
+        pin(authz.pid())?;
+
+        // The upstream, and the plain proxy in front of it.
+        let upstream_port = ports.upstream;
+        let direct = spawn_nginx(
+            &tools.nginx,
+            work,
+            "direct",
+            "upstream",
+            upstream_port,
+            format!("  server {{\n    listen 127.0.0.1:{upstream_port};\n    location / {{ default_type text/plain; return 200 \"hello from the upstream\\n\"; }}\n  }}\n"),
+        )?;
+        let proxy_port = ports.nginx_proxy;
+        let nginx_proxy = spawn_nginx(
+            &tools.nginx,
+            work,
+            "nginx-proxy",
+            "nginx-proxy",
+            proxy_port,
+            format!("  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{proxy_port};\n    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n"),
+        )?;
+
+        // The floor under the gateway: hyper's server and client and nothing else.
+        let hyper_proxy = Server::spawn_wrapped(
+            "hyper-proxy",
+            ports.hyper_proxy,
+            &system_tests::binary("hyper-proxy")?,
+            &[
+                "--listen",
+                &format!("127.0.0.1:{}", ports.hyper_proxy),
+                "--upstream",
+                &format!("127.0.0.1:{upstream_port}"),
+            ],
+            &work.join("hyper-proxy.log"),
+        )?;
+
+        let haproxy_jwt = spawn_haproxy_jwt(&tools.haproxy, work, ports, tokens)?;
+
+        // The gateway, fed by the revocation stack above.
+        let config = gateway_config(
+            ports.gateway,
+            ports.gateway_admin,
+            ports,
+            tokens,
+            &nats.url(),
+            "gateway-1",
+        );
+        let (gateway, _) = start_gateway(
+            "gateway",
+            work,
+            ports.gateway,
+            ports.gateway_admin,
+            &config,
+            true,
+        )
+        .await?;
+        Ok(Servers {
+            gateway,
+            haproxy_jwt,
+            hyper_proxy,
+            nginx_proxy,
+            direct,
+            _authz: authz,
+            _nats: nats,
+        })
+    }
+
+    /// The contestants of the pool workload, `gateway-1m` last if there is one.
+    fn pool_contestants<'a>(&'a self, million: Option<&'a Million>) -> Vec<&'a Server> {
+        let mut contestants = vec![
+            &self.direct,
+            &self.nginx_proxy,
+            &self.hyper_proxy,
+            &self.haproxy_jwt,
+            &self.gateway,
+        ];
+        if let Some(million) = million {
+            contestants.push(&million.gateway);
+        }
+        contestants
+    }
+}
+
+/// The authz-server's setting that keeps the stream's events as long as the gateway accepts
+/// tokens.
+fn retention() -> String {
+    format!("max_ttl = {TOKEN_TTL}")
+}
+
+/// Starts one nginx with the `http` block's servers; its configuration file and log are named
+/// after `file`.
+fn spawn_nginx(
+    nginx: &Path,
+    work: &Path,
+    name: &'static str,
+    file: &str,
+    port: u16,
+    http: String,
+) -> Result<Server> {
     let temp = work.join("nginx-temp");
     std::fs::create_dir_all(&temp)?;
-    let nginx_common = format!(
+    let common = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {log} warn;\npid {pid};\nevents {{ worker_connections 4096; }}\n",
         log = work.join("nginx-error.log").display(),
-        pid = work.join("nginx-PORT.pid").display(),
+        pid = work.join(format!("nginx-{port}.pid")).display(),
     );
     let temp_paths = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
         .iter()
         .map(|t| format!("  {t}_temp_path {};\n", temp.join(t).display()))
         .collect::<String>();
-    // One nginx: its configuration file and log are named after it.
-    let spawn_nginx = |name: &'static str, file: &str, port: u16, http: String| -> Result<Server> {
-        let conf = work.join(format!("{file}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "{common}http {{\n  access_log off;\n{temp_paths}  keepalive_requests 10000000;\n{http}}}\n",
-                common = nginx_common.replace("PORT", &port.to_string()),
-            ),
-        )?;
-        Server::spawn(
-            name,
-            port,
-            &nginx,
-            &[
-                "-p",
-                &work.display().to_string(),
-                "-c",
-                &conf.display().to_string(),
-            ],
-            &work.join(format!("{file}.log")),
-        )
-    };
-    let direct = spawn_nginx(
-        "direct",
-        "upstream",
-        upstream_port,
-        format!("  server {{\n    listen 127.0.0.1:{upstream_port};\n    location / {{ default_type text/plain; return 200 \"hello from the upstream\\n\"; }}\n  }}\n"),
+    let conf = work.join(format!("{file}.conf"));
+    std::fs::write(
+        &conf,
+        format!("{common}http {{\n  access_log off;\n{temp_paths}  keepalive_requests 10000000;\n{http}}}\n"),
     )?;
-    let proxy_port = ports[2];
-    let nginx_proxy = spawn_nginx(
-        "nginx-proxy",
-        "nginx-proxy",
-        proxy_port,
-        format!("  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{proxy_port};\n    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n"),
-    )?;
-
-    // The floor under the gateway: hyper's server and client and nothing else.
-    let hyper_proxy = Server::spawn_wrapped(
-        "hyper-proxy",
-        ports[9],
-        &system_tests::binary("hyper-proxy")?,
+    Server::spawn(
+        name,
+        port,
+        nginx,
         &[
-            "--listen",
-            &format!("127.0.0.1:{}", ports[9]),
-            "--upstream",
-            &format!("127.0.0.1:{upstream_port}"),
+            "-p",
+            &work.display().to_string(),
+            "-c",
+            &conf.display().to_string(),
         ],
-        &work.join("hyper-proxy.log"),
-    )?;
+        &work.join(format!("{file}.log")),
+    )
+}
 
-    // HAProxy verifying the JWT, with a map of revoked jtis.
-    let haproxy_port = ports[3];
+/// Starts HAProxy verifying the JWT, with a map of 1,000 revoked `jti`s.
+fn spawn_haproxy_jwt(
+    haproxy: &Path,
+    work: &Path,
+    ports: &Ports,
+    tokens: &Tokens,
+) -> Result<Server> {
+    let (haproxy_port, upstream_port) = (ports.haproxy, ports.upstream);
     let revoked_map = work.join("revoked.map");
     let revoked: String = (0..1000).map(|i| format!("revoked-{i} 1\n")).collect();
     std::fs::write(&revoked_map, revoked)?;
@@ -682,124 +859,157 @@ backend upstream
             map = revoked_map.display(),
         ),
     )?;
-    let haproxy_jwt = Server::spawn(
+    Server::spawn(
         "haproxy-jwt",
         haproxy_port,
-        &haproxy,
+        haproxy,
         &["-db", "-f", &haproxy_conf.display().to_string()],
         &work.join("haproxy.log"),
-    )?;
+    )
+}
 
-    // The gateway.
-    let gateway_bin = system_tests::binary("gateway")?;
-    let gateway_conf = |port: u16, admin: u16, nats_url: &str, id: &str| {
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = {jwks:?}\nalgorithms = [\"RS256\"]\nmax_ttl = {ttl}\nworker_threads = 1\ndrain_delay_ms = 0\nshutdown_grace = 1\n\n[limits]\nmax_concurrent_requests = 4096\n\n[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{upstream_port}\"\n\n{nats}",
-            jwks = tokens.jwks,
-            ttl = TOKEN_TTL,
-            nats = Pki::get().nats_section(&[nats_url.to_string()], id, id),
-        )
+/// A gateway's configuration: one worker thread, the benchmark's tokens, every path routed to
+/// the upstream, and the revocation feed from the NATS server at `nats_url` as `id`.
+fn gateway_config(
+    port: u16,
+    admin: u16,
+    ports: &Ports,
+    tokens: &Tokens,
+    nats_url: &str,
+    id: &str,
+) -> String {
+    format!(
+        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = {jwks:?}\nalgorithms = [\"RS256\"]\nmax_ttl = {ttl}\nworker_threads = 1\ndrain_delay_ms = 0\nshutdown_grace = 1\n\n[limits]\nmax_concurrent_requests = 4096\n\n[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{upstream_port}\"\n\n{nats}",
+        jwks = tokens.jwks,
+        ttl = TOKEN_TTL,
+        upstream_port = ports.upstream,
+        nats = Pki::get().nats_section(&[nats_url.to_string()], id, id),
+    )
+}
+
+/// Writes `config` to `<name>.toml`, starts the gateway (under its profiler wrapper if
+/// `wrapped`, see [`Server::spawn_wrapped`]) and waits for it to be ready; also returns the
+/// time from start to ready.
+async fn start_gateway(
+    name: &'static str,
+    work: &Path,
+    port: u16,
+    admin: u16,
+    config: &str,
+    wrapped: bool,
+) -> Result<(Server, Duration)> {
+    let conf = work.join(format!("{name}.toml"));
+    std::fs::write(&conf, config)?;
+    let started = Instant::now();
+    let (program, args) = (
+        system_tests::binary("gateway")?,
+        ["--config", &conf.display().to_string()],
+    );
+    let log = work.join(format!("{name}.log"));
+    let gateway = if wrapped {
+        Server::spawn_wrapped(name, port, &program, &args, &log)?
+    } else {
+        Server::spawn(name, port, &program, &args, &log)?
     };
-    let gw_conf = work.join("gateway.toml");
-    std::fs::write(
-        &gw_conf,
-        gateway_conf(ports[4], ports[5], &nats.url(), "gateway-1"),
-    )?;
-    let gateway = Server::spawn_wrapped(
-        "gateway",
-        ports[4],
-        &gateway_bin,
-        &["--config", &gw_conf.display().to_string()],
-        &work.join("gateway.log"),
-    )?;
-    wait_ready(ports[5], Duration::from_secs(120)).await?;
+    wait_ready(admin, Duration::from_secs(120)).await?;
+    Ok((gateway, started.elapsed()))
+}
 
-    // The gateway with a million revocation rules, on a stack of its own.
-    let mut stack_1m = None;
-    let mut gateway_1m = None;
-    let mut replay_report = String::new();
-    if args.rules > 0 {
-        let nats_1m = Nats::start()?;
+/// The `gateway-1m` contestant: a gateway on a stack of its own, with a million revocation
+/// rules (`--rules`) replayed from its stream. Dropped in this order, the gateway first.
+struct Million {
+    gateway: Server,
+    /// Only kept running, for `gateway`.
+    _nats: Nats,
+    _authz: Authz,
+    /// Rules seeded, and how long seeding took.
+    rules: usize,
+    seeded: Duration,
+    /// From the gateway's start to its `/readyz` answering 200.
+    ready: Duration,
+    /// Rules the gateway holds once ready, by its metrics (-1 if it would not say).
+    held: f64,
+    /// VmRSS and VmHWM once ready, in MiB.
+    memory: (f64, f64),
+}
+
+impl Million {
+    /// Seeds the rules and waits for the authz-server's snapshot of them, so that the
+    /// gateway loads it; then starts the gateway and prints [`Million::report`].
+    async fn start(rules: usize, work: &Path, ports: &Ports, tokens: &Tokens) -> Result<Million> {
+        let nats = Nats::start()?;
         let dir = work.join("authz-1m");
         std::fs::create_dir_all(&dir)?;
         // Snapshots checked every second, so that the one of the million rules is taken before
         // the gateway starts (and loads it) rather than during a round, on the servers' CPU.
-        let authz_1m = Authz::spawn_process(
+        let authz = Authz::spawn_process(
             &dir,
-            ports[6],
-            &[nats_1m.url()],
-            &format!("snapshot_interval_ms = 1000\n{retention}"),
+            ports.authz_1m,
+            &[nats.url()],
+            &format!("snapshot_interval_ms = 1000\n{}", retention()),
         )
         .await?;
-        pin(nats_1m.pid())?;
-        pin(authz_1m.pid())?;
-        eprintln!("seeding {} revocation rules...", args.rules);
+        pin(nats.pid())?;
+        pin(authz.pid())?;
+        eprintln!("seeding {rules} revocation rules...");
         let started = Instant::now();
         let seeded_events =
-            system_tests::seed::seed_revocations_for(&nats_1m.url(), &authz_1m, ISSUER, args.rules)
-                .await?;
+            system_tests::seed::seed_revocations_for(&nats.url(), &authz, ISSUER, rules).await?;
         let seeded = started.elapsed();
         system_tests::eventually(
             Duration::from_secs(120),
             "a snapshot of every rule",
             || async {
-                (authz_1m.metric("authz_snapshot_sequence").await
+                (authz.metric("authz_snapshot_sequence").await
                     >= seeded_events.last_sequence as f64)
                     .then_some(())
             },
         )
         .await?;
-        let conf = work.join("gateway-1m.toml");
-        std::fs::write(
-            &conf,
-            gateway_conf(ports[7], ports[8], &nats_1m.url(), "gateway-2"),
-        )?;
-        let started = Instant::now();
-        let gw = Server::spawn(
-            "gateway-1m",
-            ports[7],
-            &gateway_bin,
-            &["--config", &conf.display().to_string()],
-            &work.join("gateway-1m.log"),
-        )?;
-        wait_ready(ports[8], Duration::from_secs(120)).await?;
-        let ready = started.elapsed();
-        let (rss, peak) = memory_mib(gw.pid());
-        let rules = metric(ports[8], "gateway_revocation_rules")
+        let (port, admin) = (ports.gateway_1m, ports.gateway_1m_admin);
+        let config = gateway_config(port, admin, ports, tokens, &nats.url(), "gateway-2");
+        let (gateway, ready) =
+            start_gateway("gateway-1m", work, port, admin, &config, false).await?;
+        let memory = memory_mib(gateway.pid());
+        let held = metric(admin, "gateway_revocation_rules")
             .await
             .unwrap_or(-1.0);
-        replay_report = format!(
-            "\n### One million revocation rules\n\n| figure | value |\n|---|---:|\n| rules seeded into the stream | {} (in {:.1} s) |\n| rules held by the new gateway | {rules:.0} |\n| new gateway: start to ready (snapshot loaded, then the stream after it) | {:.2} s |\n| resident memory after ready (VmRSS) | {rss:.1} MiB |\n| peak resident memory (VmHWM) | {peak:.1} MiB |\n",
-            args.rules,
-            seeded.as_secs_f64(),
-            ready.as_secs_f64(),
-        );
-        eprintln!("{replay_report}");
-        gateway_1m = Some(gw);
-        stack_1m = Some((nats_1m, authz_1m));
+        let million = Million {
+            gateway,
+            _nats: nats,
+            _authz: authz,
+            rules,
+            seeded,
+            ready,
+            held,
+            memory,
+        };
+        eprintln!("{}", million.report());
+        Ok(million)
     }
 
-    let (empty_rss, empty_peak) = memory_mib(gateway.pid());
-    let load = Load {
-        wrk,
-        script,
-        seconds: args.seconds,
-        connections: args.connections,
-        upstream_pid: direct.pid(),
-    };
-
-    // Every contestant must accept the tokens before it is measured.
-    let mut pool_contestants: Vec<&Server> =
-        vec![&direct, &nginx_proxy, &hyper_proxy, &haproxy_jwt, &gateway];
-    if let Some(gw) = &gateway_1m {
-        pool_contestants.push(gw);
+    /// The section of the report on the million rules.
+    fn report(&self) -> String {
+        let (rss, peak) = self.memory;
+        format!(
+            "\n### One million revocation rules\n\n| figure | value |\n|---|---:|\n| rules seeded into the stream | {} (in {:.1} s) |\n| rules held by the new gateway | {:.0} |\n| new gateway: start to ready (snapshot loaded, then the stream after it) | {:.2} s |\n| resident memory after ready (VmRSS) | {rss:.1} MiB |\n| peak resident memory (VmHWM) | {peak:.1} MiB |\n",
+            self.rules,
+            self.seeded.as_secs_f64(),
+            self.held,
+            self.ready.as_secs_f64(),
+        )
     }
+}
+
+/// Makes sure that every contestant answers 200 to a valid token of the pool, and those that
+/// check tokens 401 to a bad one, before anything is measured.
+async fn check_contestants(contestants: &[&Server], tokens: &Tokens) -> Result<()> {
     let sample_token = std::fs::read_to_string(&tokens.pool)?
         .lines()
         .next()
         .context("empty token pool")?
         .to_string();
-    for server in &pool_contestants {
+    for server in contestants {
         let status = call(server.port, &sample_token).await?;
         anyhow::ensure!(
             status == 200,
@@ -815,147 +1025,209 @@ backend upstream
             );
         }
     }
+    Ok(())
+}
 
-    let mut report = format!(
-        "\n## Edge benchmark\n\n{} rounds of {} s per contestant and workload, wrk -t1 -c{} pinned to CPU {LOAD_CPU}, servers pinned to CPU {SERVER_CPU}. Figures are medians over the rounds.\n",
-        args.rounds, args.seconds, args.connections
-    );
-    let order_pool: Vec<&'static str> = pool_contestants.iter().map(|s| s.name).collect();
-    let mut pool = BTreeMap::new();
-    if args.only.as_deref() != Some("fresh") {
-        for round in 0..args.rounds {
-            for k in 0..pool_contestants.len() {
-                let server = pool_contestants[(round + k) % pool_contestants.len()];
-                let s = load.measure(server, &tokens.pool, "random")?;
-                eprintln!(
-                    "pool  round {} {:<12} {:>8.0} req/s p99 {:.2} ms cpu {:.1} µs/req",
-                    round + 1,
-                    server.name,
-                    s.rps,
-                    s.p99_us / 1000.0,
-                    s.cpu_us
+/// The two token workloads.
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    /// The pool of 1,000 tokens, drawn at random.
+    Pool,
+    /// Never-seen tokens: each round reads its own slice of the pre-signed file, in order.
+    Fresh,
+}
+
+impl Workload {
+    /// Whether `--only` leaves this workload in.
+    fn chosen(self, args: &Args) -> bool {
+        let other = match self {
+            Workload::Pool => "fresh",
+            Workload::Fresh => "pool",
+        };
+        args.only.as_deref() != Some(other)
+    }
+}
+
+/// What the rounds of one workload measured.
+struct Rounds {
+    /// Each contestant's samples, by name.
+    summaries: BTreeMap<&'static str, Summary>,
+    /// Requests that reused a token of the round's slice (never-seen tokens only).
+    repeats: u64,
+}
+
+/// Runs `--rounds` rounds of a workload; each round measures every contestant once, starting
+/// with a different one, and prints its figures as it goes.
+fn run_rounds(
+    load: &Load,
+    workload: Workload,
+    contestants: &[&Server],
+    args: &Args,
+    tokens: &Tokens,
+) -> Result<Rounds> {
+    let (label, mode) = match workload {
+        Workload::Pool => ("pool", "random"),
+        Workload::Fresh => ("fresh", "sequential"),
+    };
+    let mut rounds = Rounds {
+        summaries: BTreeMap::new(),
+        repeats: 0,
+    };
+    for round in 0..args.rounds {
+        let file = match workload {
+            Workload::Pool => tokens.pool.clone(),
+            Workload::Fresh => tokens.fresh_slice(round, args.fresh_per_round)?,
+        };
+        for k in 0..contestants.len() {
+            let server = contestants[(round + k) % contestants.len()];
+            let s = load.measure(server, &file, mode)?;
+            if workload == Workload::Fresh {
+                rounds.repeats += s.requests.saturating_sub(args.fresh_per_round as u64);
+            }
+            eprintln!(
+                "{label:<5} round {} {:<12} {:>8.0} req/s p99 {:.2} ms cpu {:.1} µs/req",
+                round + 1,
+                server.name,
+                s.rps,
+                s.p99_us / 1000.0,
+                s.cpu_us
+            );
+            rounds
+                .summaries
+                .entry(server.name)
+                .or_default()
+                .samples
+                .push(s);
+        }
+        if workload == Workload::Fresh {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+    Ok(rounds)
+}
+
+/// Everything the run printed at its end: the tables, the million rules, the targets.
+struct Report<'a> {
+    args: &'a Args,
+    /// The pool workload's contestants, in the order of its table.
+    pool_order: Vec<&'static str>,
+    pool: Option<&'a Rounds>,
+    fresh: Option<&'a Rounds>,
+    /// [`Million::report`], or nothing.
+    million: String,
+    /// `gateway`'s VmRSS and VmHWM at start, in MiB.
+    empty_memory: (f64, f64),
+}
+
+impl Report<'_> {
+    /// The report, in Markdown as BENCHMARKS.md has it.
+    fn text(&self) -> String {
+        let args = self.args;
+        let mut report = format!(
+            "\n## Edge benchmark\n\n{} rounds of {} s per contestant and workload, wrk -t1 -c{} pinned to CPU {LOAD_CPU}, servers pinned to CPU {SERVER_CPU}. Figures are medians over the rounds.\n",
+            args.rounds, args.seconds, args.connections
+        );
+        if let Some(pool) = self.pool {
+            report.push_str(&table(
+                "Pool of 1,000 tokens",
+                &pool.summaries,
+                &self.pool_order,
+            ));
+            report.push_str(&floor_of_hyper(&pool.summaries));
+        }
+        if let Some(fresh) = self.fresh {
+            report.push_str(&table(
+                "Never-seen tokens (every request a token the server has not seen)",
+                &fresh.summaries,
+                &["haproxy-jwt", "gateway"],
+            ));
+            if fresh.repeats > 0 {
+                let _ = writeln!(
+                    report,
+                    "\nWARNING: {} requests reused a token (raise --fresh-per-round).",
+                    fresh.repeats
                 );
-                pool.entry(server.name)
-                    .or_insert_with(Summary::default)
-                    .samples
-                    .push(s);
             }
         }
-        report.push_str(&table("Pool of 1,000 tokens", &pool, &order_pool));
-        let cpu = |name: &str| pool.get(name).map_or(0.0, Summary::cpu);
+        report.push_str(&self.million);
+        let (empty_rss, empty_peak) = self.empty_memory;
         let _ = writeln!(
             report,
-            "\nThe floor of hyper: `hyper-proxy` runs at {:.2}× `nginx-proxy`'s requests/s with {:.1} against {:.1} µs of CPU a request; the gateway adds {:.1} µs to it ({:.2}× its requests/s).",
-            pool.get("hyper-proxy").map_or(0.0, Summary::rps)
-                / pool.get("nginx-proxy").map_or(f64::NAN, Summary::rps),
-            cpu("hyper-proxy"),
-            cpu("nginx-proxy"),
-            cpu("gateway") - cpu("hyper-proxy"),
-            pool.get("gateway").map_or(0.0, Summary::rps)
-                / pool.get("hyper-proxy").map_or(f64::NAN, Summary::rps),
+            "\nGateway on an empty set: VmRSS {empty_rss:.1} MiB, VmHWM {empty_peak:.1} MiB at start."
         );
+        report.push_str(&self.targets());
+        report
     }
 
-    let fresh_contestants = [&haproxy_jwt, &gateway];
-    let mut fresh = BTreeMap::new();
-    let mut repeats = 0u64;
-    if args.only.as_deref() != Some("pool") {
-        for round in 0..args.rounds {
-            let slice = tokens.fresh_slice(round, args.fresh_per_round)?;
-            for k in 0..fresh_contestants.len() {
-                let server = fresh_contestants[(round + k) % fresh_contestants.len()];
-                let s = load.measure(server, &slice, "sequential")?;
-                repeats += s.requests.saturating_sub(args.fresh_per_round as u64);
-                eprintln!(
-                    "fresh round {} {:<12} {:>8.0} req/s p99 {:.2} ms cpu {:.1} µs/req",
-                    round + 1,
-                    server.name,
-                    s.rps,
-                    s.p99_us / 1000.0,
-                    s.cpu_us
-                );
-                fresh
-                    .entry(server.name)
-                    .or_insert_with(Summary::default)
-                    .samples
-                    .push(s);
-            }
-            let _ = std::fs::remove_file(slice);
-        }
-        report.push_str(&table(
-            "Never-seen tokens (every request a token the server has not seen)",
-            &fresh,
-            &["haproxy-jwt", "gateway"],
-        ));
-        if repeats > 0 {
+    /// The targets of BENCHMARKS.md, each with what was measured and whether it was met.
+    fn targets(&self) -> String {
+        let mut targets =
+            String::from("\n### Targets\n\n| target | measured | met |\n|---|---:|:---:|\n");
+        let mut target = |name: &str, measured: String, met: bool| {
             let _ = writeln!(
-                report,
-                "\nWARNING: {repeats} requests reused a token (raise --fresh-per-round)."
+                targets,
+                "| {name} | {measured} | {} |",
+                if met { "yes" } else { "**no**" }
             );
-        }
-    }
-
-    // Targets.
-    let mut targets =
-        String::from("\n### Targets\n\n| target | measured | met |\n|---|---:|:---:|\n");
-    let mut target = |name: &str, measured: String, met: bool| {
-        let _ = writeln!(
-            targets,
-            "| {name} | {measured} | {} |",
-            if met { "yes" } else { "**no**" }
-        );
-    };
-    let rps = |m: &BTreeMap<&str, Summary>, k: &str| m.get(k).map_or(0.0, Summary::rps);
-    if !pool.is_empty() {
-        let (gw, ng, ha) = (
-            rps(&pool, "gateway"),
-            rps(&pool, "nginx-proxy"),
-            rps(&pool, "haproxy-jwt"),
-        );
-        target(
-            "pool: gateway ≥ 1.0× nginx-proxy requests/s",
-            format!("{:.2}×", gw / ng),
-            gw >= ng,
-        );
-        target(
-            "pool: gateway ≥ 2.2× haproxy-jwt requests/s",
-            format!("{:.2}×", gw / ha),
-            gw >= 2.2 * ha,
-        );
-        let (gp, np) = (pool["gateway"].p99(), pool["nginx-proxy"].p99());
-        target(
-            "pool: gateway p99 ≤ nginx-proxy p99",
-            format!("{:.3} ms vs {:.3} ms", gp / 1000.0, np / 1000.0),
-            gp <= np,
-        );
-        if pool.contains_key("gateway-1m") {
-            let g1 = rps(&pool, "gateway-1m");
+        };
+        let rps = |m: &BTreeMap<&str, Summary>, k: &str| m.get(k).map_or(0.0, Summary::rps);
+        if let Some(pool) = self.pool.map(|r| &r.summaries) {
+            let (gw, ng, ha) = (
+                rps(pool, "gateway"),
+                rps(pool, "nginx-proxy"),
+                rps(pool, "haproxy-jwt"),
+            );
             target(
-                "1M rules: requests/s within 5% of the empty set",
-                format!("{:+.1}%", (g1 / gw - 1.0) * 100.0),
-                g1 >= 0.95 * gw,
+                "pool: gateway ≥ 1.0× nginx-proxy requests/s",
+                format!("{:.2}×", gw / ng),
+                gw >= ng,
+            );
+            target(
+                "pool: gateway ≥ 2.2× haproxy-jwt requests/s",
+                format!("{:.2}×", gw / ha),
+                gw >= 2.2 * ha,
+            );
+            let (gp, np) = (pool["gateway"].p99(), pool["nginx-proxy"].p99());
+            target(
+                "pool: gateway p99 ≤ nginx-proxy p99",
+                format!("{:.3} ms vs {:.3} ms", gp / 1000.0, np / 1000.0),
+                gp <= np,
+            );
+            if pool.contains_key("gateway-1m") {
+                let g1 = rps(pool, "gateway-1m");
+                target(
+                    "1M rules: requests/s within 5% of the empty set",
+                    format!("{:+.1}%", (g1 / gw - 1.0) * 100.0),
+                    g1 >= 0.95 * gw,
+                );
+            }
+        }
+        if let Some(fresh) = self.fresh.map(|r| &r.summaries) {
+            let (gw, ha) = (rps(fresh, "gateway"), rps(fresh, "haproxy-jwt"));
+            target(
+                "never-seen: gateway ≥ 1.2× haproxy-jwt requests/s",
+                format!("{:.2}×", gw / ha),
+                gw >= 1.2 * ha,
             );
         }
+        targets
     }
-    if !fresh.is_empty() {
-        let (gw, ha) = (rps(&fresh, "gateway"), rps(&fresh, "haproxy-jwt"));
-        target(
-            "never-seen: gateway ≥ 1.2× haproxy-jwt requests/s",
-            format!("{:.2}×", gw / ha),
-            gw >= 1.2 * ha,
-        );
-    }
-    report.push_str(&replay_report);
-    let _ = writeln!(
-        report,
-        "\nGateway on an empty set: VmRSS {empty_rss:.1} MiB, VmHWM {empty_peak:.1} MiB at start."
-    );
-    report.push_str(&targets);
-    println!("{report}");
-    drop(gateway_1m);
-    drop(stack_1m);
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+}
+
+/// The pool workload's sentence on `hyper-proxy`: how far hyper alone is from nginx, and
+/// what the gateway adds to it.
+fn floor_of_hyper(pool: &BTreeMap<&'static str, Summary>) -> String {
+    let cpu = |name: &str| pool.get(name).map_or(0.0, Summary::cpu);
+    format!(
+        "\nThe floor of hyper: `hyper-proxy` runs at {:.2}× `nginx-proxy`'s requests/s with {:.1} against {:.1} µs of CPU a request; the gateway adds {:.1} µs to it ({:.2}× its requests/s).\n",
+        pool.get("hyper-proxy").map_or(0.0, Summary::rps)
+            / pool.get("nginx-proxy").map_or(f64::NAN, Summary::rps),
+        cpu("hyper-proxy"),
+        cpu("nginx-proxy"),
+        cpu("gateway") - cpu("hyper-proxy"),
+        pool.get("gateway").map_or(0.0, Summary::rps)
+            / pool.get("hyper-proxy").map_or(f64::NAN, Summary::rps),
+    )
 }
 
 /// Waits (bounded) for a gateway's `/readyz` to answer 200.

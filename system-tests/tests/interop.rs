@@ -1,7 +1,7 @@
 //! Interoperability, proven by implementations that are not ours: a standard OAuth 2.0
 //! client library obtains a token, another JOSE library validates it against the JWKS and
 //! checks every RFC 9068 header and claim, and the metadata's URLs answer
-//! (`tests/interop/check_authz.py`, run with the Python environment that
+//! (`system-tests/interop/check_authz.py`, run with the Python environment that
 //! `deploy/ensure-interop-venv.sh` makes).
 
 use system_tests::{repo_root, Authz, Nats};
@@ -24,7 +24,7 @@ async fn independent_client_and_jose_library() -> anyhow::Result<()> {
         )
         .await?;
         let out = tokio::process::Command::new(&python)
-            .arg(repo_root().join("tests/interop/check_authz.py"))
+            .arg(repo_root().join("system-tests/interop/check_authz.py"))
             .args([authz.url.as_str(), "demo-client", "demo-secret", "demo-api"])
             // oauthlib refuses http:// unless told; the server is on loopback.
             .env("OAUTHLIB_INSECURE_TRANSPORT", "1")
