@@ -21,7 +21,7 @@ fn gateway_config(
     extra: &str,
 ) -> String {
     let defaults = format!(
-        "audiences = [\"demo-api\"]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nissuer = \"{issuer}\"\njwks_url = \"{issuer}/.well-known/jwks.json\"\nleeway = 30\nmax_ttl = 3600\nshutdown_grace = 2\n"
+        "audiences = [\"demo-api\"]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nissuer = \"{issuer}\"\njwks_url = \"{issuer}/.well-known/jwks.json\"\nleeway_s = 30\nmax_ttl_s = 3600\nshutdown_grace_s = 2\n"
     );
     let defaults = without_overridden(&defaults, extra);
     // `extra` may bring its own `[[routes]]` (and other tables, after its top-level keys).

@@ -565,7 +565,7 @@ async fn gateway_to(
     extra: &str,
 ) -> anyhow::Result<Gateway> {
     let routes = format!(
-        "upstream_timeout = 3\n[[routes]]\nprefix = \"/echo/\"\nupstream = \"{upstream}\"\nscopes = [\"echo:read\"]\n{extra}\n[[routes]]\nprefix = \"/plain/\"\nupstream = \"{upstream}\"\npublic = true\n"
+        "upstream_timeout_s = 3\n[[routes]]\nprefix = \"/echo/\"\nupstream = \"{upstream}\"\nscopes = [\"echo:read\"]\n{extra}\n[[routes]]\nprefix = \"/plain/\"\nupstream = \"{upstream}\"\npublic = true\n"
     );
     let gw = stack.ready_gateway(id, &routes).await?;
     Ok(gw)

@@ -267,7 +267,7 @@ async fn limits_and_timeouts() -> anyhow::Result<()> {
     let upstream = Upstream::start().await?;
     let silent = Upstream::silent().await?;
     let extra = format!(
-        r#"upstream_timeout = 30
+        r#"upstream_timeout_s = 30
 [limits]
 max_body_bytes = 1024
 max_header_bytes = 8192
@@ -439,7 +439,7 @@ async fn http2_stream_limit() -> anyhow::Result<()> {
     let silent = Upstream::silent().await?;
     let gw = stack.ready_gateway("gateway-1",
         &format!(
-            "upstream_timeout = 30\n[limits]\nhttp2_max_concurrent_streams = 1\n\n[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\npublic = true\n",
+            "upstream_timeout_s = 30\n[limits]\nhttp2_max_concurrent_streams = 1\n\n[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\npublic = true\n",
             silent.url
         ),
     )

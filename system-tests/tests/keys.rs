@@ -101,7 +101,7 @@ async fn unknown_kid_refresh() -> anyhow::Result<()> {
         &authz,
         &upstream,
         &format!(
-            "jwks_url = \"{}\"\njwks_refresh = 3600\njwks_min_refresh = 1",
+            "jwks_url = \"{}\"\njwks_refresh_s = 3600\njwks_min_refresh_s = 1",
             mirror.url
         ),
     )

@@ -35,7 +35,7 @@ async fn gateway_on(
     upstream: &Upstream,
 ) -> anyhow::Result<Gateway> {
     let extra = format!(
-        "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\ndrain_delay_ms = 1000\nshutdown_grace = 5",
+        "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\ndrain_delay_ms = 1000\nshutdown_grace_s = 5",
         ports.0, ports.1
     );
     Gateway::spawn_process(dir, id, &[nats.url()], authz, upstream, &extra).await

@@ -45,7 +45,7 @@ async fn ready_process(stack: &Stack, extra: &str) -> anyhow::Result<Gateway> {
 fn routes(echo: &str, slow: &str, extra_route: bool) -> String {
     let mut text = format!(
         r#"drain_delay_ms = 1500
-shutdown_grace = 5
+shutdown_grace_s = 5
 
 [[routes]]
 prefix = "/echo/"

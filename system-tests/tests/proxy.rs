@@ -77,7 +77,7 @@ async fn upstream_failures() -> anyhow::Result<()> {
         &nats,
         &stack.authz,
         &silent,
-        "upstream_timeout = 1",
+        "upstream_timeout_s = 1",
     )
     .await?;
     gw.wait_ready().await?;

@@ -630,7 +630,7 @@ async fn aged_out_stream_is_not_a_gap() -> anyhow::Result<()> {
         &[nats.url()],
         &authz,
         &upstream,
-        "max_ttl = 1\nleeway = 1",
+        "max_ttl_s = 1\nleeway_s = 1",
     )
     .await?;
     gw.wait_ready().await?;
@@ -1076,7 +1076,7 @@ async fn a_stream_shorter_than_the_tokens_is_refused() -> anyhow::Result<()> {
         &[stack.nats.url()],
         &stack.authz,
         &stack.upstream,
-        "max_ttl = 3601",
+        "max_ttl_s = 3601",
     )
     .await?;
     let reasons = eventually(

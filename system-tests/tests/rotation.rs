@@ -33,7 +33,7 @@ async fn rotate_twice_under_load() -> anyhow::Result<()> {
             &[nats.url()],
             &authz,
             &upstream,
-            "jwks_refresh = 1",
+            "jwks_refresh_s = 1",
         )
         .await?,
     );

@@ -879,7 +879,7 @@ fn gateway_config(
     id: &str,
 ) -> String {
     format!(
-        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = {jwks:?}\nalgorithms = [\"RS256\"]\nmax_ttl = {ttl}\nworker_threads = 1\ndrain_delay_ms = 0\nshutdown_grace = 1\n\n[limits]\nmax_concurrent_requests = 4096\n\n[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{upstream_port}\"\n\n{nats}",
+        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = {jwks:?}\nalgorithms = [\"RS256\"]\nmax_ttl_s = {ttl}\nworker_threads = 1\ndrain_delay_ms = 0\nshutdown_grace_s = 1\n\n[limits]\nmax_concurrent_requests = 4096\n\n[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{upstream_port}\"\n\n{nats}",
         jwks = tokens.jwks,
         ttl = TOKEN_TTL,
         upstream_port = ports.upstream,
