@@ -17,6 +17,7 @@
 //! - [`store`]: the database, source of truth and outbox.
 //! - [`relay`]: the task that publishes the outbox to NATS.
 //! - [`heartbeat`]: the task that tells gateways how far publishing has got.
+//! - [`metrics`]: the counters on `/metrics` and their registry.
 
 pub mod clients;
 pub mod clock;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod relay;
 pub mod snapshot;
 pub mod store;
@@ -33,8 +35,6 @@ pub mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use revocation::nats::ConnectionState;
 use tokio::net::TcpListener;
@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::StartError;
+pub use metrics::Metrics;
 
 /// Everything a request handler can reach.
 pub struct AppState {
@@ -83,14 +84,6 @@ impl AppState {
             Err(e) => tracing::warn!(error = ?e, "cannot rebuild the metadata document"),
         }
     }
-}
-
-/// Counters exposed on `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    pub tokens_issued: Counter,
-    pub revocations: Counter,
-    pub outbox_backlog: Gauge,
 }
 
 pub use startup::install_crypto;
@@ -167,66 +160,7 @@ pub async fn run(
         .map_err(|e| StartError::Nats(e.to_string()))?;
 
     let metrics = Metrics::default();
-    let relay_metrics = Arc::new(relay::RelayMetrics::default());
-    let mut registry = Registry::with_prefix("authz");
-    let auth_metrics = Arc::new(clients::AuthMetrics::default());
-    registry.register(
-        "client_auth_failures",
-        "Failed client authentications, by reason (wrong_secret, unknown_client)",
-        auth_metrics.failures.clone(),
-    );
-    registry.register(
-        "client_auth_refused",
-        "Client authentications refused before verification, by reason (source_budget, busy)",
-        auth_metrics.refused.clone(),
-    );
-    registry.register(
-        "client_auth_verifications",
-        "Argon2 verifications of client secrets",
-        auth_metrics.verifications.clone(),
-    );
-    registry.register(
-        "tokens_issued",
-        "Access tokens issued",
-        metrics.tokens_issued.clone(),
-    );
-    registry.register(
-        "revocations",
-        "Revocations committed",
-        metrics.revocations.clone(),
-    );
-    registry.register(
-        "outbox_backlog",
-        "Revocations committed but not yet acknowledged by JetStream",
-        metrics.outbox_backlog.clone(),
-    );
-    registry.register(
-        "revocations_published",
-        "Revocations acknowledged by JetStream",
-        relay_metrics.published.clone(),
-    );
-    registry.register(
-        "publish_failures",
-        "Failed attempts to publish revocations",
-        relay_metrics.publish_failures.clone(),
-    );
-    registry.register(
-        "publish_latency_seconds",
-        "From sending a revocation to JetStream's ack",
-        relay_metrics.publish_latency.clone(),
-    );
-    registry.register(
-        "nats_server_errors",
-        "Errors reported by the NATS server",
-        nats.server_errors.clone(),
-    );
-
-    let heartbeats_sent = Counter::default();
-    registry.register(
-        "heartbeats_sent",
-        "Heartbeats published",
-        heartbeats_sent.clone(),
-    );
+    let registry = metrics.registry(&nats);
 
     let wake_relay = Arc::new(Notify::new());
     let relay_shutdown = CancellationToken::new();
@@ -243,7 +177,7 @@ pub async fn run(
         wake_relay.clone(),
         acks.clone(),
         settings,
-        relay_metrics,
+        metrics.relay.clone(),
         relay_shutdown.clone(),
     );
     let heartbeat = heartbeat::HeartbeatTask {
@@ -254,31 +188,10 @@ pub async fn run(
         settings,
         interval: Duration::from_millis(config.heartbeat_interval_ms),
         leeway: config.leeway,
-        sent: heartbeats_sent,
+        sent: metrics.heartbeats_sent.clone(),
     }
     .spawn(relay_shutdown.clone());
 
-    let snapshot_metrics = Arc::new(snapshot::SnapshotMetrics::default());
-    registry.register(
-        "snapshots_published",
-        "Snapshots of the revocation rules published",
-        snapshot_metrics.published.clone(),
-    );
-    registry.register(
-        "snapshot_failures",
-        "Snapshots of the revocation rules that could not be taken",
-        snapshot_metrics.failures.clone(),
-    );
-    registry.register(
-        "snapshot_rules",
-        "Rules in the latest snapshot this server published",
-        snapshot_metrics.rules.clone(),
-    );
-    registry.register(
-        "snapshot_sequence",
-        "Revocation stream sequence the latest snapshot this server published covers",
-        snapshot_metrics.sequence.clone(),
-    );
     let snapshots = (config.snapshot_interval_ms > 0).then(|| {
         snapshot::spawn(
             client.clone(),
@@ -290,7 +203,7 @@ pub async fn run(
                 replicas: config.stream_replicas,
                 leeway: config.leeway,
             },
-            snapshot_metrics,
+            metrics.snapshots.clone(),
             relay_shutdown.clone(),
         )
     });
@@ -305,7 +218,7 @@ pub async fn run(
                 config.max_concurrent_verifications,
                 Duration::from_millis(config.verification_wait_ms),
             ),
-            auth_metrics,
+            metrics.auth.clone(),
             clients::CredentialCache::new(
                 config.credential_cache_entries,
                 Duration::from_secs(config.credential_cache_ttl),
