@@ -25,6 +25,10 @@
 //! - [`snapshot`]: the task that publishes snapshots of the rules in force.
 //! - [`metrics`]: the counters on `/metrics` and their registry.
 //! - [`clock`]: the wall clock (shiftable under the `test-clock` feature).
+//!
+//! The binary (`main.rs`) only reads the configuration, starts logging, binds and calls
+//! [`run`]; its subcommands (`hash-secret` and the admin API client) are in its own module,
+//! `cli.rs`.
 
 pub mod clients;
 pub mod clock;
