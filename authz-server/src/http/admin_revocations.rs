@@ -30,11 +30,12 @@ pub(super) fn identifier(value: String, what: &'static str) -> Result<String, OA
 
 pub(super) async fn admin_revocations_post(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    AdminBody {
+        admin,
+        headers,
+        body,
+    }: AdminBody,
 ) -> Result<Response, OAuthError> {
-    let client = authenticate_admin(&state, &headers, peer.ip()).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -99,18 +100,16 @@ pub(super) async fn admin_revocations_post(
         }
         _ => return Err(OAuthError::InvalidRequest(ADMIN_BODY_HELP)),
     };
-    let event = commit_revocation(&state, rule, expires_at, r.reason, &client.id).await?;
+    let event = commit_revocation(&state, rule, expires_at, r.reason, &admin.id).await?;
     Ok(Json(event).into_response())
 }
 
 /// `GET /admin/revocations?limit=N&after=SEQ`: the rules still in force, oldest first.
 pub(super) async fn admin_revocations_get(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
+    AdminClient(_): AdminClient,
 ) -> Result<Response, OAuthError> {
-    authenticate_admin(&state, &headers, peer.ip()).await?;
     let number = |name: &str, default: i64| -> Result<i64, OAuthError> {
         match query.get(name) {
             None => Ok(default),
