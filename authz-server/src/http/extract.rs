@@ -1,12 +1,14 @@
-//! The extractors that authenticate the calling client, so that no handler runs without one:
-//! [`AuthenticatedForm`] for the OAuth endpoints (credentials in HTTP Basic or in the form,
-//! RFC 6749 §2.3.1), [`AdminClient`] and [`AdminBody`] for the admin API (a client marked
-//! `admin`); and [`FormParams`], the form body they read.
+//! The extractors that authenticate the calling client, so that no OAuth or admin handler
+//! runs without one: [`AuthenticatedForm`] for the OAuth endpoints (credentials in HTTP Basic
+//! or in the form, RFC 6749 §2.3.1), [`AdminClient`] and [`AdminBody`] for the admin API (a
+//! client marked `admin`); and [`FormParams`], the form body they read.
 //!
-//! Each takes the request in the order the handlers did before: the peer address
-//! (`ConnectInfo`), the body within `DefaultBodyLimit` (too large is 413 whoever sends it),
-//! the form's own checks, then the client. axum's rejections are answered as axum answers
-//! them; the rest are [`OAuthError`]s.
+//! Each takes the request in this order: the peer address (`ConnectInfo`), the body within
+//! the router's `DefaultBodyLimit` (too large is 413 whoever sends it), the form's own checks
+//! (content type, repeated parameters, the endpoint's [`Precheck`]), then the client
+//! (credentials, the source's failure budget; for the admin API the admin flag, then whether
+//! the database is in reach). axum's rejections are answered as axum answers them; the rest
+//! are [`OAuthError`]s.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -128,7 +130,7 @@ impl FromRequestParts<Arc<AppState>> for AdminClient {
 }
 
 /// An admin request with a body, and its client (as [`AdminClient`]), authenticated once the
-/// body is read.
+/// body is read: a body over the limit is 413 whoever sends it, as on the OAuth endpoints.
 pub(super) struct AdminBody {
     pub admin: Arc<Client>,
     pub headers: HeaderMap,
@@ -168,6 +170,8 @@ async fn read(
     Ok((peer.ip(), headers, body))
 }
 
+/// The client whose credentials the request carries: HTTP Basic, or `client_id` and
+/// `client_secret` in the form.
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,

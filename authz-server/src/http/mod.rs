@@ -9,7 +9,7 @@
 //! GET  /.well-known/oauth-authorization-server   metadata (RFC 8414)
 //! GET  /healthz /readyz
 //!
-//! admin listener (admin_app), admin clients only:
+//! admin listener (admin_app); /admin/* for admin clients only:
 //! GET  /admin/keys              the signing keys and their schedule
 //! POST /admin/keys/rotate       a new signing key
 //! GET  /admin/clients           the clients, without secrets
@@ -24,8 +24,8 @@
 //! One file per resource: `oauth2.rs`, `discovery.rs`, `admin_revocations.rs`,
 //! `admin_clients.rs`, `admin_keys.rs`, `ops.rs`; `commit.rs` holds the revocation commit they
 //! share (200 only once published), `extract.rs` the extractors that read the form and
-//! authenticate the client, so that no handler runs without one. Here: the two routers and
-//! `no_store`, for answers that must not be cached.
+//! authenticate the client, so that no OAuth or admin handler runs without one. Here: the two
+//! routers and `no_store`, for answers that must not be cached.
 
 use std::collections::HashMap;
 use std::sync::Arc;
