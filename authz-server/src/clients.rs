@@ -405,6 +405,9 @@ impl Clients {
     /// Argon2 work; every verification holds one of a fixed number of slots, and a request
     /// that waits too long for one is answered 503 (both with `Retry-After`). A recently
     /// verified secret needs no slot (the credential cache).
+    // Kept whole (about 100 lines): the order of its steps is the defence (budget before any
+    // lookup, the attempt reserved before the verification and refunded after it), and it
+    // reads top to bottom only in one piece.
     pub async fn authenticate(
         &self,
         credentials: Credentials,

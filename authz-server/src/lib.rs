@@ -4,7 +4,12 @@
 //! client --token--> http (clients, keys) --> signed JWT
 //! client/admin --revoke--> http --> store (commit) --wake--> relay --> JetStream (acked)
 //!                                    store + stream state --> heartbeat --> gateways
+//!                                    store --> snapshot --> snapshot stream --> new gateways
 //! ```
+//!
+//! [`run`] builds the server from its configuration, spawns the background tasks (probe,
+//! relay, heartbeat, snapshots, key reload), serves both listeners until shutdown, drains the
+//! requests in flight and only then stops the tasks.
 //!
 //! # Layout
 //!
@@ -17,6 +22,13 @@
 //! - [`store`]: the database, source of truth and outbox.
 //! - [`relay`]: the task that publishes the outbox to NATS.
 //! - [`heartbeat`]: the task that tells gateways how far publishing has got.
+//! - [`snapshot`]: the task that publishes snapshots of the rules in force.
+//! - [`metrics`]: the counters on `/metrics` and their registry.
+//! - [`clock`]: the wall clock (shiftable under the `test-clock` feature).
+//!
+//! The binary (`main.rs`) only reads the configuration, starts logging, binds and calls
+//! [`run`]; its subcommands (`hash-secret` and the admin API client) are in its own module,
+//! `cli.rs`.
 
 pub mod clients;
 pub mod clock;
@@ -25,6 +37,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod relay;
 pub mod snapshot;
 pub mod store;
@@ -33,16 +46,16 @@ pub mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use revocation::nats::ConnectionState;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::StartError;
+pub use metrics::Metrics;
 
 /// Everything a request handler can reach.
 pub struct AppState {
@@ -83,14 +96,6 @@ impl AppState {
             Err(e) => tracing::warn!(error = ?e, "cannot rebuild the metadata document"),
         }
     }
-}
-
-/// Counters exposed on `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    pub tokens_issued: Counter,
-    pub revocations: Counter,
-    pub outbox_backlog: Gauge,
 }
 
 pub use startup::install_crypto;
@@ -136,23 +141,41 @@ pub async fn load_keys(store: &store::Store, ring: &keys::KeyRing) -> Result<(),
 }
 
 /// Runs the server on its public `listener` and its `admin_listener` until `shutdown` is
-/// cancelled, then drains in-flight requests and stops the relay.
+/// cancelled, then drains in-flight requests and stops the background tasks.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let server = build(config).await?;
+    let tasks = spawn_tasks(&server);
+    serve_and_drain(&server.state, listener, admin_listener, shutdown).await?;
+    // Requests have drained; whatever they committed and the relay has not published yet
+    // stays in the outbox for the next start.
+    tasks.stop().await;
+    drop(server.nats);
+    server.state.store.close().await;
+    tracing::info!("authz-server stopped");
+    Ok(())
+}
+
+/// A server built from its configuration, with nothing running yet.
+struct Server {
+    /// What every handler reaches.
+    state: Arc<AppState>,
+    /// The NATS connection the relay, the heartbeat and the snapshots publish on.
+    nats: async_nats::Client,
+    /// Signs heartbeats and snapshots.
+    heartbeat_key: Arc<keys::KeyObject>,
+}
+
+/// Builds the server from `config`: opens the database and NATS, loads the keys and the
+/// clients, registers the metrics and builds the metadata document.
+async fn build(config: Config) -> Result<Server, StartError> {
     install_crypto();
     let store = store::Store::open(&config.database).await?;
-    let keys = Arc::new(keys::KeyRing::default());
-    init_keys(&config, &store).await?;
-    load_keys(&store, &keys).await?;
-    let candidate = keys::generate_pem(jsonwebtoken::Algorithm::EdDSA)?;
-    let heartbeat_key = Arc::new(keys::KeyObject::heartbeat_key(
-        store.heartbeat_key(&candidate).await?.as_bytes(),
-    )?);
-    keys.set_heartbeat_key(&heartbeat_key);
+    let (keys, heartbeat_key) = open_keys(&config, &store).await?;
     tracing::info!(
         backend = if config.database.starts_with("postgres") {
             "postgres"
@@ -165,136 +188,8 @@ pub async fn run(
     let client = revocation::nats::connect(&config.nats, "authz-server", nats.clone())
         .await
         .map_err(|e| StartError::Nats(e.to_string()))?;
-
     let metrics = Metrics::default();
-    let relay_metrics = Arc::new(relay::RelayMetrics::default());
-    let mut registry = Registry::with_prefix("authz");
-    let auth_metrics = Arc::new(clients::AuthMetrics::default());
-    registry.register(
-        "client_auth_failures",
-        "Failed client authentications, by reason (wrong_secret, unknown_client)",
-        auth_metrics.failures.clone(),
-    );
-    registry.register(
-        "client_auth_refused",
-        "Client authentications refused before verification, by reason (source_budget, busy)",
-        auth_metrics.refused.clone(),
-    );
-    registry.register(
-        "client_auth_verifications",
-        "Argon2 verifications of client secrets",
-        auth_metrics.verifications.clone(),
-    );
-    registry.register(
-        "tokens_issued",
-        "Access tokens issued",
-        metrics.tokens_issued.clone(),
-    );
-    registry.register(
-        "revocations",
-        "Revocations committed",
-        metrics.revocations.clone(),
-    );
-    registry.register(
-        "outbox_backlog",
-        "Revocations committed but not yet acknowledged by JetStream",
-        metrics.outbox_backlog.clone(),
-    );
-    registry.register(
-        "revocations_published",
-        "Revocations acknowledged by JetStream",
-        relay_metrics.published.clone(),
-    );
-    registry.register(
-        "publish_failures",
-        "Failed attempts to publish revocations",
-        relay_metrics.publish_failures.clone(),
-    );
-    registry.register(
-        "publish_latency_seconds",
-        "From sending a revocation to JetStream's ack",
-        relay_metrics.publish_latency.clone(),
-    );
-    registry.register(
-        "nats_server_errors",
-        "Errors reported by the NATS server",
-        nats.server_errors.clone(),
-    );
-
-    let heartbeats_sent = Counter::default();
-    registry.register(
-        "heartbeats_sent",
-        "Heartbeats published",
-        heartbeats_sent.clone(),
-    );
-
-    let wake_relay = Arc::new(Notify::new());
-    let relay_shutdown = CancellationToken::new();
-    let settings = relay::StreamSettings {
-        max_age: Duration::from_secs(config.max_ttl + config.leeway),
-        replicas: config.stream_replicas,
-        leeway: config.leeway,
-    };
-    let acks = Arc::new(relay::Acks::default());
-    let probe = store.spawn_probe(relay_shutdown.clone());
-    let relay = relay::spawn(
-        client.clone(),
-        store.clone(),
-        wake_relay.clone(),
-        acks.clone(),
-        settings,
-        relay_metrics,
-        relay_shutdown.clone(),
-    );
-    let heartbeat = heartbeat::HeartbeatTask {
-        client: client.clone(),
-        key: heartbeat_key.clone(),
-        store: store.clone(),
-        wake_relay: wake_relay.clone(),
-        settings,
-        interval: Duration::from_millis(config.heartbeat_interval_ms),
-        leeway: config.leeway,
-        sent: heartbeats_sent,
-    }
-    .spawn(relay_shutdown.clone());
-
-    let snapshot_metrics = Arc::new(snapshot::SnapshotMetrics::default());
-    registry.register(
-        "snapshots_published",
-        "Snapshots of the revocation rules published",
-        snapshot_metrics.published.clone(),
-    );
-    registry.register(
-        "snapshot_failures",
-        "Snapshots of the revocation rules that could not be taken",
-        snapshot_metrics.failures.clone(),
-    );
-    registry.register(
-        "snapshot_rules",
-        "Rules in the latest snapshot this server published",
-        snapshot_metrics.rules.clone(),
-    );
-    registry.register(
-        "snapshot_sequence",
-        "Revocation stream sequence the latest snapshot this server published covers",
-        snapshot_metrics.sequence.clone(),
-    );
-    let snapshots = (config.snapshot_interval_ms > 0).then(|| {
-        snapshot::spawn(
-            client.clone(),
-            store.clone(),
-            heartbeat_key.clone(),
-            snapshot::SnapshotSettings {
-                interval: Duration::from_millis(config.snapshot_interval_ms),
-                min_events: config.snapshot_min_events,
-                replicas: config.stream_replicas,
-                leeway: config.leeway,
-            },
-            snapshot_metrics,
-            relay_shutdown.clone(),
-        )
-    });
-
+    let registry = metrics.registry(&nats);
     let state = Arc::new(AppState {
         clients: clients::Clients::new(
             &config.clients,
@@ -305,7 +200,7 @@ pub async fn run(
                 config.max_concurrent_verifications,
                 Duration::from_millis(config.verification_wait_ms),
             ),
-            auth_metrics,
+            metrics.auth.clone(),
             clients::CredentialCache::new(
                 config.credential_cache_entries,
                 Duration::from_secs(config.credential_cache_ttl),
@@ -314,44 +209,162 @@ pub async fn run(
         ),
         config,
         keys,
-        store: store.clone(),
-        wake_relay,
-        acks,
+        store,
+        wake_relay: Arc::new(Notify::new()),
+        acks: Arc::new(relay::Acks::default()),
         nats,
         metrics,
         registry,
         connections: Arc::default(),
         metadata: Default::default(),
     });
+    state.refresh_metadata().await;
+    Ok(Server {
+        state,
+        nats: client,
+        heartbeat_key,
+    })
+}
+
+/// The key ring, loaded from the database (seeded from the key file on the first start), and
+/// the heartbeat key shared by every replica (made by the first one to start).
+async fn open_keys(
+    config: &Config,
+    store: &store::Store,
+) -> Result<(Arc<keys::KeyRing>, Arc<keys::KeyObject>), StartError> {
+    let keys = Arc::new(keys::KeyRing::default());
+    init_keys(config, store).await?;
+    load_keys(store, &keys).await?;
+    let candidate = keys::generate_pem(jsonwebtoken::Algorithm::EdDSA)?;
+    let heartbeat_key = Arc::new(keys::KeyObject::heartbeat_key(
+        store.heartbeat_key(&candidate).await?.as_bytes(),
+    )?);
+    keys.set_heartbeat_key(&heartbeat_key);
+    Ok((keys, heartbeat_key))
+}
+
+/// The background tasks, running until [`Tasks::stop`].
+struct Tasks {
+    /// Cancelled by [`Tasks::stop`], once requests have drained (a request waits for the
+    /// relay to publish its revocation).
+    stop: CancellationToken,
+    /// Probes the database, so that requests are refused at once while it is out of reach.
+    probe: JoinHandle<()>,
+    /// Publishes the outbox.
+    relay: JoinHandle<()>,
+    /// Tells gateways how far publishing has got.
+    heartbeat: JoinHandle<()>,
+    /// Publishes snapshots of the rules; none when `snapshot_interval_ms` is 0.
+    snapshots: Option<JoinHandle<()>>,
+    /// Picks up keys and clients changed through other replicas.
+    key_reload: JoinHandle<()>,
+}
+
+impl Tasks {
+    /// Stops every task and waits for each to end.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::join!(self.relay, self.heartbeat, self.key_reload, self.probe);
+        if let Some(snapshots) = self.snapshots {
+            let _ = snapshots.await;
+        }
+    }
+}
+
+/// Spawns the background tasks of `server`.
+fn spawn_tasks(server: &Server) -> Tasks {
+    let state = &server.state;
+    let config = &state.config;
+    let stop = CancellationToken::new();
+    let settings = relay::StreamSettings {
+        max_age: Duration::from_secs(config.max_ttl + config.leeway),
+        replicas: config.stream_replicas,
+        leeway: config.leeway,
+    };
+    let probe = state.store.spawn_probe(stop.clone());
+    let relay = relay::spawn(
+        server.nats.clone(),
+        state.store.clone(),
+        state.wake_relay.clone(),
+        state.acks.clone(),
+        settings,
+        state.metrics.relay.clone(),
+        stop.clone(),
+    );
+    let heartbeat = heartbeat::HeartbeatTask {
+        client: server.nats.clone(),
+        key: server.heartbeat_key.clone(),
+        store: state.store.clone(),
+        wake_relay: state.wake_relay.clone(),
+        settings,
+        interval: Duration::from_millis(config.heartbeat_interval_ms),
+        leeway: config.leeway,
+        sent: state.metrics.heartbeats_sent.clone(),
+    }
+    .spawn(stop.clone());
+    let snapshots = (config.snapshot_interval_ms > 0).then(|| {
+        snapshot::spawn(
+            server.nats.clone(),
+            state.store.clone(),
+            server.heartbeat_key.clone(),
+            snapshot::SnapshotSettings {
+                interval: Duration::from_millis(config.snapshot_interval_ms),
+                min_events: config.snapshot_min_events,
+                replicas: config.stream_replicas,
+                leeway: config.leeway,
+            },
+            state.metrics.snapshots.clone(),
+            stop.clone(),
+        )
+    });
+    let key_reload = spawn_key_reload(state.clone(), stop.clone());
+    Tasks {
+        stop,
+        probe,
+        relay,
+        heartbeat,
+        snapshots,
+        key_reload,
+    }
+}
+
+/// Reloads the signing keys and rebuilds the metadata document until `stop` is cancelled.
+fn spawn_key_reload(state: Arc<AppState>, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // Replicas share the keys and clients through the database; a rotation on one
+        // reaches the others' JWKS and metadata within this period, long before the new
+        // key signs.
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = load_keys(&state.store, &state.keys).await {
+                        tracing::warn!(error = %e, "cannot reload the signing keys");
+                    }
+                    state.refresh_metadata().await;
+                }
+            }
+        }
+    })
+}
+
+/// Serves the public and the admin listener until `shutdown` is cancelled, then gives the
+/// requests in flight their grace period to finish.
+async fn serve_and_drain(
+    state: &Arc<AppState>,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
     let kid = state
         .keys
         .signing_key(crate::clock::unix_now())
         .map(|k| k.key.kid().to_string())
         .unwrap_or_default();
-    state.refresh_metadata().await;
     tracing::info!(addr = %listener.local_addr()?, issuer = %state.config.issuer, %kid, "authz-server listening");
     tracing::info!(addr = %admin_listener.local_addr()?, "authz-server admin listening");
-    let key_reload = {
-        let (state, stop) = (state.clone(), relay_shutdown.clone());
-        tokio::spawn(async move {
-            // Replicas share the keys and clients through the database; a rotation on one
-            // reaches the others' JWKS and metadata within this period, long before the new
-            // key signs.
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {
-                        if let Err(e) = load_keys(&state.store, &state.keys).await {
-                            tracing::warn!(error = %e, "cannot reload the signing keys");
-                        }
-                        state.refresh_metadata().await;
-                    }
-                }
-            }
-        })
-    };
     // In-flight requests get this long after `shutdown`; revocations commit in milliseconds.
     let grace = Duration::from_secs(10);
     let admin = tokio::spawn(startup::serve::serve(
@@ -369,20 +382,10 @@ pub async fn run(
         state.config.limits.clone(),
         None,
         state.connections.clone(),
-        shutdown.clone(),
+        shutdown,
         grace,
     )
     .await;
     let _ = admin.await;
-    // Requests have drained; whatever they committed and the relay has not published yet
-    // stays in the outbox for the next start.
-    relay_shutdown.cancel();
-    let _ = tokio::join!(relay, heartbeat, key_reload, probe);
-    if let Some(snapshots) = snapshots {
-        let _ = snapshots.await;
-    }
-    drop(client);
-    store.close().await;
-    tracing::info!("authz-server stopped");
     Ok(())
 }

@@ -1,14 +1,16 @@
 //! `authz-server --config FILE`: reads the configuration, starts tracing, binds the listeners
-//! and runs the server until SIGINT or SIGTERM.
+//! and runs the server until SIGINT or SIGTERM. Any subcommand (`hash-secret`, `revoke`,
+//! `rotate-key`, `clients`) is handed to [`cli`] instead.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use authz_server::config::ServiceConfig as _;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
+
+mod cli;
 
 /// OAuth 2.0 authorization server issuing JWT access tokens and publishing revocations
 /// over mutual-TLS NATS.
@@ -20,180 +22,7 @@ struct Cli {
     #[arg(long, short, value_name = "FILE", env = "AUTHZ_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Option<Command>,
-}
-
-// Parsed once at start-up; the size difference between variants does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Subcommand)]
-enum Command {
-    /// Reads a client secret on standard input and prints its Argon2id hash for the config.
-    HashSecret,
-    /// Revokes against a running server through its admin API; prints the stored rule.
-    Revoke(RevokeArgs),
-    /// Rotates the signing key of a running server through its admin API: the new key is
-    /// published at once and signs after `key_publish_delay`.
-    RotateKey(AdminArgs),
-    /// Manages the clients registered in the database of a running server.
-    Clients {
-        #[command(flatten)]
-        admin: AdminArgs,
-        #[command(subcommand)]
-        action: ClientAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum ClientAction {
-    /// Registers a client; prints its secret, which is shown this once.
-    Add {
-        /// The client id.
-        id: String,
-        /// A scope it may request (repeat for several).
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        /// An audience its tokens may carry (repeat; the first is the default).
-        #[arg(long = "audience", required = true)]
-        audiences: Vec<String>,
-        /// May use the admin API.
-        #[arg(long)]
-        admin: bool,
-    },
-    /// Lists every client (without secrets).
-    List,
-    /// Removes a client and revokes every token it was issued.
-    Remove { id: String },
-    /// Gives a client a new secret, printed this once; the old one stops working.
-    RotateSecret {
-        id: String,
-        /// Also revoke every token issued so far (the old secret leaked).
-        #[arg(long)]
-        revoke_tokens: bool,
-    },
-}
-
-/// How to reach a running server's admin API.
-#[derive(clap::Args)]
-struct AdminArgs {
-    /// Base URL of the authz-server's admin listener (`admin_listen`).
-    #[arg(long, env = "AUTHZ_ADMIN_URL", default_value = "http://127.0.0.1:9091")]
-    url: String,
-    /// Admin client id.
-    #[arg(long, env = "AUTHZ_ADMIN_CLIENT", default_value = "admin")]
-    admin_client: String,
-    /// Admin client secret (better given in the environment than on the command line).
-    #[arg(long, env = "AUTHZ_ADMIN_SECRET", hide_env_values = true)]
-    admin_secret: String,
-}
-
-/// What to revoke: exactly one of --jti (with --exp), --token, --subject or --client.
-#[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "token", "subject", "client"])))]
-struct RevokeArgs {
-    #[command(flatten)]
-    admin: AdminArgs,
-    /// One token by its jti (needs --exp).
-    #[arg(long, requires = "exp")]
-    jti: Option<String>,
-    /// The token's exp (Unix seconds), with --jti.
-    #[arg(long)]
-    exp: Option<u64>,
-    /// One token, given whole.
-    #[arg(long)]
-    token: Option<String>,
-    /// Every token of this subject issued before --before.
-    #[arg(long)]
-    subject: Option<String>,
-    /// Every token of this client issued before --before.
-    #[arg(long)]
-    client: Option<String>,
-    /// Cut-off for --subject/--client (Unix seconds); default: now.
-    #[arg(long)]
-    before: Option<u64>,
-    /// Why; kept with the revocation and shown in the listing.
-    #[arg(long)]
-    reason: Option<String>,
-}
-
-/// `authz-server revoke ...`: one admin API call.
-fn revoke(args: RevokeArgs) -> ExitCode {
-    let mut body = serde_json::Map::new();
-    let mut put = |k: &str, v: serde_json::Value| {
-        body.insert(k.to_string(), v);
-    };
-    if let Some(jti) = args.jti {
-        put("jti", jti.into());
-    }
-    if let Some(exp) = args.exp {
-        put("exp", exp.into());
-    }
-    if let Some(token) = args.token {
-        put("token", token.into());
-    }
-    if let Some(subject) = args.subject {
-        put("subject", subject.into());
-    }
-    if let Some(client) = args.client {
-        put("client_id", client.into());
-    }
-    if let Some(before) = args.before {
-        put("before", before.into());
-    }
-    if let Some(reason) = args.reason {
-        put("reason", reason.into());
-    }
-    admin_call(&args.admin, "/admin/revocations", &body.into())
-}
-
-/// One POST to the admin API; prints the answer.
-fn admin_call(admin: &AdminArgs, path: &str, body: &serde_json::Value) -> ExitCode {
-    admin_request(admin, reqwest::Method::POST, path, Some(body))
-}
-
-/// One request to the admin API; prints the answer.
-fn admin_request(
-    admin: &AdminArgs,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<&serde_json::Value>,
-) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let url = format!("{}{path}", admin.url.trim_end_matches('/'));
-    let result = runtime.block_on(async {
-        let mut request = reqwest::Client::new()
-            .request(method, &url)
-            .basic_auth(&admin.admin_client, Some(&admin.admin_secret));
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        Ok::<_, reqwest::Error>((status, text))
-    });
-    match result {
-        Ok((status, text)) if status.is_success() => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
-        Ok((status, text)) => {
-            eprintln!("error: the server answered {status}: {text}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: cannot reach {url}: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    command: Option<cli::Command>,
 }
 
 /// Exit status for a configuration error (EX_CONFIG would be 78; 64, EX_USAGE, is what
@@ -202,55 +31,8 @@ const EXIT_BAD_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Revoke(args)) = cli.command {
-        return revoke(args);
-    }
-    if let Some(Command::Clients { admin, action }) = cli.command {
-        use reqwest::Method;
-        return match action {
-            ClientAction::Add {
-                id,
-                scopes,
-                audiences,
-                admin: is_admin,
-            } => {
-                let body = serde_json::json!({"id": id, "scopes": scopes, "audiences": audiences, "admin": is_admin});
-                admin_request(&admin, Method::POST, "/admin/clients", Some(&body))
-            }
-            ClientAction::List => admin_request(&admin, Method::GET, "/admin/clients", None),
-            ClientAction::Remove { id } => admin_request(
-                &admin,
-                Method::DELETE,
-                &format!("/admin/clients/{id}"),
-                None,
-            ),
-            ClientAction::RotateSecret { id, revoke_tokens } => admin_request(
-                &admin,
-                Method::POST,
-                &format!("/admin/clients/{id}/secret?revoke_tokens={revoke_tokens}"),
-                None,
-            ),
-        };
-    }
-    if let Some(Command::RotateKey(admin)) = cli.command {
-        return admin_call(&admin, "/admin/keys/rotate", &serde_json::json!({}));
-    }
-    if let Some(Command::HashSecret) = cli.command {
-        let mut secret = String::new();
-        if std::io::stdin().read_to_string(&mut secret).is_err() {
-            eprintln!("error: could not read the secret from standard input");
-            return ExitCode::FAILURE;
-        }
-        return match authz_server::clients::hash_secret(secret.trim_end_matches(['\r', '\n'])) {
-            Ok(hash) => {
-                println!("{hash}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(command) = cli.command {
+        return cli::run(command);
     }
     let Some(path) = cli.config else {
         eprintln!("error: --config FILE is required (see --help)");

@@ -100,6 +100,9 @@ pub fn spawn(
 
 /// Takes and publishes a snapshot if one is due; its manifest. `revocations` and `js` are
 /// JetStream contexts for the two streams' accounts.
+// Kept whole (about 100 lines): the stream's last sequence is read before the database, the
+// order that makes a snapshot complete (see the module documentation), and the manifest is
+// published only after every chunk; one function keeps both in view.
 async fn take(
     revocations: &jetstream::Context,
     js: &jetstream::Context,

@@ -21,11 +21,8 @@ pub(super) fn valid_word(s: &str) -> bool {
 /// `POST /admin/clients`: registers a client and answers its secret, once.
 pub(super) async fn admin_clients_post(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    AdminBody { admin, body, .. }: AdminBody,
 ) -> Result<Response, OAuthError> {
-    let admin = authenticate_admin(&state, &headers, peer.ip()).await?;
     let request: NewClient = serde_json::from_slice(&body).map_err(|_| {
         OAuthError::InvalidRequest("body must be {\"id\",\"audiences\"[,\"scopes\",\"admin\"]}")
     })?;
@@ -79,10 +76,8 @@ pub(super) async fn admin_clients_post(
 /// `GET /admin/clients`: every client, without secrets.
 pub(super) async fn admin_clients_get(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    AdminClient(_): AdminClient,
 ) -> Result<Response, OAuthError> {
-    authenticate_admin(&state, &headers, peer.ip()).await?;
     let clients: Vec<serde_json::Value> = state
         .clients
         .list()
@@ -101,11 +96,9 @@ pub(super) async fn admin_clients_get(
 /// `DELETE /admin/clients/{id}`.
 pub(super) async fn admin_client_delete(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     axum::extract::Path(id): axum::extract::Path<String>,
-    headers: HeaderMap,
+    AdminClient(admin): AdminClient,
 ) -> Result<Response, OAuthError> {
-    let admin = authenticate_admin(&state, &headers, peer.ip()).await?;
     if state.clients.is_configured(&id) {
         return Err(OAuthError::Conflict(
             "clients from the configuration file change there",
@@ -143,12 +136,10 @@ pub(super) async fn admin_client_delete(
 /// too (a client rule), for a secret that leaked.
 pub(super) async fn admin_client_secret_post(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     axum::extract::Path(id): axum::extract::Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    AdminClient(admin): AdminClient,
 ) -> Result<Response, OAuthError> {
-    let admin = authenticate_admin(&state, &headers, peer.ip()).await?;
     let revoke_tokens = match query.get("revoke_tokens").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,

@@ -22,10 +22,8 @@ pub(super) fn signing_algs(state: &AppState) -> Vec<String> {
 /// until then retire once the last token they can have signed has expired.
 pub(super) async fn admin_keys_rotate_post(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    AdminClient(admin): AdminClient,
 ) -> Result<Response, OAuthError> {
-    let client = authenticate_admin(&state, &headers, peer.ip()).await?;
     let config = &state.config;
     let alg: jsonwebtoken::Algorithm = config.signing_alg.parse().map_err(OAuthError::internal)?;
     let pem = crate::keys::generate_pem(alg).map_err(OAuthError::internal)?;
@@ -49,7 +47,7 @@ pub(super) async fn admin_keys_rotate_post(
     crate::load_keys(&state.store, &state.keys)
         .await
         .map_err(OAuthError::internal)?;
-    tracing::info!(kid = %stored.kid, signs_from, previous_retire_after = retire_after, requested_by = %client.id, "signing key rotated");
+    tracing::info!(kid = %stored.kid, signs_from, previous_retire_after = retire_after, requested_by = %admin.id, "signing key rotated");
     Ok(Json(serde_json::json!({
         "kid": stored.kid,
         "alg": stored.alg,
@@ -62,10 +60,8 @@ pub(super) async fn admin_keys_rotate_post(
 /// `GET /admin/keys`: every key with its schedule.
 pub(super) async fn admin_keys_get(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    AdminClient(_): AdminClient,
 ) -> Result<Response, OAuthError> {
-    authenticate_admin(&state, &headers, peer.ip()).await?;
     let now = crate::clock::unix_now();
     let signing = state.keys.signing_key(now).map(|k| k.key.kid().to_string());
     let keys: Vec<serde_json::Value> = state

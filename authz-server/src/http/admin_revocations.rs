@@ -21,20 +21,125 @@ pub(super) struct AdminRevocation {
 
 pub(super) const ADMIN_BODY_HELP: &str = "body must be one of {\"jti\",\"exp\"}, {\"token\"}, {\"subject\"[,\"before\"]} or {\"client_id\"[,\"before\"]}, with an optional \"reason\"";
 
-pub(super) fn identifier(value: String, what: &'static str) -> Result<String, OAuthError> {
+/// What a `POST /admin/revocations` body asks to revoke: exactly one of the four forms.
+enum Requested {
+    /// One token by its `jti`; it lives until `exp`.
+    Jti { jti: String, exp: u64 },
+    /// One token, given whole.
+    Token(String),
+    /// Every token of a subject issued before the cut-off.
+    Subject { sub: String, before: Option<u64> },
+    /// Every token of a client issued before the cut-off.
+    Client {
+        client_id: String,
+        before: Option<u64>,
+    },
+}
+
+/// A body of `POST /admin/revocations` whose shape is checked; [`Requested::rule`] checks
+/// the rest against the clock, the token lifetimes and the keys.
+struct RevocationRequest {
+    what: Requested,
+    reason: Option<String>,
+}
+
+impl TryFrom<AdminRevocation> for RevocationRequest {
+    type Error = OAuthError;
+
+    fn try_from(r: AdminRevocation) -> Result<Self, OAuthError> {
+        if r.reason.as_ref().is_some_and(|r| r.len() > 512) {
+            return Err(OAuthError::InvalidRequest(
+                "reason is longer than 512 bytes",
+            ));
+        }
+        let what = match (r.jti, r.exp, r.token, r.subject, r.client_id, r.before) {
+            (Some(jti), Some(exp), None, None, None, None) => Requested::Jti { jti, exp },
+            (None, None, Some(token), None, None, None) => Requested::Token(token),
+            (None, None, None, Some(sub), None, before) => Requested::Subject { sub, before },
+            (None, None, None, None, Some(client_id), before) => {
+                Requested::Client { client_id, before }
+            }
+            _ => return Err(OAuthError::InvalidRequest(ADMIN_BODY_HELP)),
+        };
+        Ok(RevocationRequest {
+            what,
+            reason: r.reason,
+        })
+    }
+}
+
+impl Requested {
+    /// The rule, and until when it must be kept, checked at `now`: no `exp` or `before`
+    /// beyond what this server's tokens can reach, a token signed by this server, identifiers
+    /// of 1 to 256 bytes. The identifiers are checked here too, not in
+    /// [`RevocationRequest::try_from`], so that errors keep their order (for a `jti`, an
+    /// `exp` too late is answered first).
+    fn rule(self, state: &AppState, now: u64) -> Result<(Rule, u64), OAuthError> {
+        let config = &state.config;
+        let cutoff = |before: Option<u64>| -> Result<(u64, u64), OAuthError> {
+            // iat has one-second resolution: "now" must cover a token issued earlier this second.
+            let not_before = before.unwrap_or(now + 1);
+            if not_before > now + 1 + config.leeway {
+                return Err(OAuthError::InvalidRequest(
+                    "before must not be in the future",
+                ));
+            }
+            // No token issued before the cut-off can outlive it by more than max_ttl.
+            Ok((not_before, not_before + config.max_ttl))
+        };
+        Ok(match self {
+            Requested::Jti { jti, exp } => {
+                if exp > now + config.max_ttl + config.leeway {
+                    return Err(OAuthError::InvalidRequest(
+                        "exp is later than any token this server issues can live",
+                    ));
+                }
+                let jti = identifier(jti, "jti must be 1 to 256 bytes")?;
+                (Rule::Token { jti }, exp)
+            }
+            Requested::Token(token) => {
+                let claims = verify_own(&state.keys, &config.issuer, &token).ok_or(
+                    OAuthError::InvalidRequest("token was not issued by this server"),
+                )?;
+                (Rule::Token { jti: claims.jti }, claims.exp)
+            }
+            Requested::Subject { sub, before } => {
+                let sub = identifier(sub, "subject must be 1 to 256 bytes")?;
+                let (not_before, expires_at) = cutoff(before)?;
+                (Rule::Subject { sub, not_before }, expires_at)
+            }
+            Requested::Client { client_id, before } => {
+                let client_id = identifier(client_id, "client_id must be 1 to 256 bytes")?;
+                let (not_before, expires_at) = cutoff(before)?;
+                (
+                    Rule::Client {
+                        client_id,
+                        not_before,
+                    },
+                    expires_at,
+                )
+            }
+        })
+    }
+}
+
+fn identifier(value: String, what: &'static str) -> Result<String, OAuthError> {
     if value.is_empty() || value.len() > 256 {
         return Err(OAuthError::InvalidRequest(what));
     }
     Ok(value)
 }
 
+/// `POST /admin/revocations`: commits the revocation and answers the stored event once it is
+/// published.
 pub(super) async fn admin_revocations_post(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    AdminBody {
+        admin,
+        headers,
+        body,
+    }: AdminBody,
 ) -> Result<Response, OAuthError> {
-    let client = authenticate_admin(&state, &headers, peer.ip()).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -44,73 +149,20 @@ pub(super) async fn admin_revocations_post(
             "content type must be application/json",
         ));
     }
-    let request: AdminRevocation =
+    let body: AdminRevocation =
         serde_json::from_slice(&body).map_err(|_| OAuthError::InvalidRequest(ADMIN_BODY_HELP))?;
-    if request.reason.as_ref().is_some_and(|r| r.len() > 512) {
-        return Err(OAuthError::InvalidRequest(
-            "reason is longer than 512 bytes",
-        ));
-    }
-    let config = &state.config;
-    let now = crate::clock::unix_now();
-    let cutoff = |before: Option<u64>| -> Result<(u64, u64), OAuthError> {
-        // iat has one-second resolution: "now" must cover a token issued earlier this second.
-        let not_before = before.unwrap_or(now + 1);
-        if not_before > now + 1 + config.leeway {
-            return Err(OAuthError::InvalidRequest(
-                "before must not be in the future",
-            ));
-        }
-        // No token issued before the cut-off can outlive it by more than max_ttl.
-        Ok((not_before, not_before + config.max_ttl))
-    };
-    let r = request;
-    let (rule, expires_at) = match (r.jti, r.exp, r.token, r.subject, r.client_id, r.before) {
-        (Some(jti), Some(exp), None, None, None, None) => {
-            if exp > now + config.max_ttl + config.leeway {
-                return Err(OAuthError::InvalidRequest(
-                    "exp is later than any token this server issues can live",
-                ));
-            }
-            let jti = identifier(jti, "jti must be 1 to 256 bytes")?;
-            (Rule::Token { jti }, exp)
-        }
-        (None, None, Some(token), None, None, None) => {
-            let claims = verify_own(&state.keys, &config.issuer, &token).ok_or(
-                OAuthError::InvalidRequest("token was not issued by this server"),
-            )?;
-            (Rule::Token { jti: claims.jti }, claims.exp)
-        }
-        (None, None, None, Some(sub), None, before) => {
-            let sub = identifier(sub, "subject must be 1 to 256 bytes")?;
-            let (not_before, expires_at) = cutoff(before)?;
-            (Rule::Subject { sub, not_before }, expires_at)
-        }
-        (None, None, None, None, Some(client_id), before) => {
-            let client_id = identifier(client_id, "client_id must be 1 to 256 bytes")?;
-            let (not_before, expires_at) = cutoff(before)?;
-            (
-                Rule::Client {
-                    client_id,
-                    not_before,
-                },
-                expires_at,
-            )
-        }
-        _ => return Err(OAuthError::InvalidRequest(ADMIN_BODY_HELP)),
-    };
-    let event = commit_revocation(&state, rule, expires_at, r.reason, &client.id).await?;
+    let request = RevocationRequest::try_from(body)?;
+    let (rule, expires_at) = request.what.rule(&state, crate::clock::unix_now())?;
+    let event = commit_revocation(&state, rule, expires_at, request.reason, &admin.id).await?;
     Ok(Json(event).into_response())
 }
 
 /// `GET /admin/revocations?limit=N&after=SEQ`: the rules still in force, oldest first.
 pub(super) async fn admin_revocations_get(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
+    AdminClient(_): AdminClient,
 ) -> Result<Response, OAuthError> {
-    authenticate_admin(&state, &headers, peer.ip()).await?;
     let number = |name: &str, default: i64| -> Result<i64, OAuthError> {
         match query.get(name) {
             None => Ok(default),
@@ -144,4 +196,64 @@ pub(super) async fn admin_revocations_get(
         })
         .collect();
     Ok(Json(serde_json::json!({ "revocations": items, "next_after": next })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+    use super::*;
+
+    fn request(body: serde_json::Value) -> Result<RevocationRequest, OAuthError> {
+        let body: AdminRevocation = serde_json::from_value(body).unwrap();
+        RevocationRequest::try_from(body)
+    }
+
+    fn refusal(body: serde_json::Value) -> &'static str {
+        match request(body) {
+            Err(OAuthError::InvalidRequest(why)) => why,
+            Err(other) => panic!("not invalid_request: {other}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    /// Each of the four forms is read as itself, with its reason.
+    #[test]
+    fn each_form_is_read() {
+        let jti = request(serde_json::json!({"jti": "j", "exp": 5, "reason": "r"})).unwrap();
+        assert!(matches!(jti.what, Requested::Jti { ref jti, exp: 5 } if jti == "j"));
+        assert_eq!(jti.reason.as_deref(), Some("r"));
+        let token = request(serde_json::json!({"token": "t"})).unwrap();
+        assert!(matches!(token.what, Requested::Token(ref t) if t == "t"));
+        let subject = request(serde_json::json!({"subject": "s", "before": 7})).unwrap();
+        assert!(
+            matches!(subject.what, Requested::Subject { ref sub, before: Some(7) } if sub == "s")
+        );
+        let client = request(serde_json::json!({"client_id": "c"})).unwrap();
+        assert!(
+            matches!(client.what, Requested::Client { ref client_id, before: None } if client_id == "c")
+        );
+    }
+
+    /// Mixed or incomplete forms are refused with the body's help; a long reason first.
+    #[test]
+    fn other_shapes_are_refused() {
+        for body in [
+            serde_json::json!({}),
+            serde_json::json!({"jti": "j"}),
+            serde_json::json!({"exp": 5}),
+            serde_json::json!({"jti": "j", "exp": 5, "token": "t"}),
+            serde_json::json!({"token": "t", "before": 5}),
+            serde_json::json!({"subject": "s", "client_id": "c"}),
+            serde_json::json!({"before": 5}),
+        ] {
+            assert_eq!(refusal(body.clone()), ADMIN_BODY_HELP, "{body}");
+        }
+        let long = "x".repeat(513);
+        assert_eq!(
+            refusal(serde_json::json!({"jti": "j", "reason": long})),
+            "reason is longer than 512 bytes"
+        );
+        assert!(request(serde_json::json!({"token": "t", "reason": "x".repeat(512)})).is_ok());
+    }
 }

@@ -1,37 +1,46 @@
 //! The HTTP interface: one handler per endpoint, named `<area>_<resource>_<method>`.
 //!
 //! ```text
+//! public listener (public_app):
 //! POST /oauth2/token            client_credentials grant (RFC 6749 §4.4)
 //! POST /oauth2/revoke           token revocation (RFC 7009)
 //! POST /oauth2/introspect       token introspection (RFC 7662)
 //! GET  /.well-known/jwks.json   public keys (RFC 7517)
 //! GET  /.well-known/oauth-authorization-server   metadata (RFC 8414)
-//! POST /admin/revocations       revoke a token (jti or token), a subject or a client (admins)
-//! GET  /admin/revocations       list the rules in force, paged (admins)
+//! GET  /healthz /readyz
+//!
+//! admin listener (admin_app); /admin/* for admin clients only:
+//! GET  /admin/keys              the signing keys and their schedule
+//! POST /admin/keys/rotate       a new signing key
+//! GET  /admin/clients           the clients, without secrets
+//! POST /admin/clients           register a client
+//! DELETE /admin/clients/{id}    remove a client and revoke its tokens
+//! POST /admin/clients/{id}/secret   a new secret for a client
+//! POST /admin/revocations       revoke a token (jti or token), a subject or a client
+//! GET  /admin/revocations       list the rules in force, paged
 //! GET  /healthz /readyz /metrics
 //! ```
 //!
-//! Admin endpoints (`/admin/keys`, `/admin/clients…`) are on the admin listener. One file per
-//! resource: `oauth2.rs`, `discovery.rs`, `admin_revocations.rs`, `admin_clients.rs`,
-//! `admin_keys.rs`, `ops.rs`; `commit.rs` holds the revocation commit they share (200 only
-//! once published). Here: the two routers, form parsing and client authentication.
+//! One file per resource: `oauth2.rs`, `discovery.rs`, `admin_revocations.rs`,
+//! `admin_clients.rs`, `admin_keys.rs`, `ops.rs`; `commit.rs` holds the revocation commit they
+//! share (200 only once published), `extract.rs` the extractors that read the form and
+//! authenticate the client, so that no OAuth or admin handler runs without one. Here: the two
+//! routers and `no_store`, for answers that must not be cached.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use std::net::{IpAddr, SocketAddr};
-
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use revocation::{RevocationEvent, Rule};
 use serde::Deserialize;
 
-use crate::clients::{self, Client};
+use crate::clients;
 use crate::error::OAuthError;
 use crate::tokens::{verify_own, AccessClaims};
 use crate::AppState;
@@ -41,6 +50,7 @@ mod admin_keys;
 mod admin_revocations;
 mod commit;
 mod discovery;
+mod extract;
 mod oauth2;
 mod ops;
 
@@ -50,6 +60,7 @@ use admin_revocations::*;
 use commit::*;
 pub(crate) use discovery::build_metadata;
 use discovery::*;
+use extract::*;
 use oauth2::*;
 use ops::*;
 
@@ -99,58 +110,6 @@ pub fn admin_app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// An `application/x-www-form-urlencoded` body in which every parameter appears at most once
-/// (RFC 6749 §3.2).
-struct FormParams(HashMap<String, String>);
-
-impl FormParams {
-    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, OAuthError> {
-        let is_form = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| {
-                v.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
-        if !is_form {
-            return Err(OAuthError::InvalidRequest(
-                "content type must be application/x-www-form-urlencoded",
-            ));
-        }
-        let mut params = HashMap::new();
-        for (k, v) in url::form_urlencoded::parse(body) {
-            if params.insert(k.into_owned(), v.into_owned()).is_some() {
-                return Err(OAuthError::InvalidRequest(
-                    "a parameter appears more than once",
-                ));
-            }
-        }
-        Ok(FormParams(params))
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    }
-}
-
-async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    form: Option<&FormParams>,
-    source: IpAddr,
-) -> Result<Arc<Client>, OAuthError> {
-    let credentials = clients::credentials(
-        headers,
-        form.and_then(|f| f.get("client_id")),
-        form.and_then(|f| f.get("client_secret")),
-    )?;
-    state.clients.authenticate(credentials, source).await
-}
-
 /// RFC 6749 §5.1: token responses must not be cached.
 fn no_store(body: serde_json::Value) -> Response {
     let mut response = Json(body).into_response();
@@ -158,22 +117,4 @@ fn no_store(body: serde_json::Value) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
-}
-
-/// HTTP Basic credentials of a client marked `admin`.
-async fn authenticate_admin(
-    state: &AppState,
-    headers: &HeaderMap,
-    source: IpAddr,
-) -> Result<Arc<Client>, OAuthError> {
-    let client = authenticate(state, headers, None, source).await?;
-    if !client.admin {
-        return Err(OAuthError::AccessDenied);
-    }
-    // Every admin call reads or writes the database: refused at once while it is out of
-    // reach, rather than after a connection timeout.
-    if !state.store.reachable() {
-        return Err(OAuthError::Unavailable(crate::error::DATABASE_UNREACHABLE));
-    }
-    Ok(client)
 }

@@ -3,18 +3,23 @@
 
 use super::*;
 
+/// RFC 6749 §4.4.2: a token request without `grant_type` is malformed, whoever sends it.
+pub(super) struct GrantTypeGiven;
+
+impl Precheck for GrantTypeGiven {
+    fn check(form: &FormParams) -> Result<(), OAuthError> {
+        match form.get("grant_type") {
+            Some(_) => Ok(()),
+            None => Err(OAuthError::InvalidRequest("grant_type is required")),
+        }
+    }
+}
+
 pub(super) async fn oauth2_token_post(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    AuthenticatedForm { client, form, .. }: AuthenticatedForm<GrantTypeGiven>,
 ) -> Result<Response, OAuthError> {
-    let form = FormParams::parse(&headers, &body)?;
-    let grant_type = form
-        .get("grant_type")
-        .ok_or(OAuthError::InvalidRequest("grant_type is required"))?;
-    let client = authenticate(&state, &headers, Some(&form), peer.ip()).await?;
-    if grant_type != "client_credentials" {
+    if form.get("grant_type") != Some("client_credentials") {
         return Err(OAuthError::UnsupportedGrantType);
     }
     let scope = match form.get("scope") {
@@ -67,12 +72,8 @@ pub(super) async fn oauth2_token_post(
 
 pub(super) async fn oauth2_revoke_post(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    AuthenticatedForm { client, form, .. }: AuthenticatedForm,
 ) -> Result<Response, OAuthError> {
-    let form = FormParams::parse(&headers, &body)?;
-    let client = authenticate(&state, &headers, Some(&form), peer.ip()).await?;
     let token = form
         .get("token")
         .ok_or(OAuthError::InvalidRequest("token is required"))?;
@@ -111,12 +112,8 @@ pub(super) async fn revoke_token(
 /// token of this server, without saying why.
 pub(super) async fn oauth2_introspect_post(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    AuthenticatedForm { client, form, .. }: AuthenticatedForm,
 ) -> Result<Response, OAuthError> {
-    let form = FormParams::parse(&headers, &body)?;
-    let client = authenticate(&state, &headers, Some(&form), peer.ip()).await?;
     let token = form
         .get("token")
         .ok_or(OAuthError::InvalidRequest("token is required"))?;

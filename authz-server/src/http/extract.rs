@@ -1,0 +1,205 @@
+//! The extractors that authenticate the calling client, so that no OAuth or admin handler
+//! runs without one: [`AuthenticatedForm`] for the OAuth endpoints (credentials in HTTP Basic
+//! or in the form, RFC 6749 §2.3.1), [`AdminClient`] and [`AdminBody`] for the admin API (a
+//! client marked `admin`); and [`FormParams`], the form body they read.
+//!
+//! Each takes the request in this order: the peer address (`ConnectInfo`), the body within
+//! the router's `DefaultBodyLimit` (too large is 413 whoever sends it), the form's own checks
+//! (content type, repeated parameters, the endpoint's [`Precheck`]), then the client
+//! (credentials, the source's failure budget; for the admin API the admin flag, then whether
+//! the database is in reach). axum's rejections are answered as axum answers them; the rest
+//! are [`OAuthError`]s.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::RequestExt;
+
+use crate::clients::{self, Client};
+use crate::error::OAuthError;
+use crate::AppState;
+
+/// An `application/x-www-form-urlencoded` body in which every parameter appears at most once
+/// (RFC 6749 §3.2).
+pub(super) struct FormParams(HashMap<String, String>);
+
+impl FormParams {
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, OAuthError> {
+        let is_form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !is_form {
+            return Err(OAuthError::InvalidRequest(
+                "content type must be application/x-www-form-urlencoded",
+            ));
+        }
+        let mut params = HashMap::new();
+        for (k, v) in url::form_urlencoded::parse(body) {
+            if params.insert(k.into_owned(), v.into_owned()).is_some() {
+                return Err(OAuthError::InvalidRequest(
+                    "a parameter appears more than once",
+                ));
+            }
+        }
+        Ok(FormParams(params))
+    }
+
+    /// The parameter `name`; an empty one counts as absent.
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// What an OAuth endpoint requires of its form before the client is authenticated: a form
+/// that fails it is malformed whoever sends it, and costs no verification of a secret (nor a
+/// failure against the source's budget).
+pub(super) trait Precheck {
+    fn check(form: &FormParams) -> Result<(), OAuthError>;
+}
+
+/// No precheck: the endpoint checks its parameters once it knows the client.
+pub(super) struct NoPrecheck;
+
+impl Precheck for NoPrecheck {
+    fn check(_: &FormParams) -> Result<(), OAuthError> {
+        Ok(())
+    }
+}
+
+/// A form body and the client it comes from, authenticated by HTTP Basic or by
+/// `client_id`/`client_secret` in the form (RFC 6749 §2.3.1); the form is checked for `R`
+/// before the client is authenticated.
+pub(super) struct AuthenticatedForm<R = NoPrecheck> {
+    pub client: Arc<Client>,
+    pub form: FormParams,
+    checked: PhantomData<R>,
+}
+
+impl<R: Precheck> FromRequest<Arc<AppState>> for AuthenticatedForm<R> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Response> {
+        let (source, headers, body) = read(req, state).await?;
+        let authenticated = async {
+            let form = FormParams::parse(&headers, &body)?;
+            R::check(&form)?;
+            let client = authenticate(state, &headers, Some(&form), source).await?;
+            Ok::<_, OAuthError>(AuthenticatedForm {
+                client,
+                form,
+                checked: PhantomData,
+            })
+        };
+        authenticated.await.map_err(OAuthError::into_response)
+    }
+}
+
+/// The client of an admin request without a body: HTTP Basic credentials of a client marked
+/// `admin`.
+pub(super) struct AdminClient(pub Arc<Client>);
+
+impl FromRequestParts<Arc<AppState>> for AdminClient {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        authenticate_admin(state, &parts.headers, peer.ip())
+            .await
+            .map(AdminClient)
+            .map_err(OAuthError::into_response)
+    }
+}
+
+/// An admin request with a body, and its client (as [`AdminClient`]), authenticated once the
+/// body is read: a body over the limit is 413 whoever sends it, as on the OAuth endpoints.
+pub(super) struct AdminBody {
+    pub admin: Arc<Client>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl FromRequest<Arc<AppState>> for AdminBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Response> {
+        let (source, headers, body) = read(req, state).await?;
+        let admin = authenticate_admin(state, &headers, source)
+            .await
+            .map_err(OAuthError::into_response)?;
+        Ok(AdminBody {
+            admin,
+            headers,
+            body,
+        })
+    }
+}
+
+/// The request's source address, headers and body; the body is limited by the router's
+/// `DefaultBodyLimit`.
+async fn read(
+    mut req: Request,
+    state: &Arc<AppState>,
+) -> Result<(IpAddr, HeaderMap, Bytes), Response> {
+    let ConnectInfo(peer) = req
+        .extract_parts::<ConnectInfo<SocketAddr>>()
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let headers = req.headers().clone();
+    let body = Bytes::from_request(req, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok((peer.ip(), headers, body))
+}
+
+/// The client whose credentials the request carries: HTTP Basic, or `client_id` and
+/// `client_secret` in the form.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: Option<&FormParams>,
+    source: IpAddr,
+) -> Result<Arc<Client>, OAuthError> {
+    let credentials = clients::credentials(
+        headers,
+        form.and_then(|f| f.get("client_id")),
+        form.and_then(|f| f.get("client_secret")),
+    )?;
+    state.clients.authenticate(credentials, source).await
+}
+
+/// HTTP Basic credentials of a client marked `admin`.
+async fn authenticate_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    source: IpAddr,
+) -> Result<Arc<Client>, OAuthError> {
+    let client = authenticate(state, headers, None, source).await?;
+    if !client.admin {
+        return Err(OAuthError::AccessDenied);
+    }
+    // Every admin call reads or writes the database: refused at once while it is out of
+    // reach, rather than after a connection timeout.
+    if !state.store.reachable() {
+        return Err(OAuthError::Unavailable(crate::error::DATABASE_UNREACHABLE));
+    }
+    Ok(client)
+}
