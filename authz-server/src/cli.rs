@@ -16,7 +16,7 @@ pub enum Command {
     /// Revokes against a running server through its admin API; prints the stored rule.
     Revoke(RevokeArgs),
     /// Rotates the signing key of a running server through its admin API: the new key is
-    /// published at once and signs after `key_publish_delay`.
+    /// published at once and signs after `key_publish_delay_s`.
     RotateKey(AdminArgs),
     /// Manages the clients registered in the database of a running server.
     Clients {

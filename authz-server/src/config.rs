@@ -33,19 +33,19 @@ pub struct Config {
     #[serde(default = "default_alg")]
     pub signing_alg: String,
     /// Seconds between a key rotation and the new key's first signature; the new key is in
-    /// the JWKS at once, so this must exceed the gateways' `jwks_refresh`.
-    #[serde(default = "default_key_publish_delay")]
-    pub key_publish_delay: u64,
+    /// the JWKS at once, so this must exceed the gateways' `jwks_refresh_s`.
+    #[serde(default = "default_key_publish_delay", alias = "key_publish_delay")]
+    pub key_publish_delay_s: u64,
     /// Lifetime of issued access tokens, in seconds.
-    #[serde(default = "default_token_ttl")]
-    pub token_ttl: u64,
+    #[serde(default = "default_token_ttl", alias = "token_ttl")]
+    pub token_ttl_s: u64,
     /// Longest lifetime any token may have, in seconds; the gateways enforce the same bound.
-    /// The revocation stream keeps events for `max_ttl + leeway`.
-    #[serde(default = "default_max_ttl")]
-    pub max_ttl: u64,
+    /// The revocation stream keeps events for `max_ttl_s + leeway_s`.
+    #[serde(default = "default_max_ttl", alias = "max_ttl")]
+    pub max_ttl_s: u64,
     /// Clock skew the gateways allow, in seconds; revocations are kept that much longer.
-    #[serde(default = "default_leeway")]
-    pub leeway: u64,
+    #[serde(default = "default_leeway", alias = "leeway")]
+    pub leeway_s: u64,
     /// Replicas of the revocation stream: 1 for a single NATS server, 3 for a cluster.
     #[serde(default = "default_replicas")]
     pub stream_replicas: usize,
@@ -69,13 +69,13 @@ pub struct Config {
     #[serde(default = "default_snapshot_min_events")]
     pub snapshot_min_events: u64,
     /// Failed client authentications allowed per source (an IPv4 address, an IPv6 /64) in
-    /// each `auth_failure_window`; past it that source gets 429 with `Retry-After`, before
+    /// each `auth_failure_window_s`; past it that source gets 429 with `Retry-After`, before
     /// any Argon2 work. Never counted against the client id: nobody can lock a client out.
     #[serde(default = "default_auth_failure_limit")]
     pub auth_failure_limit: u32,
     /// Length of the failure-counting window, seconds.
-    #[serde(default = "default_auth_failure_window")]
-    pub auth_failure_window: u64,
+    #[serde(default = "default_auth_failure_window", alias = "auth_failure_window")]
+    pub auth_failure_window_s: u64,
     /// Argon2 verifications running at once for the whole server (each about 20 ms of one
     /// core); a request that cannot start one within `verification_wait_ms` gets 503 with
     /// `Retry-After`. A recently verified secret needs none (`credential_cache_entries`).
@@ -92,8 +92,11 @@ pub struct Config {
     #[serde(default = "default_credential_cache_entries")]
     pub credential_cache_entries: usize,
     /// Seconds a remembered authentication counts before Argon2 runs again.
-    #[serde(default = "default_credential_cache_ttl")]
-    pub credential_cache_ttl: u64,
+    #[serde(
+        default = "default_credential_cache_ttl",
+        alias = "credential_cache_ttl"
+    )]
+    pub credential_cache_ttl_s: u64,
     /// The mutual-TLS NATS connection the outbox relay publishes on.
     pub nats: NatsConfig,
     /// Clients allowed to obtain tokens (development and static clients).
@@ -181,6 +184,14 @@ fn default_replicas() -> usize {
 /// [`ServiceConfig::from_toml`], both validated.
 impl ServiceConfig for Config {
     const ENV_PREFIX: &'static str = "AUTHZ_";
+    const RENAMED: &'static [(&'static str, &'static str)] = &[
+        ("key_publish_delay", "key_publish_delay_s"),
+        ("token_ttl", "token_ttl_s"),
+        ("max_ttl", "max_ttl_s"),
+        ("leeway", "leeway_s"),
+        ("auth_failure_window", "auth_failure_window_s"),
+        ("credential_cache_ttl", "credential_cache_ttl_s"),
+    ];
 
     /// Checks the values serde cannot; the message names the field.
     fn validate(&self) -> Result<(), String> {
@@ -195,10 +206,10 @@ impl ServiceConfig for Config {
         if !matches!(self.signing_alg.as_str(), "RS256" | "ES256" | "EdDSA") {
             return Err("signing_alg: must be RS256, ES256 or EdDSA".into());
         }
-        if self.token_ttl == 0 || self.token_ttl > self.max_ttl {
-            return Err("token_ttl: must be between 1 and max_ttl".into());
+        if self.token_ttl_s == 0 || self.token_ttl_s > self.max_ttl_s {
+            return Err("token_ttl_s: must be between 1 and max_ttl_s".into());
         }
-        if self.auth_failure_limit == 0 || self.auth_failure_window == 0 {
+        if self.auth_failure_limit == 0 || self.auth_failure_window_s == 0 {
             return Err("auth_failure_limit, auth_failure_window: must be positive".into());
         }
         if !(1..=1024).contains(&self.max_concurrent_verifications) {
@@ -210,8 +221,8 @@ impl ServiceConfig for Config {
         if self.credential_cache_entries > 1_000_000 {
             return Err("credential_cache_entries: must be at most 1000000".into());
         }
-        if self.credential_cache_ttl > 86_400 {
-            return Err("credential_cache_ttl: must be at most 86400 seconds".into());
+        if self.credential_cache_ttl_s > 86_400 {
+            return Err("credential_cache_ttl_s: must be at most 86400 seconds".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("log_format: must be text or json".into());

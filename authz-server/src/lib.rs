@@ -48,7 +48,6 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use revocation::nats::ConnectionState;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -98,7 +97,7 @@ impl AppState {
     }
 }
 
-pub use startup::install_crypto;
+pub use startup::{install_crypto, Listeners};
 
 /// On the first start, the key ring is empty: take the key file (generating it when absent)
 /// as the first signing key.
@@ -140,17 +139,16 @@ pub async fn load_keys(store: &store::Store, ring: &keys::KeyRing) -> Result<(),
     Ok(())
 }
 
-/// Runs the server on its public `listener` and its `admin_listener` until `shutdown` is
-/// cancelled, then drains in-flight requests and stops the background tasks.
+/// Runs the server on its public and admin listeners until `shutdown` is cancelled, then
+/// drains in-flight requests and stops the background tasks.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let server = build(config).await?;
     let tasks = spawn_tasks(&server);
-    serve_and_drain(&server.state, listener, admin_listener, shutdown).await?;
+    serve_and_drain(&server.state, listeners, shutdown).await?;
     // Requests have drained; whatever they committed and the relay has not published yet
     // stays in the outbox for the next start.
     tasks.stop().await;
@@ -196,14 +194,14 @@ async fn build(config: Config) -> Result<Server, StartError> {
             store.clone(),
             clients::AuthLimits::new(
                 config.auth_failure_limit,
-                Duration::from_secs(config.auth_failure_window),
+                Duration::from_secs(config.auth_failure_window_s),
                 config.max_concurrent_verifications,
                 Duration::from_millis(config.verification_wait_ms),
             ),
             metrics.auth.clone(),
             clients::CredentialCache::new(
                 config.credential_cache_entries,
-                Duration::from_secs(config.credential_cache_ttl),
+                Duration::from_secs(config.credential_cache_ttl_s),
             )
             .map_err(|_| StartError::Random("cannot key the credential cache"))?,
         ),
@@ -277,9 +275,9 @@ fn spawn_tasks(server: &Server) -> Tasks {
     let config = &state.config;
     let stop = CancellationToken::new();
     let settings = relay::StreamSettings {
-        max_age: Duration::from_secs(config.max_ttl + config.leeway),
+        max_age: Duration::from_secs(config.max_ttl_s + config.leeway_s),
         replicas: config.stream_replicas,
-        leeway: config.leeway,
+        leeway: config.leeway_s,
     };
     let probe = state.store.spawn_probe(stop.clone());
     let relay = relay::spawn(
@@ -298,7 +296,7 @@ fn spawn_tasks(server: &Server) -> Tasks {
         wake_relay: state.wake_relay.clone(),
         settings,
         interval: Duration::from_millis(config.heartbeat_interval_ms),
-        leeway: config.leeway,
+        leeway: config.leeway_s,
         sent: state.metrics.heartbeats_sent.clone(),
     }
     .spawn(stop.clone());
@@ -311,7 +309,7 @@ fn spawn_tasks(server: &Server) -> Tasks {
                 interval: Duration::from_millis(config.snapshot_interval_ms),
                 min_events: config.snapshot_min_events,
                 replicas: config.stream_replicas,
-                leeway: config.leeway,
+                leeway: config.leeway_s,
             },
             state.metrics.snapshots.clone(),
             stop.clone(),
@@ -330,22 +328,15 @@ fn spawn_tasks(server: &Server) -> Tasks {
 
 /// Reloads the signing keys and rebuilds the metadata document until `stop` is cancelled.
 fn spawn_key_reload(state: Arc<AppState>, stop: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        // Replicas share the keys and clients through the database; a rotation on one
-        // reaches the others' JWKS and metadata within this period, long before the new
-        // key signs.
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {
-                    if let Err(e) = load_keys(&state.store, &state.keys).await {
-                        tracing::warn!(error = %e, "cannot reload the signing keys");
-                    }
-                    state.refresh_metadata().await;
-                }
+    // Replicas share the keys and clients through the database; a rotation on one reaches
+    // the others' JWKS and metadata within this period, long before the new key signs.
+    startup::periodic::spawn_every(Duration::from_secs(2), stop, move || {
+        let state = state.clone();
+        async move {
+            if let Err(e) = load_keys(&state.store, &state.keys).await {
+                tracing::warn!(error = %e, "cannot reload the signing keys");
             }
+            state.refresh_metadata().await;
         }
     })
 }
@@ -354,8 +345,7 @@ fn spawn_key_reload(state: Arc<AppState>, stop: CancellationToken) -> JoinHandle
 /// requests in flight their grace period to finish.
 async fn serve_and_drain(
     state: &Arc<AppState>,
-    listener: TcpListener,
-    admin_listener: TcpListener,
+    Listeners { public, admin }: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let kid = state
@@ -363,21 +353,18 @@ async fn serve_and_drain(
         .signing_key(crate::clock::unix_now())
         .map(|k| k.key.kid().to_string())
         .unwrap_or_default();
-    tracing::info!(addr = %listener.local_addr()?, issuer = %state.config.issuer, %kid, "authz-server listening");
-    tracing::info!(addr = %admin_listener.local_addr()?, "authz-server admin listening");
+    tracing::info!(addr = %public.local_addr()?, issuer = %state.config.issuer, %kid, "authz-server listening");
+    tracing::info!(addr = %admin.local_addr()?, "authz-server admin listening");
     // In-flight requests get this long after `shutdown`; revocations commit in milliseconds.
     let grace = Duration::from_secs(10);
-    let admin = tokio::spawn(startup::serve::serve(
-        admin_listener,
-        startup::serve::router_service(http::admin_app(state.clone())),
-        startup::serve::ListenerLimits::admin(),
-        None,
-        Arc::default(),
+    let admin = startup::serve::spawn_admin(
+        admin,
+        http::admin_app(state.clone()),
         shutdown.clone(),
         grace,
-    ));
+    );
     startup::serve::serve(
-        listener,
+        public,
         startup::serve::router_service(http::public_app(state.clone())),
         state.config.limits.clone(),
         None,

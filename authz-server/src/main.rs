@@ -54,22 +54,14 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let mut listeners = Vec::new();
-        for addr in [config.listen, config.admin_listen] {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "cannot bind");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        let (Some(admin_listener), Some(listener)) = (listeners.pop(), listeners.pop()) else {
+        let Some(listeners) =
+            authz_server::Listeners::bind(config.listen, config.admin_listen).await
+        else {
             return ExitCode::FAILURE;
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(startup::shutdown_on_signal(shutdown.clone()));
-        match authz_server::run(config, listener, admin_listener, shutdown).await {
+        match authz_server::run(config, listeners, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "authz-server failed");

@@ -224,7 +224,7 @@ impl Relay {
             tracing::warn!(
                 from_s = kept.as_secs(),
                 to_s = settings.max_age.as_secs(),
-                "the revocation stream kept events for less than max_ttl + leeway; lengthened"
+                "the revocation stream kept events for less than max_ttl_s + leeway_s; lengthened"
             );
         }
         let epoch = stream::epoch(stream.cached_info());

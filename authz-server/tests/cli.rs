@@ -38,8 +38,13 @@ inbox_name = "authz"
         ),
         (
             "ttl above max",
-            base.replace("database", "token_ttl = 7200\ndatabase"),
-            "token_ttl",
+            base.replace("database", "token_ttl_s = 7200\ndatabase"),
+            "token_ttl_s",
+        ),
+        (
+            "a renamed key under both names",
+            base.replace("database", "max_ttl = 3600\nmax_ttl_s = 3600\ndatabase"),
+            "max_ttl_s",
         ),
         (
             "no admin listener",

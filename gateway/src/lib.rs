@@ -67,7 +67,6 @@ use revocation::feed::FeedStatus;
 use revocation::freshness::Freshness;
 use revocation::nats::ConnectionState;
 use revocation::RevocationSet;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use auth::jwt::Verifier;
@@ -75,7 +74,7 @@ use auth::keys::{IssuerKeys, JwksSource};
 use auth::Authenticator;
 pub use config::{Config, OnStale};
 use routes::RouteTable;
-pub use startup::install_crypto;
+pub use startup::{install_crypto, Listeners};
 
 /// One gateway instance: its policy and the state its tasks share.
 pub struct Gateway {
@@ -149,12 +148,11 @@ impl Gateway {
 /// Runs the gateway on the two listeners until `shutdown` is cancelled, then drains.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let (_keep, reloads) = tokio::sync::mpsc::channel(1);
-    run_with_reload(config, listener, admin_listener, shutdown, reloads).await
+    run_with_reload(config, listeners, shutdown, reloads).await
 }
 
 /// Like [`run`]; every configuration received on `reloads` replaces the routes and their
@@ -165,15 +163,14 @@ pub async fn run(
 /// `shutdown_grace_s` seconds.
 pub async fn run_with_reload(
     config: Config,
-    listener: TcpListener,
-    admin_listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
     reloads: tokio::sync::mpsc::Receiver<Config>,
 ) -> Result<(), StartError> {
     install_crypto();
     let built = build(&config).await?;
     let tasks = tasks::spawn(&built, &config, reloads, shutdown.child_token());
-    serve_and_drain(&built, &config, listener, admin_listener, shutdown).await?;
+    serve_and_drain(&built, &config, listeners, shutdown).await?;
     tasks.stop().await;
     drop(built);
     tracing::info!("gateway stopped");
@@ -301,13 +298,12 @@ fn authenticator(
 async fn serve_and_drain(
     built: &Built,
     config: &Config,
-    listener: TcpListener,
-    admin_listener: TcpListener,
+    Listeners { public, admin }: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let gateway = &built.gateway;
-    tracing::info!(addr = %listener.local_addr()?, "gateway proxy listening");
-    tracing::info!(addr = %admin_listener.local_addr()?, "gateway admin listening");
+    tracing::info!(addr = %public.local_addr()?, "gateway proxy listening");
+    tracing::info!(addr = %admin.local_addr()?, "gateway admin listening");
     let grace = Duration::from_secs(config.shutdown_grace_s);
     let stop_accepting = CancellationToken::new();
     let drain = {
@@ -324,17 +320,14 @@ async fn serve_and_drain(
             stop.cancel();
         })
     };
-    let admin = tokio::spawn(startup::serve::serve(
-        admin_listener,
-        startup::serve::router_service(admin::app(gateway.clone())),
-        startup::serve::ListenerLimits::admin(),
-        None,
-        Arc::default(),
+    let admin = startup::serve::spawn_admin(
+        admin,
+        admin::app(gateway.clone()),
         stop_accepting.clone(),
         grace,
-    ));
+    );
     startup::serve::serve(
-        listener,
+        public,
         |addr| connection(gateway, addr),
         config.limits.listener(),
         built.tls.clone(),

@@ -56,13 +56,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let bind = |addr| async move {
-            tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                tracing::error!(%addr, error = %e, "cannot bind");
-            })
-        };
-        let (Ok(listener), Ok(admin)) =
-            (bind(config.listen).await, bind(config.admin_listen).await)
+        let Some(listeners) = gateway::Listeners::bind(config.listen, config.admin_listen).await
         else {
             return ExitCode::FAILURE;
         };
@@ -70,7 +64,7 @@ fn main() -> ExitCode {
         tokio::spawn(startup::shutdown_on_signal(shutdown.clone()));
         let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
         tokio::spawn(signal_reload(cli.config.clone(), reload_tx));
-        match gateway::run_with_reload(config, listener, admin, shutdown, reloads).await {
+        match gateway::run_with_reload(config, listeners, shutdown, reloads).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "gateway failed");

@@ -241,7 +241,7 @@ fn label(reason: SkipReason) -> ReasonLabel {
 #[derive(Debug, Clone, Copy)]
 pub struct ReplaySettings {
     /// The stream must keep events at least this long (its `max_age`; 0 there is for ever):
-    /// the longest a token this gateway accepts stays valid, `max_ttl + leeway`. A shorter
+    /// the longest a token this gateway accepts stays valid, `max_ttl_s + leeway_s`. A shorter
     /// stream is refused (not ready, `stream_retention_too_short`).
     pub min_retention: Duration,
     /// A backlog of at least this many messages (0: never) is read by two consumers at once,
@@ -580,11 +580,11 @@ impl Feed {
                 stream_max_age_s = max_age.as_secs(),
                 needed_s = self.replay.min_retention.as_secs(),
                 "the revocation stream keeps events for less time than this gateway accepts \
-                 tokens (its max_ttl + leeway): a revocation could age out while its token is \
+                 tokens (its max_ttl_s + leeway_s): a revocation could age out while its token is \
                  still valid. Not ready until the stream keeps them long enough (the \
-                 authz-server's max_ttl + leeway) or this gateway's max_ttl is lowered"
+                 authz-server's max_ttl_s + leeway_s) or this gateway's max_ttl_s is lowered"
             );
-            return Err("revocation stream retention shorter than max_ttl + leeway".into());
+            return Err("revocation stream retention shorter than max_ttl_s + leeway_s".into());
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //!   validated. Renamed keys are still read, with a warning ([`note_deprecated`]).
 //! - [`install_crypto`]: the process-wide crypto providers.
 //! - [`init_logging`]: the log, as text or JSON lines; [`metrics_response`]: `/metrics`.
+//! - [`Listeners`]: a service's public and admin listeners, bound by its `main` (tests bind
+//!   port 0).
 //! - [`shutdown_on_signal`]: cancels a token on the first SIGINT or SIGTERM.
 //! - [`serve`]: the HTTP server loop of every listener, each connection bounded.
 //! - [`periodic::spawn_every`]: background work on a period that stops on shutdown.
@@ -133,6 +135,30 @@ pub fn note_deprecated(warning: String) {
         tracing::warn!("{warning}");
     } else {
         pending.push(warning);
+    }
+}
+
+/// A service's two listeners: the public one (clients) and the admin one (operators). The
+/// services never bind a port themselves: `main` binds the configured addresses, tests bind
+/// port 0.
+pub struct Listeners {
+    pub public: tokio::net::TcpListener,
+    pub admin: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses; `None` (logged) when either cannot be bound.
+    pub async fn bind(public: std::net::SocketAddr, admin: std::net::SocketAddr) -> Option<Self> {
+        let bind = |addr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| tracing::error!(%addr, error = %e, "cannot bind"))
+                .ok()
+        };
+        Some(Listeners {
+            public: bind(public).await?,
+            admin: bind(admin).await?,
+        })
     }
 }
 

@@ -810,6 +810,25 @@ pub fn router_service(router: axum::Router) -> impl Fn(SocketAddr) -> (RouterSer
     }
 }
 
+/// Serves an admin listener (what operators call: health, readiness, metrics, admin APIs)
+/// in a task of its own, with the admin limits and no TLS, until `shutdown`.
+pub fn spawn_admin(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(serve(
+        listener,
+        router_service(router),
+        ListenerLimits::admin(),
+        None,
+        Arc::default(),
+        shutdown,
+        grace,
+    ))
+}
+
 /// A router serving one connection (see [`router_service`]).
 #[derive(Clone)]
 pub struct RouterService {

@@ -45,7 +45,7 @@ fn authz_config(
 ) -> String {
     let [(demo, demo_hash), (other, other_hash), (admin, admin_hash)] = hashes();
     let defaults = format!(
-        "listen = \"{listen}\"\nadmin_listen = \"{admin_listen}\"\nissuer = \"{url}\"\ndatabase = {db:?}\nsigning_key_file = {key:?}\ntoken_ttl = 300\nmax_ttl = 3600\nleeway = 30\n",
+        "listen = \"{listen}\"\nadmin_listen = \"{admin_listen}\"\nissuer = \"{url}\"\ndatabase = {db:?}\nsigning_key_file = {key:?}\ntoken_ttl_s = 300\nmax_ttl_s = 3600\nleeway_s = 30\n",
         db = dir.join("authz.db").display().to_string(),
         key = dir.join("signing-key.pem"),
     );
@@ -147,7 +147,16 @@ impl Authz {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = authz_server::run(config, listener, admin_listener, token).await {
+            if let Err(e) = authz_server::run(
+                config,
+                authz_server::Listeners {
+                    public: listener,
+                    admin: admin_listener,
+                },
+                token,
+            )
+            .await
+            {
                 eprintln!("authz-server failed: {e}");
             }
         });

@@ -96,7 +96,16 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = gateway::run(config, listener, admin, token).await {
+            if let Err(e) = gateway::run(
+                config,
+                gateway::Listeners {
+                    public: listener,
+                    admin,
+                },
+                token,
+            )
+            .await
+            {
                 eprintln!("gateway failed: {e}");
             }
         });

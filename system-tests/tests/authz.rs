@@ -409,7 +409,7 @@ async fn failed_authentication_is_rate_limited() -> anyhow::Result<()> {
     let authz = Authz::start_with(
         dir.path(),
         &[nats.url()],
-        "auth_failure_limit = 3\nauth_failure_window = 2",
+        "auth_failure_limit = 3\nauth_failure_window_s = 2",
     )
     .await?;
     let http = reqwest::Client::new();

@@ -26,7 +26,7 @@ async fn a_flood_of_wrong_secrets_locks_nobody_out() -> anyhow::Result<()> {
     let authz = Authz::start_with(
         dir.path(),
         &[nats.url()],
-        "auth_failure_limit = 5\nauth_failure_window = 600\ncredential_cache_entries = 0",
+        "auth_failure_limit = 5\nauth_failure_window_s = 600\ncredential_cache_entries = 0",
     )
     .await?;
     let attacker = client_from(2)?;

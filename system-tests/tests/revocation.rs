@@ -595,11 +595,11 @@ async fn odd_events_never_loosen() -> anyhow::Result<()> {
 async fn aged_out_stream_is_not_a_gap() -> anyhow::Result<()> {
     let nats = system_tests::Nats::start()?;
     let dir = tempfile::tempdir()?;
-    // Stream MaxAge = max_ttl + leeway = 2 s.
+    // Stream MaxAge = max_ttl_s + leeway_s = 2 s.
     let authz = system_tests::Authz::start_with(
         dir.path(),
         &[nats.url()],
-        "token_ttl = 1\nmax_ttl = 1\nleeway = 1\nheartbeat_interval_ms = 200",
+        "token_ttl_s = 1\nmax_ttl_s = 1\nleeway_s = 1\nheartbeat_interval_ms = 200",
     )
     .await?;
     let upstream = system_tests::Upstream::start().await?;
@@ -1059,8 +1059,8 @@ async fn snapshots_are_replaced() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A gateway that accepts tokens for longer than the stream keeps events (its `max_ttl +
-/// leeway` over the stream's `max_age`, the authz-server's `max_ttl + leeway`) is refused:
+/// A gateway that accepts tokens for longer than the stream keeps events (its `max_ttl_s +
+/// leeway_s` over the stream's `max_age`, the authz-server's `max_ttl_s + leeway_s`) is refused:
 /// a revocation could age out of the stream while its token is still valid, and this gateway,
 /// restarted then, would not enforce it. It says so on `/readyz` and fails closed; one whose
 /// tokens fit is ready on the same stream.
@@ -1106,7 +1106,8 @@ async fn a_stream_shorter_than_the_tokens_is_refused() -> anyhow::Result<()> {
     // the gateway then follows it.
     let dir = tempfile::tempdir()?;
     let _longer =
-        system_tests::Authz::start_with(dir.path(), &[stack.nats.url()], "max_ttl = 3601").await?;
+        system_tests::Authz::start_with(dir.path(), &[stack.nats.url()], "max_ttl_s = 3601")
+            .await?;
     long.wait_ready().await?;
     assert_eq!(long.call(&http, "/echo/x", &token).await, 200);
     Ok(())

@@ -1,5 +1,5 @@
 //! Signing-key rotation without a single refused request: a new key is in the JWKS at once,
-//! signs only after `key_publish_delay` (longer than the gateways' JWKS refresh), and the old
+//! signs only after `key_publish_delay_s` (longer than the gateways' JWKS refresh), and the old
 //! key stays in the JWKS until the last token it signed has expired.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,7 @@ async fn rotate_twice_under_load() -> anyhow::Result<()> {
     let nats = Nats::start()?;
     let dir = tempfile::tempdir()?;
     let authz =
-        Arc::new(Authz::start_with(dir.path(), &[nats.url()], "key_publish_delay = 2").await?);
+        Arc::new(Authz::start_with(dir.path(), &[nats.url()], "key_publish_delay_s = 2").await?);
     let upstream = Upstream::start().await?;
     let gw = Arc::new(
         Gateway::start_with(

@@ -18,7 +18,7 @@ pub(super) fn signing_algs(state: &AppState) -> Vec<String> {
 }
 
 /// `POST /admin/keys/rotate`: a new key of `signing_alg`, published at once in the JWKS,
-/// signing after `key_publish_delay` (gateways fetch it meanwhile); the keys in service
+/// signing after `key_publish_delay_s` (gateways fetch it meanwhile); the keys in service
 /// until then retire once the last token they can have signed has expired.
 pub(super) async fn admin_keys_rotate_post(
     State(state): State<Arc<AppState>>,
@@ -30,8 +30,8 @@ pub(super) async fn admin_keys_rotate_post(
     let key =
         crate::keys::KeyObject::from_pem(pem.as_bytes(), alg).map_err(OAuthError::internal)?;
     let now = crate::clock::unix_now();
-    let signs_from = now + config.key_publish_delay;
-    let retire_after = signs_from + config.max_ttl + config.leeway;
+    let signs_from = now + config.key_publish_delay_s;
+    let retire_after = signs_from + config.max_ttl_s + config.leeway_s;
     let stored = crate::store::StoredKey {
         kid: key.kid().to_string(),
         alg: config.signing_alg.clone(),

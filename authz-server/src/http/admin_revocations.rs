@@ -79,17 +79,17 @@ impl Requested {
         let cutoff = |before: Option<u64>| -> Result<(u64, u64), OAuthError> {
             // iat has one-second resolution: "now" must cover a token issued earlier this second.
             let not_before = before.unwrap_or(now + 1);
-            if not_before > now + 1 + config.leeway {
+            if not_before > now + 1 + config.leeway_s {
                 return Err(OAuthError::InvalidRequest(
                     "before must not be in the future",
                 ));
             }
             // No token issued before the cut-off can outlive it by more than max_ttl.
-            Ok((not_before, not_before + config.max_ttl))
+            Ok((not_before, not_before + config.max_ttl_s))
         };
         Ok(match self {
             Requested::Jti { jti, exp } => {
-                if exp > now + config.max_ttl + config.leeway {
+                if exp > now + config.max_ttl_s + config.leeway_s {
                     return Err(OAuthError::InvalidRequest(
                         "exp is later than any token this server issues can live",
                     ));
@@ -179,7 +179,12 @@ pub(super) async fn admin_revocations_get(
     let after = number("after", 0)?;
     let rows = state
         .store
-        .active(crate::clock::unix_now(), state.config.leeway, after, limit)
+        .active(
+            crate::clock::unix_now(),
+            state.config.leeway_s,
+            after,
+            limit,
+        )
         .await
         .map_err(|e| OAuthError::database(&state.store, e))?;
     let next = (rows.len() as i64 == limit)

@@ -124,6 +124,6 @@ pub(super) async fn revoke_client_tokens(
         client_id: client_id.to_string(),
         not_before,
     };
-    let expires_at = not_before + state.config.max_ttl;
+    let expires_at = not_before + state.config.max_ttl_s;
     commit_revocation(state, rule, expires_at, Some(reason.into()), requested_by).await
 }

@@ -53,7 +53,7 @@ pub(super) async fn oauth2_token_post(
         audience,
         scope,
         crate::clock::unix_now(),
-        config.token_ttl,
+        config.token_ttl_s,
     );
     let key = state
         .keys
@@ -65,7 +65,7 @@ pub(super) async fn oauth2_token_post(
     Ok(no_store(serde_json::json!({
         "access_token": token,
         "token_type": "Bearer",
-        "expires_in": config.token_ttl,
+        "expires_in": config.token_ttl_s,
         "scope": claims.scope,
     })))
 }

@@ -771,7 +771,7 @@ impl Servers {
 /// The authz-server's setting that keeps the stream's events as long as the gateway accepts
 /// tokens.
 fn retention() -> String {
-    format!("max_ttl = {TOKEN_TTL}")
+    format!("max_ttl_s = {TOKEN_TTL}")
 }
 
 /// Starts one nginx with the `http` block's servers; its configuration file and log are named
