@@ -1,4 +1,5 @@
-//! The authz-server's wall clock: token times, `revoked_at`, key schedules, heartbeats.
+//! The authz-server's wall clock: token times, `revoked_at`, key schedules, heartbeats. It
+//! is the clock every service reads ([`revocation::since_epoch`]), plus a test-only offset.
 //!
 //! Nothing that bounds staleness reads it across machines: the heartbeat measures how far
 //! publication lags on the database's clock alone ([`crate::store::Store::publish_lag_ms`]).
@@ -8,10 +9,7 @@
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    let real = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let real = revocation::since_epoch().as_millis() as u64;
     real.saturating_add_signed(offset_ms())
 }
 

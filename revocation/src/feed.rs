@@ -896,10 +896,7 @@ impl Feed {
         }
         if self.status.is_caught_up() {
             let stored_ns = published.unix_timestamp_nanos();
-            let now_ns = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i128)
-                .unwrap_or(stored_ns);
+            let now_ns = crate::since_epoch().as_nanos() as i128;
             self.status
                 .apply_delay
                 .observe((now_ns - stored_ns).max(0) as f64 / 1e9);

@@ -33,10 +33,15 @@ pub mod stream;
 pub use event::{RevocationEvent, Rule, SkipReason};
 pub use set::{RevocationSet, TokenRef};
 
-/// Seconds since the Unix epoch, the unit of every JWT time claim and of every event field.
-pub fn unix_now() -> u64 {
+/// The wall clock every service reads (the authz-server adds a test-only offset to it):
+/// time since the Unix epoch; 0 for a clock set before 1970.
+pub fn since_epoch() -> std::time::Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch, the unit of every JWT time claim and of every event field.
+pub fn unix_now() -> u64 {
+    since_epoch().as_secs()
 }
