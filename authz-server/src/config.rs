@@ -210,7 +210,7 @@ impl ServiceConfig for Config {
             return Err("token_ttl_s: must be between 1 and max_ttl_s".into());
         }
         if self.auth_failure_limit == 0 || self.auth_failure_window_s == 0 {
-            return Err("auth_failure_limit, auth_failure_window: must be positive".into());
+            return Err("auth_failure_limit, auth_failure_window_s: must be positive".into());
         }
         if !(1..=1024).contains(&self.max_concurrent_verifications) {
             return Err("max_concurrent_verifications: must be between 1 and 1024".into());

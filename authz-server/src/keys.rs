@@ -1,5 +1,9 @@
-//! The signing key: loaded from its PEM file or generated on first start, it signs tokens,
-//! verifies the server's own tokens (revocation by raw token) and publishes itself as a JWK.
+//! The signing keys: a [`KeyRing`] of every key in service (the one that signs now, the next
+//! one already published, the previous ones until their last token has expired), loaded from
+//! the database so that replicas agree and reloaded periodically; the PEM file only seeds an
+//! empty ring on first start. Each [`KeyObject`] signs tokens, verifies the server's own
+//! (revocation by raw token) and publishes itself as a JWK. Also the Ed25519 heartbeat key,
+//! which signs heartbeats and snapshot manifests and nothing else.
 
 use std::path::Path;
 

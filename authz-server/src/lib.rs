@@ -17,7 +17,7 @@
 //! - [`http`]: the endpoints, one handler each.
 //! - [`error`]: OAuth errors and the one place they become responses.
 //! - [`clients`]: registered clients and client authentication.
-//! - [`keys`]: the signing key, its JWK and its lifecycle.
+//! - [`keys`]: the signing keys in service (the key ring), their JWKs, and the heartbeat key.
 //! - [`tokens`]: access-token claims and the check of presented tokens.
 //! - [`store`]: the database, source of truth and outbox.
 //! - [`relay`]: the task that publishes the outbox to NATS.

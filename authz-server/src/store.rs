@@ -10,8 +10,8 @@
 //! holding its row has committed. See [`Store::insert`].
 //!
 //! SQLite (a file path, the default) for one server; PostgreSQL (a `postgres://` URL) for
-//! several replicas sharing one database. The SQL is written once for both: every placeholder
-//! `$n` appears once and in order, which SQLite binds by position as PostgreSQL does.
+//! several replicas sharing one database. The SQL is written once for both, with numbered
+//! placeholders (`$n`), which both bind by number.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

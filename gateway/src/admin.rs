@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` (the process lives), `/readyz` (keys loaded and the
-//! revocation stream replayed) and `/metrics` (Prometheus text).
+//! The admin listener: `/healthz` (the process lives), `/readyz` (200 only when the gateway can
+//! vouch for tokens: not draining, keys loaded, stream replayed, fresh, no unreadable event,
+//! retention long enough; otherwise 503 with the `reasons`) and `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 

@@ -24,7 +24,8 @@
 //! - [`error`]: request-path errors and the one place they become responses.
 //! - [`admin`]: health, readiness and metrics on the admin listener.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`tasks`]: the background tasks (staleness watch, sweeper, configuration reload).
+//! - [`tasks`]: the background tasks (key refresher, revocation feed and heartbeats,
+//!   staleness watch, sweeper, configuration reload).
 //! - [`tls`]: the proxy listener's certificate, and TLS to `https://` upstreams.
 //! - [`framing`]: the guard that refuses requests framed two ways (request smuggling), and
 //!   the transfer codings accepted.
@@ -160,7 +161,8 @@ pub async fn run(
 ///
 /// On `shutdown`: `/readyz` turns 503 at once, the proxy keeps serving for `drain_delay_ms`
 /// so that load balancers notice, then stops accepting and gives in-flight requests
-/// `shutdown_grace_s` seconds.
+/// `shutdown_grace_s` seconds. The background tasks (the revocation feed among them) stop
+/// only then.
 pub async fn run_with_reload(
     config: Config,
     listeners: Listeners,
@@ -169,9 +171,11 @@ pub async fn run_with_reload(
 ) -> Result<(), StartError> {
     install_crypto();
     let built = build(&config).await?;
-    let tasks = tasks::spawn(&built, &config, reloads, shutdown.child_token());
-    serve_and_drain(&built, &config, listeners, shutdown).await?;
+    // The tasks outlive the drain: a gateway that serves must keep enforcing revocations.
+    let tasks = tasks::spawn(&built, &config, reloads, CancellationToken::new());
+    let served = serve_and_drain(&built, &config, listeners, shutdown).await;
     tasks.stop().await;
+    served?;
     drop(built);
     tracing::info!("gateway stopped");
     Ok(())

@@ -155,9 +155,11 @@ impl Listeners {
                 .map_err(|e| tracing::error!(%addr, error = %e, "cannot bind"))
                 .ok()
         };
+        // Both are tried, so that each failure is logged.
+        let (public, admin) = (bind(public).await, bind(admin).await);
         Some(Listeners {
-            public: bind(public).await?,
-            admin: bind(admin).await?,
+            public: public?,
+            admin: admin?,
         })
     }
 }

@@ -77,7 +77,7 @@ impl Gateway {
     }
 
     /// The general form: certificate `<cert>.pem`, and `extra` top-level TOML keys that
-    /// replace the defaults (e.g. `algorithms = ["ES256"]` or `upstream_timeout = 1`).
+    /// replace the defaults (e.g. `algorithms = ["ES256"]` or `upstream_timeout_s = 1`).
     pub async fn start_with(
         id: &str,
         cert: &str,

@@ -63,16 +63,15 @@ fn seeded_jti(prefix: &str, i: usize) -> String {
     format!("{prefix}-{i}")
 }
 
-/// Publishes `count` token revocations for `issuer` (the gateway's configured `issuer`, e.g.
-/// [`crate::Authz::url`]), each with a unique, generated `jti` and `expires_at` an hour ahead,
-/// to the revocation stream on the NATS server at `nats_url`, and returns once JetStream has
-/// acknowledged every one. Waits (bounded) for the authz-server to have created the stream.
-/// Seeds `count` token revocations of `authz`'s issuer.
+/// Seeds `count` token revocations of `authz`'s issuer (see [`seed_revocations_for`]).
 pub async fn seed_revocations(nats_url: &str, authz: &Authz, count: usize) -> Result<Seeded> {
     seed_revocations_for(nats_url, authz, &authz.url, count).await
 }
 
-/// [`seed_revocations`] for tokens of another issuer.
+/// Publishes `count` token revocations for `issuer` (the gateway's configured `issuer`, e.g.
+/// [`crate::Authz::url`]), each with a unique, generated `jti` and `expires_at` an hour ahead,
+/// to the revocation stream on the NATS server at `nats_url`, and returns once JetStream has
+/// acknowledged every one. Waits (bounded) for the authz-server to have created the stream.
 pub async fn seed_revocations_for(
     nats_url: &str,
     authz: &Authz,

@@ -110,6 +110,66 @@ async fn sigterm_drains() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// While it drains, the gateway still serves, so it still enforces: a token revoked after
+/// SIGTERM is refused during the drain delay, and a valid one keeps being served past the
+/// staleness bound (heartbeats still count), not refused as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_are_enforced_while_draining() -> anyhow::Result<()> {
+    let stack = Stack::start(0).await?;
+    let extra = "drain_delay_ms = 6000\nmax_staleness_ms = 1500\n".to_string()
+        + &routes(&stack.upstream.url, &stack.upstream.url, false)
+            .replace("drain_delay_ms = 1500\n", "");
+    let mut gw = ready_process(&stack, &extra).await?;
+    let http = reqwest::Client::new();
+    let revoked = stack.authz.token("demo-client", "demo-secret").await?;
+    let valid = stack.authz.token("demo-client", "demo-secret").await?;
+    assert_eq!(gw.call(&http, "/echo/", &revoked).await, 200);
+    gw.process()?.signal("-TERM")?;
+    eventually(Duration::from_secs(1), "/readyz 503 at once", || async {
+        (gw.readyz().await == 503).then_some(())
+    })
+    .await?;
+    let drain_began = Instant::now();
+    assert_eq!(
+        stack
+            .authz
+            .revoke("demo-client", "demo-secret", &revoked)
+            .await?,
+        200
+    );
+    eventually(
+        Duration::from_secs(3),
+        "the revoked token refused while draining",
+        || async { (gw.call(&http, "/echo/", &revoked).await == 401).then_some(()) },
+    )
+    .await?;
+    // Served all through the drain, past the staleness bound: heartbeats are still applied.
+    // (Paced requests, at most 60, for 3 s of the 6 s drain.)
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    for _ in 0..60 {
+        pace.tick().await;
+        assert_eq!(
+            gw.call(&http, "/echo/", &valid).await,
+            200,
+            "refused while draining"
+        );
+        if drain_began.elapsed() > Duration::from_millis(3000) {
+            break;
+        }
+    }
+    assert!(
+        drain_began.elapsed() > Duration::from_millis(1500),
+        "the bound never passed"
+    );
+    assert!(
+        drain_began.elapsed() < Duration::from_millis(5500),
+        "checked after the drain"
+    );
+    let status = gw.process()?.wait_exit(Duration::from_secs(15)).await?;
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
+
 /// SIGHUP reloads routes and policies from the file; an invalid file is rejected with a log
 /// line and the running routes stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
-//! The HTTP interface: one handler per endpoint, named `<area>_<resource>_<method>`.
+//! The HTTP interface: one handler per endpoint, named `<area>_<resource>_<method>` (the well-known and
+//! operations endpoints `<resource>_<method>`).
 //!
 //! ```text
 //! public listener (public_app):

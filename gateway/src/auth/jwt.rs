@@ -1,8 +1,10 @@
 //! Signature and claims of an RFC 9068 access token.
 //!
-//! jsonwebtoken checks the signature with the key chosen by `kid` and the algorithm pinned to
-//! that key. Everything else is checked here, against `now`, because jsonwebtoken does not
-//! check `typ`, `crit`, `iat` or `jti`, and its `exp` check accepts values near `u64::MAX`.
+//! Everything is checked here, against `now`: the JOSE header (`typ`, no `crit`, `jku`, `jwk`,
+//! `x5u` or `x5c`; decoded by jsonwebtoken on a miss of the header cache), the key chosen by
+//! `kid` and the algorithm pinned to it, the signature (aws-lc-rs, with the key parsed once
+//! when the JWK Set is loaded), then the claims (serde_json): `iss`, `aud`, `exp`, `nbf`,
+//! `iat`, the lifetime bound and the identifiers.
 
 use std::sync::Arc;
 
