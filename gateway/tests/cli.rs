@@ -176,14 +176,15 @@ fn bad_config_exits_64() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
 }
 
-/// A running gateway exits 0 on SIGTERM, promptly. Its configuration uses two renamed keys,
-/// one in the file and one from the environment: both are read, each with a warning.
+/// A running gateway exits 0 on SIGTERM, promptly. Its configuration uses every renamed key,
+/// in the file and from the environment: each is read, with a warning.
 #[test]
 fn sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let certs = certs(dir.path());
     let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, config(&certs, "leeway = 30")).unwrap();
+    let old_names = "leeway = 30\njwks_refresh = 300\njwks_min_refresh = 10\nupstream_timeout = 30\nshutdown_grace = 10";
+    std::fs::write(&path, config(&certs, old_names)).unwrap();
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&path)
@@ -205,7 +206,14 @@ fn sigterm_stops_cleanly() {
         log.len() < 50,
         "the gateway never logged its listeners: {log:?}"
     );
-    for (old, new) in [("leeway", "leeway_s"), ("max_ttl", "max_ttl_s")] {
+    for (old, new) in [
+        ("leeway", "leeway_s"),
+        ("jwks_refresh", "jwks_refresh_s"),
+        ("jwks_min_refresh", "jwks_min_refresh_s"),
+        ("upstream_timeout", "upstream_timeout_s"),
+        ("shutdown_grace", "shutdown_grace_s"),
+        ("max_ttl", "max_ttl_s"),
+    ] {
         let warned = log.iter().any(|l| {
             l.contains("WARN") && l.contains(&format!("key {old} is deprecated: call it {new}"))
         });

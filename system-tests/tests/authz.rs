@@ -402,6 +402,8 @@ async fn introspection() -> anyhow::Result<()> {
 
 /// Failed client authentications are limited per client and per source address: past the
 /// limit the answer is 429 with Retry-After, even for the right secret, until the window ends.
+/// The window is given under its old key name, `auth_failure_window`, still read (with a
+/// deprecation warning): the Retry-After shows that the value took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentication_is_rate_limited() -> anyhow::Result<()> {
     let nats = Nats::start()?;
@@ -409,7 +411,7 @@ async fn failed_authentication_is_rate_limited() -> anyhow::Result<()> {
     let authz = Authz::start_with(
         dir.path(),
         &[nats.url()],
-        "auth_failure_limit = 3\nauth_failure_window_s = 2",
+        "auth_failure_limit = 3\nauth_failure_window = 2",
     )
     .await?;
     let http = reqwest::Client::new();
