@@ -152,6 +152,11 @@ fn bad_config_exits_64() {
             config(&certs, "leeway = 30\nleeway_s = 30"),
             "leeway_s",
         ),
+        (
+            "another error, with a renamed key: the warning goes with the error",
+            config(&certs, "max_ttl = 3600\nlog_format = \"xml\""),
+            "configuration key max_ttl is deprecated",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = dir.path().join("gateway.toml");

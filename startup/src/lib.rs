@@ -91,10 +91,18 @@ pub trait ServiceConfig: DeserializeOwned {
                 .split("__")
                 .ignore(&["config"]),
         );
-        let config: Self =
-            extract::<Self>(&figment).map_err(|e| format!("{}: {e}", path.display()))?;
-        config.validate()?;
-        Ok(config)
+        let config = extract::<Self>(&figment)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|config| config.validate().map(|()| config));
+        // A configuration that fails never gets to set up the log: its deprecation warnings
+        // go with the error instead.
+        config.map_err(|e| {
+            let pending =
+                std::mem::take(&mut *DEPRECATIONS.lock().unwrap_or_else(|p| p.into_inner()));
+            pending
+                .iter()
+                .fold(e, |e, warning| format!("{e} (also: {warning})"))
+        })
     }
 
     /// Parses a TOML string (tests) and validates it.
