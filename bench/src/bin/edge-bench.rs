@@ -724,11 +724,12 @@ impl Servers {
         let haproxy_jwt = spawn_haproxy_jwt(&tools.haproxy, work, ports, tokens)?;
 
         // The gateway, fed by the revocation stack above.
+        let jwks = gateway_jwks(tokens, &authz, &work.join("gateway-jwks.json")).await?;
         let config = gateway_config(
             ports.gateway,
             ports.gateway_admin,
             ports,
-            tokens,
+            &jwks,
             &nats.url(),
             "gateway-1",
         );
@@ -868,23 +869,47 @@ backend upstream
     )
 }
 
-/// A gateway's configuration: one worker thread, the benchmark's tokens, every path routed to
-/// the upstream, and the revocation feed from the NATS server at `nats_url` as `id`.
+/// A gateway's configuration: one worker thread, the keys in `jwks` (see [`gateway_jwks`]),
+/// every path routed to the upstream, and the revocation feed from the NATS server at
+/// `nats_url` as `id`.
 fn gateway_config(
     port: u16,
     admin: u16,
     ports: &Ports,
-    tokens: &Tokens,
+    jwks: &Path,
     nats_url: &str,
     id: &str,
 ) -> String {
     format!(
         "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = {jwks:?}\nalgorithms = [\"RS256\"]\nmax_ttl_s = {ttl}\nworker_threads = 1\ndrain_delay_ms = 0\nshutdown_grace_s = 1\n\n[limits]\nmax_concurrent_requests = 4096\n\n[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{upstream_port}\"\n\n{nats}",
-        jwks = tokens.jwks,
         ttl = TOKEN_TTL,
         upstream_port = ports.upstream,
         nats = Pki::get().nats_section(&[nats_url.to_string()], id, id),
     )
+}
+
+/// The JWK Set a gateway loads: the benchmark's token key, and the heartbeat key of the
+/// authz-server whose stream it follows (it verifies heartbeats and snapshot manifests, and
+/// without it the gateway never becomes fresh). Written to `dest`.
+async fn gateway_jwks(tokens: &Tokens, authz: &Authz, dest: &Path) -> Result<PathBuf> {
+    let mut jwks: serde_json::Value = serde_json::from_slice(&std::fs::read(&tokens.jwks)?)?;
+    let published: serde_json::Value = reqwest::get(format!("{}/.well-known/jwks.json", authz.url))
+        .await?
+        .json()
+        .await?;
+    let heartbeat = published["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["use"] == revocation::freshness::HEARTBEAT_KEY_USE)
+        .context("the authz-server publishes no heartbeat key")?
+        .clone();
+    jwks["keys"]
+        .as_array_mut()
+        .context("the token key set has no keys")?
+        .push(heartbeat);
+    std::fs::write(dest, serde_json::to_vec(&jwks)?)?;
+    Ok(dest.to_path_buf())
 }
 
 /// Writes `config` to `<name>.toml`, starts the gateway (under its profiler wrapper if
@@ -967,7 +992,8 @@ impl Million {
         )
         .await?;
         let (port, admin) = (ports.gateway_1m, ports.gateway_1m_admin);
-        let config = gateway_config(port, admin, ports, tokens, &nats.url(), "gateway-2");
+        let jwks = gateway_jwks(tokens, &authz, &work.join("gateway-1m-jwks.json")).await?;
+        let config = gateway_config(port, admin, ports, &jwks, &nats.url(), "gateway-2");
         let (gateway, ready) =
             start_gateway("gateway-1m", work, port, admin, &config, false).await?;
         let memory = memory_mib(gateway.pid());
