@@ -59,6 +59,20 @@ impl Seeded {
     }
 }
 
+/// Waits, up to `limit`, for a snapshot of `authz` that holds every rule of `seeded`. A
+/// snapshot taken while the events were still being published already holds them all (their
+/// rows were written first) and vouches for an earlier sequence; a gateway that loads it
+/// replays the rest. Waiting instead for a snapshot at the last sequence could wait forever:
+/// the next one is due only once a tenth of the rules more have been published.
+pub async fn wait_for_snapshot(authz: &Authz, seeded: &Seeded, limit: Duration) -> Result<()> {
+    crate::eventually(limit, "a snapshot of every seeded rule", || async {
+        let rules = authz.metric("authz_snapshot_rules").await;
+        let sequence = authz.metric("authz_snapshot_sequence").await;
+        (rules >= seeded.count as f64 && sequence >= seeded.first_sequence as f64).then_some(())
+    })
+    .await
+}
+
 fn seeded_jti(prefix: &str, i: usize) -> String {
     format!("{prefix}-{i}")
 }

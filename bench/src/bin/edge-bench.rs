@@ -981,16 +981,8 @@ impl Million {
         let seeded_events =
             system_tests::seed::seed_revocations_for(&nats.url(), &authz, ISSUER, rules).await?;
         let seeded = started.elapsed();
-        system_tests::eventually(
-            Duration::from_secs(120),
-            "a snapshot of every rule",
-            || async {
-                (authz.metric("authz_snapshot_sequence").await
-                    >= seeded_events.last_sequence as f64)
-                    .then_some(())
-            },
-        )
-        .await?;
+        system_tests::seed::wait_for_snapshot(&authz, &seeded_events, Duration::from_secs(120))
+            .await?;
         let (port, admin) = (ports.gateway_1m, ports.gateway_1m_admin);
         let jwks = gateway_jwks(tokens, &authz, &work.join("gateway-1m-jwks.json")).await?;
         let config = gateway_config(port, admin, ports, &jwks, &nats.url(), "gateway-2");
