@@ -971,7 +971,11 @@ impl Million {
             &dir,
             ports.authz_1m,
             &[nats.url()],
-            &format!("snapshot_interval_ms = 1000\n{}", retention()),
+            &format!(
+                "{}\n{}",
+                system_tests::seed::snapshot_once_seeded(rules),
+                retention()
+            ),
         )
         .await?;
         pin(nats.pid())?;
