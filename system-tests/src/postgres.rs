@@ -193,12 +193,17 @@ impl PgDatabase {
     }
 }
 
+/// A database name no other test takes: the process, a counter within it, and a random part
+/// (CI once got the same name twice from process id and clock alone).
 fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Each `RandomState` is seeded with fresh random keys.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{}_{n}_{random:016x}", std::process::id())
 }
 
 impl Drop for PgDatabase {
