@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use revocation::nats::NatsConfig;
 use serde::Deserialize;
-pub use startup::ServiceConfig;
+pub use service_kit::ServiceConfig;
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone, Deserialize)]
@@ -18,10 +18,10 @@ pub struct Config {
     /// Address of the operator listener: `/admin/*`, `/metrics`, `/healthz`, `/readyz`. Keep
     /// it private (loopback or an operators' network).
     pub admin_listen: SocketAddr,
-    /// Connection bounds of the public listener (`startup::serve`); the admin listener has
+    /// Connection bounds of the public listener (`service_kit::serve`); the admin listener has
     /// the same defaults with at most 256 connections.
     #[serde(default)]
-    pub limits: startup::serve::ListenerLimits,
+    pub limits: service_kit::serve::ListenerLimits,
     /// The `iss` of every token, an `https` URL (or `http` on loopback for development).
     pub issuer: String,
     /// The source of truth for revocations: a SQLite file path (created on first start), or a

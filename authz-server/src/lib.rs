@@ -69,7 +69,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub registry: Registry,
     /// The public listener's connection counts.
-    pub connections: Arc<startup::serve::ListenerStats>,
+    pub connections: Arc<service_kit::serve::ListenerStats>,
     /// The RFC 8414 metadata document, rebuilt when clients or keys change.
     metadata: std::sync::RwLock<axum::body::Bytes>,
 }
@@ -97,7 +97,7 @@ impl AppState {
     }
 }
 
-pub use startup::{install_crypto, Listeners};
+pub use service_kit::{install_crypto, Listeners};
 
 /// On the first start, the key ring is empty: take the key file (generating it when absent)
 /// as the first signing key.
@@ -330,7 +330,7 @@ fn spawn_tasks(server: &Server) -> Tasks {
 fn spawn_key_reload(state: Arc<AppState>, stop: CancellationToken) -> JoinHandle<()> {
     // Replicas share the keys and clients through the database; a rotation on one reaches
     // the others' JWKS and metadata within this period, long before the new key signs.
-    startup::periodic::spawn_every(Duration::from_secs(2), stop, move || {
+    service_kit::periodic::spawn_every(Duration::from_secs(2), stop, move || {
         let state = state.clone();
         async move {
             if let Err(e) = load_keys(&state.store, &state.keys).await {
@@ -357,15 +357,15 @@ async fn serve_and_drain(
     tracing::info!(addr = %admin.local_addr()?, "authz-server admin listening");
     // In-flight requests get this long after `shutdown`; revocations commit in milliseconds.
     let grace = Duration::from_secs(10);
-    let admin = startup::serve::spawn_admin(
+    let admin = service_kit::serve::spawn_admin(
         admin,
         http::admin_app(state.clone()),
         shutdown.clone(),
         grace,
     );
-    startup::serve::serve(
+    service_kit::serve::serve(
         public,
-        startup::serve::router_service(http::public_app(state.clone())),
+        service_kit::serve::router_service(http::public_app(state.clone())),
         state.config.limits.clone(),
         None,
         state.connections.clone(),

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    startup::init_logging(&config.log_format);
+    service_kit::init_logging(&config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(startup::shutdown_on_signal(shutdown.clone()));
+        tokio::spawn(service_kit::shutdown_on_signal(shutdown.clone()));
         match authz_server::run(config, listeners, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

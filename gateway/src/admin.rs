@@ -57,5 +57,5 @@ async fn metrics_get(State(gw): State<Arc<Gateway>>) -> Response {
     m.heartbeat_age_ms
         .set(ms(gw.auth.freshness.heartbeat_age(now)));
     m.update_connections();
-    startup::metrics_response(&gw.registry)
+    service_kit::metrics_response(&gw.registry)
 }

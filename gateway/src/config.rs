@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use revocation::nats::NatsConfig;
 use serde::Deserialize;
-use startup::serve::ListenerLimits;
-pub use startup::ServiceConfig;
+use service_kit::serve::ListenerLimits;
+pub use service_kit::ServiceConfig;
 
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone, Deserialize)]
@@ -149,7 +149,7 @@ pub struct UpstreamTlsConfig {
 }
 
 /// Limits and timeouts of the proxy listener, all with safe defaults; the connection bounds
-/// are those of `startup::serve` (see there).
+/// are those of `service_kit::serve` (see there).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {

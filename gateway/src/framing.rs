@@ -183,7 +183,7 @@ impl FramingGuard {
     }
 }
 
-impl startup::serve::ReadObserver for FramingGuard {
+impl service_kit::serve::ReadObserver for FramingGuard {
     fn observe(&mut self, data: &[u8]) {
         if !self.tracker.done {
             self.tracker.feed(data, &self.flag);

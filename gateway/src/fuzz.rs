@@ -10,7 +10,7 @@ use crate::auth::jwt::Verifier;
 use crate::auth::keys::KeySet;
 use crate::framing::{AmbiguousFraming, FramingGuard};
 use crate::path::normalize;
-use startup::serve::ReadObserver;
+use service_kit::serve::ReadObserver;
 
 /// A normalised path is absolute, ASCII, free of dot segments and backslashes, has only
 /// upper-case escapes of reserved or non-ASCII bytes, (merged) has no empty segment, and is

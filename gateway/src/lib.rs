@@ -33,7 +33,7 @@
 //!   `make fuzz`).
 //!
 //! Here: the [`Gateway`] and [`run`], which builds it, starts its tasks, serves both
-//! listeners on `startup::serve` (which bounds every connection) and drains on shutdown.
+//! listeners on `service_kit::serve` (which bounds every connection) and drains on shutdown.
 //!
 //! The revocation set and the feed that fills it live in the shared `revocation` crate.
 
@@ -75,7 +75,7 @@ use auth::keys::{IssuerKeys, JwksSource};
 use auth::Authenticator;
 pub use config::{Config, OnStale};
 use routes::RouteTable;
-pub use startup::{install_crypto, Listeners};
+pub use service_kit::{install_crypto, Listeners};
 
 /// One gateway instance: its policy and the state its tasks share.
 pub struct Gateway {
@@ -324,13 +324,13 @@ async fn serve_and_drain(
             stop.cancel();
         })
     };
-    let admin = startup::serve::spawn_admin(
+    let admin = service_kit::serve::spawn_admin(
         admin,
         admin::app(gateway.clone()),
         stop_accepting.clone(),
         grace,
     );
-    startup::serve::serve(
+    service_kit::serve::serve(
         public,
         |addr| connection(gateway, addr),
         config.limits.listener(),

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    startup::init_logging(&config.log_format);
+    service_kit::init_logging(&config.log_format);
     // One thread: a current-thread runtime, which skips the work-stealing machinery.
     let mut runtime = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(startup::shutdown_on_signal(shutdown.clone()));
+        tokio::spawn(service_kit::shutdown_on_signal(shutdown.clone()));
         let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
         tokio::spawn(signal_reload(cli.config.clone(), reload_tx));
         match gateway::run_with_reload(config, listeners, shutdown, reloads).await {

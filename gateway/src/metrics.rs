@@ -103,8 +103,8 @@ pub struct Metrics {
     pub token_cache_misses: Counter,
     /// The route label of requests that matched none.
     pub no_route: Arc<str>,
-    /// The proxy listener's connection counts, kept by `startup::serve`.
-    pub connections: Arc<startup::serve::ListenerStats>,
+    /// The proxy listener's connection counts, kept by `service_kit::serve`.
+    pub connections: Arc<service_kit::serve::ListenerStats>,
     /// Client connections open (set on scrape).
     pub connections_open: Gauge,
     /// Client connections closed at once at `max_connections` (brought up to date on scrape).

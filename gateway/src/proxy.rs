@@ -141,7 +141,7 @@ impl Proxy {
         // The client connection's places under the connection caps, kept by its tunnel.
         let hold = request
             .extensions_mut()
-            .remove::<Arc<startup::serve::ConnectionHold>>();
+            .remove::<Arc<service_kit::serve::ConnectionHold>>();
         let (mut parts, body) = request.into_parts();
         self.upstream_head(&mut parts, route, target, identity, peer, websocket)?;
         let (body, watch) = body::watch(body, self.tunnel_idle);
@@ -229,7 +229,7 @@ impl Proxy {
         client: hyper::upgrade::OnUpgrade,
         response: &mut Response<Body>,
         identity: Option<&VerifiedClaims>,
-        hold: Option<Arc<startup::serve::ConnectionHold>>,
+        hold: Option<Arc<service_kit::serve::ConnectionHold>>,
     ) {
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

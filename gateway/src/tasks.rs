@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use revocation::feed::{self, FeedShared, ReplaySettings};
-use startup::periodic::spawn_every;
+use service_kit::periodic::spawn_every;
 use tokio::sync::mpsc::Receiver;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -1,4 +1,4 @@
-//! What both service binaries do the same way around running.
+//! The kit both service binaries run on: what they do the same way around serving.
 //!
 //! - [`ServiceConfig`]: a service's configuration, loaded from a TOML file with `PREFIX_*`
 //!   environment overrides (nested keys joined by `__`; unknown keys rejected by the target

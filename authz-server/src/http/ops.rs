@@ -27,5 +27,5 @@ pub(super) async fn metrics_get(State(state): State<Arc<AppState>>) -> Response 
     if let Ok(backlog) = state.store.backlog().await {
         state.metrics.outbox_backlog.set(backlog);
     }
-    startup::metrics_response(&state.registry)
+    service_kit::metrics_response(&state.registry)
 }
