@@ -120,6 +120,10 @@ pub fn jwt(header: &[u8], claims: &[u8]) {
             assert_eq!(claims.iss, "https://issuer");
             assert!(claims.exp + 10 >= 1_000 && claims.exp >= claims.iat);
             assert!(!claims.jti.is_empty() && !claims.sub.is_empty());
+            assert!(
+                claims.nbf.is_none_or(|nbf| nbf <= 1_000 + 10),
+                "accepted before its nbf"
+            );
         }
     }
 }
@@ -274,7 +278,7 @@ mod tests {
             r#"\{"alg":"(ES256|RS256|none)","typ":"(at\+jwt|JWT|AT\+JWT)","kid":"(k1|k2)"(,"crit":\[\]|,"jku":"x"|)\}"#.prop_map(String::into_bytes),
             proptest::collection::vec(any::<u8>(), 0..40),
         ], claims in prop_oneof![
-            r#"\{"iss":"https://issuer","sub":"(s|)","aud":("api"|\["x","api"\]|"x"),"exp":(1005|999|18446744073709551615),"iat":(995|1001|0),"jti":"(j|)","client_id":"c"(,"nbf":(990|2000)|,"nbf":990|)(,"scope":"a b"|,"scope":7|)\}"#.prop_map(String::into_bytes),
+            r#"\{"iss":"https://issuer","sub":"(s|)","aud":("api"|\["x","api"\]|"x"),"exp":(1005|999|18446744073709551615),"iat":(995|1001|0),"jti":"(j|)","client_id":"c"(,"nbf":(990|2000|null|"990")|,"nbf":990|)(,"scope":"a b"|,"scope":7|)\}"#.prop_map(String::into_bytes),
             proptest::collection::vec(any::<u8>(), 0..60),
         ]) {
             super::jwt(&header, &claims);

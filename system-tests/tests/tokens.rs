@@ -115,6 +115,11 @@ async fn bad_tokens_are_refused() -> anyhow::Result<()> {
         200,
         "control token must pass"
     );
+    // `nbf` is optional (RFC 9068 §2.2); present, it is checked (the cases below).
+    let without_nbf = forge.with_claims(|c| {
+        c.as_object_mut().map(|o| o.remove("nbf"));
+    });
+    assert_eq!(gw.call(&http, "/echo/", &without_nbf).await, 200, "no nbf");
 
     let hs256_with_public_key = {
         let mut header = Header::new(Algorithm::HS256);
@@ -186,6 +191,11 @@ async fn bad_tokens_are_refused() -> anyhow::Result<()> {
         (
             "nbf in the future",
             forge.with_claims(|c| c["nbf"] = json!(now + 600)),
+        ),
+        ("nbf null", forge.with_claims(|c| c["nbf"] = json!(null))),
+        (
+            "nbf as string",
+            forge.with_claims(|c| c["nbf"] = json!(now.to_string())),
         ),
         (
             "iat in the future",

@@ -98,11 +98,19 @@ struct RawClaims {
     aud: OneOrMany,
     exp: u64,
     iat: u64,
-    nbf: u64,
+    /// Optional (RFC 9068 §2.2 does not require it), checked when present; present, it must be
+    /// a number (`null` is refused, not read as absent).
+    #[serde(default, deserialize_with = "present")]
+    nbf: Option<u64>,
     jti: String,
     client_id: String,
     #[serde(default)]
     scope: Option<String>,
+}
+
+/// A claim that may be absent but, when present, has a value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    u64::deserialize(d).map(Some)
 }
 
 /// Claims of a token whose signature checked out with one of our keys. Only
@@ -116,7 +124,8 @@ pub struct VerifiedClaims {
     pub jti: String,
     pub iat: u64,
     pub exp: u64,
-    pub nbf: u64,
+    /// `None` when the token has no `nbf`.
+    pub nbf: Option<u64>,
     pub scopes: Vec<String>,
     /// `scopes` joined by single spaces, as forwarded in `X-Auth-Scope`.
     pub scope: String,
@@ -164,7 +173,7 @@ impl VerifiedClaims {
             aud: OneOrMany::One("api".into()),
             exp,
             iat: exp.saturating_sub(60),
-            nbf: exp.saturating_sub(60),
+            nbf: Some(exp.saturating_sub(60)),
             jti: "j".into(),
             client_id: "c".into(),
             scope: Some("read".into()),
@@ -332,7 +341,10 @@ impl Verifier {
         if now >= c.exp.saturating_add(self.leeway) {
             return Err(TokenError::Expired);
         }
-        if c.nbf > now.saturating_add(self.leeway) || c.iat > now.saturating_add(self.leeway) {
+        let not_before = c
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(self.leeway));
+        if not_before || c.iat > now.saturating_add(self.leeway) {
             return Err(TokenError::NotYetValid);
         }
         // The lifetime bound is what makes revocation entries forgettable after exp: a token
@@ -365,7 +377,7 @@ mod tests {
             aud: OneOrMany::Many(vec!["other".into(), "api".into()]),
             exp,
             iat,
-            nbf,
+            nbf: Some(nbf),
             jti: "j".into(),
             client_id: "c".into(),
             scope: Some("a  b".into()),
@@ -448,10 +460,19 @@ mod tests {
         header: &serde_json::Value,
         jti: &str,
     ) -> String {
-        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-        use base64::Engine as _;
         let claims = serde_json::json!({"iss": "https://issuer", "sub": "s", "aud": "api",
             "exp": 1300, "iat": 1000, "nbf": 1000, "jti": jti, "client_id": "c"});
+        es256_signed(pair, header, &claims)
+    }
+
+    /// A compact JWS of `header` and `claims`, signed by `pair`.
+    fn es256_signed(
+        pair: &aws_lc_rs::signature::EcdsaKeyPair,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+    ) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use base64::Engine as _;
         let signed = format!(
             "{}.{}",
             B64.encode(header.to_string()),
@@ -460,6 +481,59 @@ mod tests {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let signature = pair.sign(&rng, signed.as_bytes()).unwrap();
         format!("{signed}.{}", B64.encode(signature.as_ref()))
+    }
+
+    /// `nbf` is optional (RFC 9068 §2.2 does not require it): a token without it is accepted.
+    /// Present, it is checked against the clock with the leeway, and it must be a number.
+    #[test]
+    fn nbf_is_optional_and_checked_when_present() {
+        let (pair, keys) = es256_key("k1");
+        let v = verifier();
+        let header = serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"});
+        let now = 1100;
+        let cases: [(
+            &str,
+            Option<serde_json::Value>,
+            Result<Option<u64>, TokenError>,
+        ); 7] = [
+            ("absent", None, Ok(None)),
+            ("in the past", Some(serde_json::json!(1000)), Ok(Some(1000))),
+            (
+                "within the leeway",
+                Some(serde_json::json!(now + 10)),
+                Ok(Some(now + 10)),
+            ),
+            (
+                "in the future",
+                Some(serde_json::json!(now + 11)),
+                Err(TokenError::NotYetValid),
+            ),
+            (
+                "null",
+                Some(serde_json::Value::Null),
+                Err(TokenError::Claims),
+            ),
+            (
+                "a string",
+                Some(serde_json::json!("1000")),
+                Err(TokenError::Claims),
+            ),
+            (
+                "negative",
+                Some(serde_json::json!(-1)),
+                Err(TokenError::Claims),
+            ),
+        ];
+        for (name, nbf, expected) in cases {
+            let mut claims = serde_json::json!({"iss": "https://issuer", "sub": "s",
+                "aud": "api", "exp": 1300, "iat": 1000, "jti": name, "client_id": "c"});
+            if let Some(nbf) = nbf {
+                claims["nbf"] = nbf;
+            }
+            let token = es256_signed(&pair, &header, &claims);
+            let got = v.verify(&token, &keys, now, None).map(|(c, _)| c.nbf);
+            assert_eq!(got, expected, "nbf {name}");
+        }
     }
 
     /// A header checked once is remembered by its text, and only the header checks are
