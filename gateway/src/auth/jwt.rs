@@ -491,11 +491,13 @@ mod tests {
         let v = verifier();
         let header = serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"});
         let now = 1100;
-        let cases: [(
-            &str,
+        /// A case: its name, the `nbf` sent (`None`: none), and what verification yields.
+        type Case = (
+            &'static str,
             Option<serde_json::Value>,
             Result<Option<u64>, TokenError>,
-        ); 7] = [
+        );
+        let cases: [Case; 7] = [
             ("absent", None, Ok(None)),
             ("in the past", Some(serde_json::json!(1000)), Ok(Some(1000))),
             (
