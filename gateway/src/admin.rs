@@ -51,9 +51,8 @@ async fn metrics_get(State(gw): State<Arc<Gateway>>) -> Response {
     let ms = |d: Option<std::time::Duration>| d.map_or(-1, |d| d.as_millis() as i64);
     m.staleness_ms.set(ms(gw.auth.freshness.staleness(now)));
     // Read at scrape time, like /readyz, so that the two never disagree.
-    m.stale.set(i64::from(
-        !gw.auth.freshness.is_fresh(now) || gw.auth.feed.resyncing() || gw.auth.unknown_event(),
-    ));
+    m.stale
+        .set(i64::from(gw.auth.is_stale() || gw.auth.unknown_event()));
     m.heartbeat_age_ms
         .set(ms(gw.auth.freshness.heartbeat_age(now)));
     m.update_connections();
