@@ -17,25 +17,41 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`); keep it private.
     pub admin_listen: SocketAddr,
-    /// The only accepted `iss`.
-    pub issuer: String,
-    /// Accepted audiences: a token's `aud` must contain at least one.
+    /// The one accepted `iss`, in the one-issuer form of the configuration (with
+    /// `audiences`, `jwks_url` or `jwks_file`, and `algorithms` beside it). Leave it out and
+    /// list `[[issuers]]` instead to accept tokens of several issuers.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// One-issuer form: accepted audiences; a token's `aud` must contain at least one.
+    #[serde(default)]
     pub audiences: Vec<String>,
-    /// URL of the issuer's JWK Set. Exactly one of `jwks_url` and `jwks_file` is required.
+    /// One-issuer form: URL of the issuer's JWK Set (or give `jwks_file`).
     #[serde(default)]
     pub jwks_url: Option<String>,
-    /// Local JWK Set file, for deployments that ship keys with the config.
+    /// One-issuer form: local JWK Set file, for deployments that ship keys with the config.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
-    /// Seconds between JWKS refreshes; the last good set is kept when a refresh fails.
+    /// One-issuer form: signature algorithms accepted (default `["RS256"]`); each key is
+    /// pinned to one of them.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// The token issuers the gateway accepts, each with its own keys, claim rules and token
+    /// cache; a token's `iss` picks its issuer before any key is looked up.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Where the authz-server (the revocation hub) publishes the key that signs its
+    /// heartbeats and snapshots. Required with `[[issuers]]`; in the one-issuer form the
+    /// issuer's JWK Set is the hub's.
+    #[serde(default)]
+    pub hub: Option<HubConfig>,
+    /// Seconds between JWKS refreshes (every issuer's, unless it sets its own); the last good
+    /// set is kept when a refresh fails.
     #[serde(default = "default_jwks_refresh", alias = "jwks_refresh")]
     pub jwks_refresh_s: u64,
-    /// Least seconds between two JWKS fetches triggered by tokens naming an unknown `kid`.
+    /// Least seconds between two JWKS fetches triggered by tokens naming an unknown `kid`
+    /// (per issuer).
     #[serde(default = "default_jwks_min_refresh", alias = "jwks_min_refresh")]
     pub jwks_min_refresh_s: u64,
-    /// Signature algorithms accepted; each key is pinned to one of them.
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
     #[serde(default = "default_leeway", alias = "leeway")]
     pub leeway_s: u64,
@@ -81,7 +97,7 @@ pub struct Config {
     #[serde(default = "default_untrusted_headers")]
     pub untrusted_headers: Vec<String>,
     /// Prefix of the identity headers the gateway sets (`<prefix>subject`,
-    /// `<prefix>client-id`, `<prefix>scope`). Every request header under it, in any spelling,
+    /// `<prefix>client-id`, `<prefix>scope`, `<prefix>issuer`). Every request header under it, in any spelling,
     /// is removed, and so is every response header under it.
     #[serde(default = "default_identity_header_prefix")]
     pub identity_header_prefix: String,
@@ -122,6 +138,140 @@ pub struct Config {
     /// The mutual-TLS NATS connection the revocation feed reads from.
     pub nats: NatsConfig,
 }
+
+/// One token issuer and what its tokens must look like.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// Accepted audiences: a token's `aud` must contain at least one.
+    pub audiences: Vec<String>,
+    /// URL of the issuer's JWK Set. Give exactly one of `jwks_url`, `jwks_file` and
+    /// `discovery`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Local JWK Set file.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Find the JWK Set through the issuer's metadata: `openid` (OpenID Connect Discovery,
+    /// `<issuer>/.well-known/openid-configuration`) or `oauth` (RFC 8414,
+    /// `/.well-known/oauth-authorization-server` before the issuer's path). The metadata's
+    /// `issuer` must be this issuer exactly.
+    #[serde(default)]
+    pub discovery: Option<Discovery>,
+    /// Signature algorithms accepted; each key is pinned to one of them.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// `rfc9068` (the default: `typ` must be `at+jwt`, and `sub`, `client_id` and `jti` are
+    /// required) or `jwt` (`typ` may also be `JWT` or absent; only `required_claims` beyond
+    /// `iss`, `aud`, `exp` and `iat`).
+    #[serde(default)]
+    pub profile: Profile,
+    /// The claim that names the client: `client_id` (the default) or `azp`.
+    #[serde(default)]
+    pub client_id_claim: ClientIdClaim,
+    /// Where the token's scopes are: `scope` (a space-separated string, the default), `scp`
+    /// (an array of strings, or a space-separated string), or a JSON Pointer (RFC 6901,
+    /// starting with `/`) to an array of strings, e.g. `/realm_access/roles`.
+    #[serde(default = "default_scope_claim")]
+    pub scope_claim: String,
+    /// Claims a token must carry beyond `iss`, `aud`, `exp` and `iat` (always required):
+    /// any of `sub`, `jti`, `client_id`, `azp`, `sid`, `scope`, `scp`, `nbf`. The `rfc9068`
+    /// profile always requires `sub`, `client_id` and `jti`; the `jwt` profile's default is
+    /// `["sub", "jti"]`. A token without `jti` can be revoked only by subject, client and
+    /// session rules.
+    #[serde(default)]
+    pub required_claims: Option<Vec<String>>,
+    /// Seconds between this issuer's JWKS refreshes; the gateway's `jwks_refresh_s` when not
+    /// set.
+    #[serde(default)]
+    pub jwks_refresh_s: Option<u64>,
+    /// Least seconds between two of this issuer's JWKS fetches triggered by unknown kids; the
+    /// gateway's `jwks_min_refresh_s` when not set.
+    #[serde(default)]
+    pub jwks_min_refresh_s: Option<u64>,
+    /// This issuer's verified tokens remembered; the gateway's `token_cache_entries` when not
+    /// set.
+    #[serde(default)]
+    pub token_cache_entries: Option<usize>,
+}
+
+/// An issuer with no key source yet, of the `rfc9068` profile.
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        IssuerConfig {
+            issuer: String::new(),
+            audiences: Vec::new(),
+            jwks_url: None,
+            jwks_file: None,
+            discovery: None,
+            algorithms: default_algorithms(),
+            profile: Profile::Rfc9068,
+            client_id_claim: ClientIdClaim::ClientId,
+            scope_claim: default_scope_claim(),
+            required_claims: None,
+            jwks_refresh_s: None,
+            jwks_min_refresh_s: None,
+            token_cache_entries: None,
+        }
+    }
+}
+
+/// Where the gateway reads the revocation hub's heartbeat key.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// URL of the authz-server's JWK Set.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Or a local copy of it.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// How an issuer's metadata is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// OpenID Connect Discovery 1.0.
+    Openid,
+    /// RFC 8414 authorization server metadata.
+    Oauth,
+}
+
+/// The rules an issuer's access tokens follow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// JWT access tokens as RFC 9068 defines them.
+    #[default]
+    Rfc9068,
+    /// Plain JWTs, as many identity providers issue them.
+    Jwt,
+}
+
+/// The claim that names the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdClaim {
+    #[default]
+    #[serde(rename = "client_id")]
+    ClientId,
+    Azp,
+}
+
+/// The claims `required_claims` may name.
+pub const OPTIONAL_CLAIMS: [&str; 8] = [
+    "sub",
+    "jti",
+    "client_id",
+    "azp",
+    "sid",
+    "scope",
+    "scp",
+    "nbf",
+];
 
 /// The proxy listener's certificate.
 #[derive(Debug, Clone, Deserialize)]
@@ -268,9 +418,13 @@ pub struct RouteConfig {
     /// Scopes a token must all carry on this route.
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// Audiences accepted on this route instead of the gateway's `audiences`.
+    /// Audiences accepted on this route instead of the token issuer's `audiences`.
     #[serde(default)]
     pub audiences: Option<Vec<String>>,
+    /// Only tokens of these issuers (their `issuer` values) pass on this route; every
+    /// configured issuer's when absent.
+    #[serde(default)]
+    pub issuers: Option<Vec<String>>,
     /// Remove `prefix` from the path before forwarding (`/svc/x` -> `/x`).
     #[serde(default)]
     pub strip_prefix: bool,
@@ -298,6 +452,91 @@ impl RouteConfig {
     }
 }
 
+/// One issuer: a name, audiences, exactly one key source, supported algorithms, and claim
+/// rules that make sense. `at` prefixes the field names in messages (`issuers[0].`).
+fn validate_issuer(at: &str, c: &IssuerConfig, default_refresh_s: u64) -> Result<(), String> {
+    if c.issuer.is_empty() {
+        return Err(format!("{at}issuer: must not be empty"));
+    }
+    if c.audiences.is_empty() {
+        return Err(format!("{at}audiences: at least one audience is required"));
+    }
+    match (&c.jwks_url, &c.jwks_file, c.discovery) {
+        (Some(url), None, None) => root_of_trust_url(&format!("{at}jwks_url"), url)?,
+        (None, Some(_), None) => {}
+        (None, None, Some(_)) => {
+            root_of_trust_url(&format!("{at}issuer (with discovery)"), &c.issuer)?;
+            let parsed = url::Url::parse(&c.issuer).map_err(|e| format!("{at}issuer: {e}"))?;
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(format!(
+                    "{at}issuer: an issuer URL has no query or fragment (RFC 8414 §2)"
+                ));
+            }
+        }
+        _ if at.is_empty() => return Err("jwks_url / jwks_file: give exactly one".into()),
+        _ => {
+            return Err(format!(
+                "{at}jwks_url / jwks_file / discovery: give exactly one"
+            ))
+        }
+    }
+    if c.jwks_refresh_s.unwrap_or(default_refresh_s) == 0 {
+        return Err(format!("{at}jwks_refresh_s: must be at least 1 second"));
+    }
+    if c.algorithms.is_empty() {
+        return Err(format!("{at}algorithms: at least one is required"));
+    }
+    for alg in &c.algorithms {
+        if !matches!(alg.as_str(), "RS256" | "ES256" | "EdDSA") {
+            return Err(format!(
+                "{at}algorithms: {alg:?} is not supported (RS256, ES256, EdDSA)"
+            ));
+        }
+    }
+    let pointer_ok = |p: &str| {
+        // RFC 6901: `~` only as `~0` or `~1`.
+        p.split('~')
+            .skip(1)
+            .all(|rest| rest.starts_with('0') || rest.starts_with('1'))
+    };
+    match c.scope_claim.as_str() {
+        "scope" | "scp" => {}
+        p if p.starts_with('/') && p.len() > 1 && pointer_ok(p) => {}
+        other => {
+            return Err(format!(
+                "{at}scope_claim: {other:?} is not scope, scp or a JSON Pointer such as /realm_access/roles"
+            ))
+        }
+    }
+    for claim in c.required_claims.iter().flatten() {
+        if !OPTIONAL_CLAIMS.contains(&claim.as_str()) {
+            return Err(format!(
+                "{at}required_claims: {claim:?} is not one of {}",
+                OPTIONAL_CLAIMS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A URL keys are fetched from: https, or http to this very host only.
+pub(crate) fn root_of_trust_url(field: &str, url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{field}: {e}"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: must be an https URL (http only on loopback)"
+        ))
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -315,6 +554,9 @@ fn default_jwks_refresh() -> u64 {
 }
 fn default_jwks_min_refresh() -> u64 {
     10
+}
+fn default_scope_claim() -> String {
+    "scope".into()
 }
 fn default_algorithms() -> Vec<String> {
     vec!["RS256".into()]
@@ -371,13 +613,7 @@ impl ServiceConfig for Config {
 
     /// Checks the values serde cannot; the message names the field.
     fn validate(&self) -> Result<(), String> {
-        if self.issuer.is_empty() {
-            return Err("issuer: must not be empty".into());
-        }
-        if self.audiences.is_empty() {
-            return Err("audiences: at least one audience is required".into());
-        }
-        self.validate_keys()?;
+        self.validate_issuers()?;
         self.validate_tls()?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("log_format: must be text or json".into());
@@ -409,39 +645,60 @@ impl ServiceConfig for Config {
 }
 
 impl Config {
-    /// Where the issuer's keys come from, how often they are fetched and which algorithms.
-    fn validate_keys(&self) -> Result<(), String> {
-        match (&self.jwks_url, &self.jwks_file) {
-            (Some(url), None) => {
-                let parsed = url::Url::parse(url).map_err(|e| format!("jwks_url: {e}"))?;
-                // The root of trust: fetched over TLS, except from this very host.
-                let loopback = match parsed.host() {
-                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                    Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-                    None => false,
-                };
-                if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
-                    return Err("jwks_url: must be an https URL (http only on loopback)".into());
-                }
+    /// The issuers the gateway accepts: the one of the one-issuer form, or `[[issuers]]`.
+    pub fn issuers(&self) -> Vec<IssuerConfig> {
+        match &self.issuer {
+            Some(issuer) => vec![IssuerConfig {
+                issuer: issuer.clone(),
+                audiences: self.audiences.clone(),
+                jwks_url: self.jwks_url.clone(),
+                jwks_file: self.jwks_file.clone(),
+                algorithms: self.algorithms.clone().unwrap_or_else(default_algorithms),
+                ..Default::default()
+            }],
+            None => self.issuers.clone(),
+        }
+    }
+
+    /// The one-issuer form or `[[issuers]]` (not both), each issuer checked, and the hub.
+    fn validate_issuers(&self) -> Result<(), String> {
+        if self.issuer.is_some() {
+            if !self.issuers.is_empty() {
+                return Err("issuer / [[issuers]]: give one form, not both".into());
             }
-            (None, Some(_)) => {}
-            _ => return Err("jwks_url / jwks_file: give exactly one".into()),
+            let only = &self.issuers()[0];
+            return validate_issuer("", only, self.jwks_refresh_s);
         }
-        if self.jwks_refresh_s == 0 {
-            return Err("jwks_refresh_s: must be at least 1 second".into());
+        if self.issuers.is_empty() {
+            return Err("issuers: at least one issuer is required ([[issuers]], or issuer)".into());
         }
-        if self.algorithms.is_empty() {
-            return Err("algorithms: at least one is required".into());
+        if !self.audiences.is_empty()
+            || self.jwks_url.is_some()
+            || self.jwks_file.is_some()
+            || self.algorithms.is_some()
+        {
+            return Err(
+                "audiences, jwks_url, jwks_file, algorithms: with [[issuers]], give them inside each issuer"
+                    .into(),
+            );
         }
-        for alg in &self.algorithms {
-            if !matches!(alg.as_str(), "RS256" | "ES256" | "EdDSA") {
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            validate_issuer(&format!("issuers[{i}]."), issuer, self.jwks_refresh_s)?;
+            if self.issuers[..i].iter().any(|o| o.issuer == issuer.issuer) {
                 return Err(format!(
-                    "algorithms: {alg:?} is not supported (RS256, ES256, EdDSA)"
+                    "issuers[{i}].issuer: {:?} is listed twice",
+                    issuer.issuer
                 ));
             }
         }
-        Ok(())
+        match &self.hub {
+            None => Err("hub: required with [[issuers]] (jwks_url or jwks_file of the authz-server, whose key signs the revocation heartbeats)".into()),
+            Some(hub) => match (&hub.jwks_url, &hub.jwks_file) {
+                (Some(url), None) => root_of_trust_url("hub.jwks_url", url),
+                (None, Some(_)) => Ok(()),
+                _ => Err("hub: give exactly one of jwks_url and jwks_file".into()),
+            },
+        }
     }
 
     /// The files of the listener's TLS and of TLS to upstreams.
@@ -571,9 +828,271 @@ impl Config {
         if route.audiences.as_ref().is_some_and(Vec::is_empty) {
             return Err(format!("routes[{i}].audiences: must not be empty"));
         }
+        if let Some(issuers) = &route.issuers {
+            if route.public {
+                return Err(format!(
+                    "routes[{i}]: a public route cannot require issuers"
+                ));
+            }
+            if issuers.is_empty() {
+                return Err(format!("routes[{i}].issuers: must not be empty"));
+            }
+            let known = self.issuers();
+            if let Some(unknown) = issuers
+                .iter()
+                .find(|name| !known.iter().any(|k| &k.issuer == *name))
+            {
+                return Err(format!(
+                    "routes[{i}].issuers: {unknown:?} is not a configured issuer"
+                ));
+            }
+        }
         if route.public && !route.scopes.is_empty() {
             return Err(format!("routes[{i}]: a public route cannot require scopes"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\n";
+
+    /// `head` (the issuers part) in a configuration that is otherwise valid, checked.
+    fn load(head: &str, route_extra: &str) -> Result<Config, String> {
+        // Any readable file passes for the NATS certificates here.
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let nats = format!("[nats]\nurls = [\"tls://127.0.0.1:4222\"]\nca_file = {file:?}\ncert_file = {file:?}\nkey_file = {file:?}\ninbox_name = \"_INBOX_gw\"\n");
+        Config::from_toml(&format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{head}\n{ROUTE}{route_extra}\n{nats}"
+        ))
+    }
+
+    const TWO: &str = r#"
+[hub]
+jwks_url = "http://127.0.0.1:9000/.well-known/jwks.json"
+
+[[issuers]]
+issuer = "http://127.0.0.1:9000"
+audiences = ["api"]
+jwks_url = "http://127.0.0.1:9000/.well-known/jwks.json"
+
+[[issuers]]
+issuer = "https://id.example/realms/a"
+audiences = ["account"]
+discovery = "openid"
+profile = "jwt"
+client_id_claim = "azp"
+scope_claim = "/realm_access/roles"
+required_claims = ["sub"]
+"#;
+
+    /// The one-issuer form still loads as the one-issuer case, and `[[issuers]]` loads
+    /// with its own rules per issuer.
+    #[test]
+    fn both_forms_load() {
+        let one = load(
+            "issuer = \"https://id.example\"\naudiences = [\"api\"]\njwks_url = \"https://id.example/jwks\"",
+            "",
+        )
+        .unwrap();
+        let issuers = one.issuers();
+        assert_eq!(issuers.len(), 1);
+        assert_eq!(issuers[0].issuer, "https://id.example");
+        assert_eq!(issuers[0].profile, Profile::Rfc9068);
+        assert_eq!(issuers[0].algorithms, ["RS256"]);
+        let two = load(TWO, "issuers = [\"https://id.example/realms/a\"]\n").unwrap();
+        let issuers = two.issuers();
+        assert_eq!(issuers.len(), 2);
+        assert_eq!(issuers[1].profile, Profile::Jwt);
+        assert_eq!(issuers[1].client_id_claim, ClientIdClaim::Azp);
+        assert_eq!(issuers[1].discovery, Some(Discovery::Openid));
+    }
+
+    /// Each mistake is refused with a message naming the field.
+    #[test]
+    fn mistakes_are_named() {
+        let one = "issuer = \"https://id.example\"\naudiences = [\"api\"]\njwks_url = \"https://id.example/jwks\"";
+        let cases: Vec<(&str, String, &str, &str)> = vec![
+            (
+                "no issuer at all",
+                String::new(),
+                "",
+                "issuers: at least one",
+            ),
+            (
+                "both forms",
+                format!("{one}\n{TWO}"),
+                "",
+                "give one form, not both",
+            ),
+            (
+                "one-issuer keys beside [[issuers]]",
+                format!("audiences = [\"x\"]\n{TWO}"),
+                "",
+                "inside each issuer",
+            ),
+            (
+                "algorithms beside [[issuers]]",
+                format!("algorithms = [\"ES256\"]\n{TWO}"),
+                "",
+                "inside each issuer",
+            ),
+            (
+                "no hub",
+                TWO.replace(
+                    "[hub]\njwks_url = \"http://127.0.0.1:9000/.well-known/jwks.json\"\n",
+                    "",
+                ),
+                "",
+                "hub: required",
+            ),
+            (
+                "hub over http",
+                TWO.replace(
+                    "[hub]\njwks_url = \"http://127.0.0.1",
+                    "[hub]\njwks_url = \"http://hub.example",
+                ),
+                "",
+                "hub.jwks_url: must be an https URL",
+            ),
+            (
+                "twice the same issuer",
+                TWO.replace("https://id.example/realms/a", "http://127.0.0.1:9000"),
+                "",
+                "listed twice",
+            ),
+            (
+                "two key sources",
+                TWO.replace(
+                    "discovery = \"openid\"",
+                    "discovery = \"openid\"\njwks_url = \"https://id.example/k\"",
+                ),
+                "",
+                "issuers[1].jwks_url / jwks_file / discovery: give exactly one",
+            ),
+            (
+                "no key source",
+                TWO.replace("discovery = \"openid\"\n", ""),
+                "",
+                "give exactly one",
+            ),
+            (
+                "discovery over http",
+                TWO.replace("https://id.example/realms/a", "http://id.example/realms/a"),
+                "",
+                "issuers[1].issuer (with discovery): must be an https URL",
+            ),
+            (
+                "discovery with a query",
+                TWO.replace(
+                    "https://id.example/realms/a",
+                    "https://id.example/realms/a?x=1",
+                ),
+                "",
+                "no query or fragment",
+            ),
+            (
+                "unknown discovery",
+                TWO.replace("\"openid\"", "\"saml\""),
+                "",
+                "unknown variant",
+            ),
+            (
+                "unknown profile",
+                TWO.replace("\"jwt\"", "\"JWT\""),
+                "",
+                "unknown variant",
+            ),
+            (
+                "unknown client id claim",
+                TWO.replace("\"azp\"", "\"cid\""),
+                "",
+                "unknown variant",
+            ),
+            (
+                "scope claim neither",
+                TWO.replace("\"/realm_access/roles\"", "\"roles\""),
+                "",
+                "issuers[1].scope_claim",
+            ),
+            (
+                "scope pointer bad escape",
+                TWO.replace("\"/realm_access/roles\"", "\"/a~2b\""),
+                "",
+                "issuers[1].scope_claim",
+            ),
+            (
+                "scope pointer to the root",
+                TWO.replace("\"/realm_access/roles\"", "\"/\""),
+                "",
+                "issuers[1].scope_claim",
+            ),
+            (
+                "unknown required claim",
+                TWO.replace("[\"sub\"]", "[\"email\"]"),
+                "",
+                "issuers[1].required_claims: \"email\"",
+            ),
+            (
+                "no audiences",
+                TWO.replace("[\"account\"]", "[]"),
+                "",
+                "issuers[1].audiences",
+            ),
+            (
+                "empty issuer",
+                TWO.replace("https://id.example/realms/a", ""),
+                "",
+                "issuers[1].issuer: must not be empty",
+            ),
+            (
+                "unsupported algorithm",
+                TWO.replace(
+                    "profile = \"jwt\"",
+                    "profile = \"jwt\"\nalgorithms = [\"HS256\"]",
+                ),
+                "",
+                "issuers[1].algorithms: \"HS256\"",
+            ),
+            (
+                "unknown field",
+                TWO.replace("profile = \"jwt\"", "profile = \"jwt\"\nissuer_url = \"x\""),
+                "",
+                "unknown field",
+            ),
+            (
+                "route names an unknown issuer",
+                TWO.into(),
+                "issuers = [\"https://other.example\"]\n",
+                "routes[0].issuers: \"https://other.example\" is not a configured issuer",
+            ),
+            (
+                "route with no issuers",
+                TWO.into(),
+                "issuers = []\n",
+                "routes[0].issuers: must not be empty",
+            ),
+            (
+                "public route with issuers",
+                TWO.into(),
+                "public = true\nissuers = [\"http://127.0.0.1:9000\"]\n",
+                "a public route cannot require issuers",
+            ),
+            (
+                "one-issuer form, no key source",
+                "issuer = \"x\"\naudiences = [\"api\"]".into(),
+                "",
+                "jwks_url / jwks_file: give exactly one",
+            ),
+        ];
+        for (name, head, route, want) in cases {
+            let error = load(&head, route)
+                .err()
+                .unwrap_or_else(|| panic!("{name}: accepted"));
+            assert!(error.contains(want), "{name}: {error}");
+        }
     }
 }

@@ -6,8 +6,9 @@ use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::auth::jwt::Verifier;
+use crate::auth::jwt::{ClaimPolicy, Unverified, Verifier};
 use crate::auth::keys::KeySet;
+use crate::config::{ClientIdClaim, IssuerConfig, Profile};
 use crate::framing::{AmbiguousFraming, FramingGuard};
 use crate::path::normalize;
 use service_kit::serve::ReadObserver;
@@ -108,24 +109,63 @@ pub fn jwt(header: &[u8], claims: &[u8]) {
     };
     let token = format!("{signed}.{}", B64.encode(signature.as_ref()));
     let verifier = Verifier {
-        issuer: "https://issuer".into(),
-        audiences: vec!["api".into()],
         leeway: 10,
         max_ttl: 600,
         jose_headers: Default::default(),
     };
-    for candidate in [token.as_str(), signed.as_str(), &token[..token.len() / 2]] {
-        if let Ok((claims, _)) = verifier.verify(candidate, keys, 1_000, None) {
-            assert_eq!(candidate, token, "verified without its signature");
-            assert_eq!(claims.iss, "https://issuer");
-            assert!(claims.exp + 10 >= 1_000 && claims.exp >= claims.iat);
-            assert!(!claims.jti.is_empty() && !claims.sub.is_empty());
-            assert!(
-                claims.nbf.is_none_or(|nbf| nbf <= 1_000 + 10),
-                "accepted before its nbf"
-            );
+    for policy in policies() {
+        for candidate in [token.as_str(), signed.as_str(), &token[..token.len() / 2]] {
+            let Ok(unverified) = Unverified::parse(candidate) else {
+                continue;
+            };
+            if unverified.issuer() != policy.issuer {
+                continue;
+            }
+            if let Ok((claims, _)) = verifier.verify(unverified, policy, keys, 1_000, None) {
+                assert_eq!(candidate, token, "verified without its signature");
+                assert_eq!(claims.iss, "https://issuer");
+                assert!(claims.exp + 10 >= 1_000 && claims.exp >= claims.iat);
+                assert!(
+                    claims.nbf.is_none_or(|nbf| nbf <= 1_000 + 10),
+                    "accepted before its nbf"
+                );
+                // Identifiers are never empty, and present where the policy requires them.
+                let r = &policy.required;
+                assert!(claims.jti.as_ref().map_or(!r.jti, |j| !j.is_empty()));
+                assert!(claims.sid.as_ref().map_or(!r.sid, |s| !s.is_empty()));
+                assert!(!claims.sub.is_empty() || !r.sub);
+                assert!(!claims.client_id.is_empty() || !(r.client_id || r.azp));
+                assert!(claims
+                    .scopes
+                    .iter()
+                    .all(|s| !s.is_empty() && !s.contains(' ')));
+            }
         }
     }
+}
+
+/// The two profiles: RFC 9068 as the authz-server issues, and plain JWTs with the client in
+/// `azp`, scopes as roles under a JSON Pointer, and no `jti` required.
+fn policies() -> &'static [ClaimPolicy; 2] {
+    static POLICIES: OnceLock<[ClaimPolicy; 2]> = OnceLock::new();
+    POLICIES.get_or_init(|| {
+        let issuer = IssuerConfig {
+            issuer: "https://issuer".into(),
+            audiences: vec!["api".into()],
+            ..Default::default()
+        };
+        let jwt = IssuerConfig {
+            profile: Profile::Jwt,
+            client_id_claim: ClientIdClaim::Azp,
+            scope_claim: "/realm_access/roles".into(),
+            required_claims: Some(vec!["azp".into()]),
+            ..issuer.clone()
+        };
+        [
+            ClaimPolicy::from_config(&issuer),
+            ClaimPolicy::from_config(&jwt),
+        ]
+    })
 }
 
 /// One P-256 key pair and a key set trusting it as `k1` (ES256), made once.
@@ -278,7 +318,7 @@ mod tests {
             r#"\{"alg":"(ES256|RS256|none)","typ":"(at\+jwt|JWT|AT\+JWT)","kid":"(k1|k2)"(,"crit":\[\]|,"jku":"x"|)\}"#.prop_map(String::into_bytes),
             proptest::collection::vec(any::<u8>(), 0..40),
         ], claims in prop_oneof![
-            r#"\{"iss":"https://issuer","sub":"(s|)","aud":("api"|\["x","api"\]|"x"),"exp":(1005|999|18446744073709551615),"iat":(995|1001|0),"jti":"(j|)","client_id":"c"(,"nbf":(990|2000|null|"990")|,"nbf":990|)(,"scope":"a b"|,"scope":7|)\}"#.prop_map(String::into_bytes),
+            r#"\{"iss":"https://issuer","sub":"(s|)","aud":("api"|\["x","api"\]|"x"),"exp":(1005|999|18446744073709551615),"iat":(995|1001|0)(,"jti":"(j|)"|,"jti":null|)(,"client_id":"c"|,"client_id":""|)(,"azp":"c"|,"azp":3|)(,"sid":"(s|)"|)(,"nbf":(990|2000|null|"990")|,"nbf":990|)(,"scope":"a b"|,"scope":7|)(,"realm_access":\{"roles":(\["r1","r2"\]|\["r 1"\]|\[1\]|"r1 r2")\}|)\}"#.prop_map(String::into_bytes),
             proptest::collection::vec(any::<u8>(), 0..60),
         ]) {
             super::jwt(&header, &claims);
@@ -301,12 +341,15 @@ mod tests {
             .unwrap();
         let token = format!("{signed}.{}", B64.encode(signature.as_ref()));
         let verifier = crate::auth::jwt::Verifier {
-            issuer: "https://issuer".into(),
-            audiences: vec!["api".into()],
             leeway: 10,
             max_ttl: 600,
             jose_headers: Default::default(),
         };
-        assert!(verifier.verify(&token, keys, 1_000, None).is_ok());
+        for policy in super::policies() {
+            let unverified = super::Unverified::parse(&token).unwrap();
+            let verified = verifier.verify(unverified, policy, keys, 1_000, None);
+            // The jwt policy requires azp, which this token lacks.
+            assert_eq!(verified.is_ok(), !policy.required.azp, "{policy:?}");
+        }
     }
 }

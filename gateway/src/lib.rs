@@ -62,7 +62,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::Request;
-use jsonwebtoken::Algorithm;
 use prometheus_client::registry::Registry;
 use revocation::feed::FeedStatus;
 use revocation::freshness::Freshness;
@@ -70,8 +69,9 @@ use revocation::nats::ConnectionState;
 use revocation::RevocationSet;
 use tokio_util::sync::CancellationToken;
 
+use auth::issuer::Issuers;
 use auth::jwt::Verifier;
-use auth::keys::{IssuerKeys, JwksSource};
+use auth::keys::{IssuerKeys, JwksSource, KeyRefresh};
 use auth::Authenticator;
 pub use config::{Config, OnStale};
 use routes::RouteTable;
@@ -131,7 +131,17 @@ impl Gateway {
     /// Replaces the routes and their policies with those of `config`; on error the old
     /// ones stay.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
-        // The upstream TLS settings are the ones the gateway started with.
+        // The issuers and the upstream TLS settings are the ones the gateway started with.
+        if let Some(unknown) = config
+            .routes
+            .iter()
+            .flat_map(|r| r.issuers.iter().flatten())
+            .find(|name| self.auth.issuers.get(name).is_none())
+        {
+            return Err(format!(
+                "a route accepts issuer {unknown:?}, which this gateway did not start with (issuers change on restart only)"
+            ));
+        }
         let table = RouteTable::with_tls(&config.routes, self.upstream_tls.as_ref())?;
         match self.routes.write() {
             Ok(mut guard) => *guard = Arc::new(table),
@@ -186,9 +196,8 @@ pub struct Built {
     pub gateway: Arc<Gateway>,
     /// The NATS connection the feed and the heartbeats read.
     pub client: async_nats::Client,
-    /// Where the issuer's keys come from, and the algorithms taken from them.
-    pub key_source: JwksSource,
-    pub algorithms: Vec<Algorithm>,
+    /// The hub's own key refresh, when no issuer's JWK Set is the hub's.
+    pub hub_refresh: Option<KeyRefresh>,
     /// The proxy listener's TLS, if it has any.
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -210,21 +219,6 @@ async fn build(config: &Config) -> Result<Built, StartError> {
         .map(tls::tls_acceptor)
         .transpose()
         .map_err(StartError::Config)?;
-    let algorithms = config
-        .algorithms
-        .iter()
-        .map(|a| a.parse::<Algorithm>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StartError::Config(format!("algorithms: {e}")))?;
-    let key_source = match (&config.jwks_url, &config.jwks_file) {
-        (Some(url), _) => JwksSource::Url(url.clone()),
-        (None, Some(file)) => JwksSource::File(file.clone()),
-        (None, None) => {
-            return Err(StartError::Config(
-                "jwks_url or jwks_file is required".into(),
-            ))
-        }
-    };
     let header_policy =
         sanitize::HeaderPolicy::new(&config.identity_header_prefix, &config.untrusted_headers)
             .map_err(StartError::Config)?;
@@ -236,7 +230,7 @@ async fn build(config: &Config) -> Result<Built, StartError> {
     let feed = Arc::new(FeedStatus::default());
     let metrics = Arc::new(metrics::Metrics::default());
     let registry = metrics.registry(&feed, &nats);
-    let auth = authenticator(config, feed, metrics.clone());
+    let (auth, hub_refresh) = authenticator(config, feed, metrics.clone())?;
     let proxy = proxy::Proxy::new(
         Duration::from_secs(config.upstream_timeout_s),
         Duration::from_millis(config.limits.upstream_connect_timeout_ms),
@@ -262,30 +256,55 @@ async fn build(config: &Config) -> Result<Built, StartError> {
     Ok(Built {
         gateway,
         client,
-        key_source,
-        algorithms,
+        hub_refresh,
         tls,
     })
 }
 
 /// The token checks and their gates, as configured; the keys and the revocation set start
-/// empty (the gates stay closed until the refresher and the feed fill them).
+/// empty (the gates stay closed until the refreshers and the feed fill them). Also the hub's
+/// own key refresh, unless an issuer's JWK Set is the hub's.
 fn authenticator(
     config: &Config,
     feed: Arc<FeedStatus>,
     metrics: Arc<metrics::Metrics>,
-) -> Authenticator {
-    Authenticator {
+) -> Result<(Authenticator, Option<KeyRefresh>), StartError> {
+    let issuers = Issuers::from_config(config).map_err(StartError::Config)?;
+    let hub_source = match &config.hub {
+        Some(hub) => match (&hub.jwks_url, &hub.jwks_file) {
+            (Some(url), _) => JwksSource::Url(url.clone()),
+            (None, Some(file)) => JwksSource::File(file.clone()),
+            (None, None) => return Err(StartError::Config("hub: no key source".into())),
+        },
+        // The one-issuer form: the issuer is the hub.
+        None => match issuers.iter().next() {
+            Some(only) if config.issuer.is_some() => only.refresh.source.clone(),
+            _ => return Err(StartError::Config("hub: required with [[issuers]]".into())),
+        },
+    };
+    let (hub, hub_refresh) = match issuers.with_source(&hub_source) {
+        Some(issuer) => (issuer.keys.clone(), None),
+        None => (
+            Arc::new(IssuerKeys::default()),
+            Some(KeyRefresh {
+                name: "hub".into(),
+                source: hub_source,
+                // The heartbeat key is kept whatever the algorithms; no token key is.
+                algorithms: Vec::new(),
+                every: Duration::from_secs(config.jwks_refresh_s),
+                min_interval: Duration::from_secs(config.jwks_min_refresh_s),
+            }),
+        ),
+    };
+    let auth = Authenticator {
         verifier: Verifier {
-            issuer: config.issuer.clone(),
-            audiences: config.audiences.clone(),
             leeway: config.leeway_s,
             max_ttl: config.max_ttl_s,
             jose_headers: Default::default(),
         },
-        keys: Arc::new(IssuerKeys::default()),
+        issuers,
+        hub,
         revocations: Arc::new(RevocationSet::new(config.leeway_s)),
-        token_cache: auth::cache::TokenCache::new(config.token_cache_entries),
         feed,
         freshness: Arc::new(Freshness::new(Duration::from_millis(
             config.max_staleness_ms,
@@ -293,7 +312,8 @@ fn authenticator(
         on_stale: config.on_stale,
         metrics,
         max_token_bytes: config.max_token_bytes,
-    }
+    };
+    Ok((auth, hub_refresh))
 }
 
 /// Serves both listeners until `shutdown`, then drains: `/readyz` reports not ready at once,

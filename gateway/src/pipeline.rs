@@ -27,6 +27,7 @@ use axum::response::Response;
 use http::{Method, Request, Uri};
 
 use crate::auth::jwt::VerifiedClaims;
+use crate::auth::RouteRules;
 use crate::config::EncodedSlashes;
 use crate::error::GatewayError;
 use crate::framing::{self, AmbiguousFraming};
@@ -155,7 +156,13 @@ fn authenticate(
         return Ok(None);
     }
     gw.auth
-        .authenticate(request.headers(), route.audiences.as_deref())
+        .authenticate(
+            request.headers(),
+            RouteRules {
+                audiences: route.audiences.as_deref(),
+                issuers: route.issuers.as_deref(),
+            },
+        )
         .map(Some)
 }
 

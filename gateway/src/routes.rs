@@ -30,8 +30,10 @@ pub struct Route {
     next: AtomicUsize,
     pub public: bool,
     pub scopes: Vec<String>,
-    /// Audiences accepted on this route; `None`: the gateway's.
+    /// Audiences accepted on this route; `None`: the token issuer's.
     pub audiences: Option<Vec<String>>,
+    /// Issuers whose tokens pass on this route; `None`: every configured issuer's.
+    pub issuers: Option<Vec<String>>,
     /// Remove the prefix from the path before forwarding.
     pub strip_prefix: bool,
     /// Forward the client's `Authorization` header to the upstream.
@@ -157,6 +159,7 @@ impl RouteTable {
                     public: c.public,
                     scopes: c.scopes.clone(),
                     audiences: c.audiences.clone(),
+                    issuers: c.issuers.clone(),
                     strip_prefix: c.strip_prefix,
                     forward_token: c.forward_token,
                     allow: HeaderValue::from_str(&allow)

@@ -50,8 +50,8 @@ pub const DEFAULT_UNTRUSTED: &[&str] = &[
 pub struct HeaderPolicy {
     /// Lower case, `-` form, e.g. `x-auth-`.
     identity_prefix: String,
-    /// The identity headers the gateway sets: subject, client id, scope.
-    pub identity: [HeaderName; 3],
+    /// The identity headers the gateway sets: subject, client id, scope, issuer.
+    pub identity: [HeaderName; 4],
     /// Lower case, `-` form.
     untrusted: Vec<String>,
 }
@@ -67,7 +67,12 @@ impl HeaderPolicy {
             })
         };
         Ok(HeaderPolicy {
-            identity: [name("subject")?, name("client-id")?, name("scope")?],
+            identity: [
+                name("subject")?,
+                name("client-id")?,
+                name("scope")?,
+                name("issuer")?,
+            ],
             identity_prefix: prefix,
             untrusted: untrusted
                 .iter()

@@ -1,6 +1,6 @@
-//! The gateway's background tasks, all stopped by one token: the key refresher, the
-//! revocation feed and its heartbeats, the staleness watch, the sweeper and the
-//! configuration reload.
+//! The gateway's background tasks, all stopped by one token: the key refreshers (one per
+//! issuer, and the hub's when it is no issuer), the revocation feed and its heartbeats, the
+//! staleness watch, the sweeper and the configuration reload.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,19 +39,18 @@ pub fn spawn(
 ) -> Tasks {
     let gw = &built.gateway;
     let auth = &gw.auth;
-    let keys = auth::keys::spawn_refresher(
-        auth.keys.clone(),
-        built.key_source.clone(),
-        built.algorithms.clone(),
-        Duration::from_secs(config.jwks_refresh_s),
-        Duration::from_secs(config.jwks_min_refresh_s),
-        stop.clone(),
-    );
+    let refreshers = auth
+        .issuers
+        .iter()
+        .map(|issuer| (issuer.keys.clone(), issuer.refresh.clone()))
+        .chain(built.hub_refresh.clone().map(|r| (auth.hub.clone(), r)))
+        .map(|(store, refresh)| auth::keys::spawn_refresher(store, refresh, stop.clone()))
+        .collect::<Vec<_>>();
     let heartbeats = feed::spawn_heartbeats(
         built.client.clone(),
         auth.freshness.clone(),
         auth.feed.clone(),
-        auth.keys.clone(),
+        auth.hub.clone(),
         stop.clone(),
     );
     let feed = feed::spawn(
@@ -61,7 +60,7 @@ pub fn spawn(
             set: auth.revocations.clone(),
             status: auth.feed.clone(),
             freshness: auth.freshness.clone(),
-            verifier: auth.keys.clone(),
+            verifier: auth.hub.clone(),
         },
         ReplaySettings {
             min_retention: Duration::from_secs(config.max_ttl_s.saturating_add(config.leeway_s)),
@@ -70,14 +69,14 @@ pub fn spawn(
         },
         stop.clone(),
     );
-    let handles = vec![
-        keys,
+    let mut handles = refreshers;
+    handles.extend([
         heartbeats,
         feed,
         spawn_staleness_watch(gw.clone(), stop.clone()),
         spawn_sweeper(gw.clone(), stop.clone()),
         spawn_reload(gw.clone(), reloads, stop.clone()),
-    ];
+    ]);
     Tasks { stop, handles }
 }
 
@@ -111,7 +110,12 @@ fn spawn_sweeper(gw: Arc<Gateway>, stop: CancellationToken) -> JoinHandle<()> {
         if purged > 0 {
             tracing::debug!(purged, "expired revocation rules purged");
         }
-        let purged = gw.auth.token_cache.purge_expired(now);
+        let purged: usize = gw
+            .auth
+            .issuers
+            .iter()
+            .map(|issuer| issuer.token_cache.purge_expired(now))
+            .sum();
         if purged > 0 {
             tracing::debug!(purged, "expired tokens dropped from the cache");
         }

@@ -23,7 +23,11 @@ fn gateway_config(
     let defaults = format!(
         "audiences = [\"demo-api\"]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nissuer = \"{issuer}\"\njwks_url = \"{issuer}/.well-known/jwks.json\"\nleeway_s = 30\nmax_ttl_s = 3600\nshutdown_grace_s = 2\n"
     );
-    let defaults = without_overridden(&defaults, extra);
+    let mut defaults = without_overridden(&defaults, extra);
+    if extra.contains("[[issuers]]") {
+        // The several-issuer form replaces the one-issuer keys.
+        defaults = without_overridden(&defaults, "issuer=\naudiences=\njwks_url=\n");
+    }
     // `extra` may bring its own `[[routes]]` (and other tables, after its top-level keys).
     let routes = if extra.contains("[[routes]]") {
         String::new()

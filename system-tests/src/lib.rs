@@ -6,6 +6,7 @@
 //!   renders, and a NATS client as any identity.
 //! - [`authz`], [`gateways`], [`upstream`]: the services, in-process through their `run` or as
 //!   processes ([`process`]); the demo upstream also behind mutual TLS.
+//! - [`issuer`]: a second token issuer (its own key, discovery metadata and JWK Set).
 //! - [`stack`]: all of them together; [`probe`]: the fault tests' watch on revoked tokens.
 //! - [`net`]: free ports and a TCP proxy that cuts like a partition.
 //! - [`postgres`]: a PostgreSQL database of a test's own, or a server of its own.
@@ -27,6 +28,7 @@ use anyhow::{bail, Context, Result};
 
 pub mod authz;
 pub mod gateways;
+pub mod issuer;
 pub mod nats;
 pub mod net;
 pub mod nginx;
@@ -40,6 +42,7 @@ pub mod upstream;
 
 pub use authz::*;
 pub use gateways::*;
+pub use issuer::{rsa_key, TestIssuer};
 pub use nats::*;
 pub use net::*;
 pub use nginx::Nginx;

@@ -52,27 +52,6 @@ async fn mirror(initial: Value) -> anyhow::Result<Mirror> {
     })
 }
 
-fn new_key(kid: &str) -> anyhow::Result<(EncodingKey, Value)> {
-    let pem = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
-        .output()?
-        .stdout;
-    let key = EncodingKey::from_rsa_pem(&pem)?;
-    let mut jwk = serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(
-        &key,
-        Algorithm::RS256,
-    )?)?;
-    jwk["kid"] = json!(kid);
-    jwk["use"] = json!("sig");
-    Ok((key, jwk))
-}
-
 fn sign(key: &EncodingKey, kid: &str, issuer: &str) -> anyhow::Result<String> {
     let mut header = Header::new(Algorithm::RS256);
     header.typ = Some("at+jwt".into());
@@ -112,7 +91,7 @@ async fn unknown_kid_refresh() -> anyhow::Result<()> {
     assert_eq!(gw.call(&http, "/echo/", &known).await, 200);
 
     // A key published after the gateway's last fetch works as soon as it is asked for.
-    let (key, jwk) = new_key("rotated-1")?;
+    let (key, jwk) = system_tests::rsa_key("rotated-1")?;
     if let Ok(mut jwks) = mirror.jwks.lock() {
         if let Some(keys) = jwks["keys"].as_array_mut() {
             keys.push(jwk);

@@ -132,10 +132,10 @@ async fn bad_tokens_are_refused() -> anyhow::Result<()> {
         )?
     };
     let attacker_key = {
-        let (pem, jwk) = attacker_rsa_key()?;
+        let (key, jwk) = system_tests::rsa_key("attacker")?;
         let mut header = forge.header();
         header.jwk = Some(serde_json::from_value(jwk)?);
-        jsonwebtoken::encode(&header, &forge.claims(), &EncodingKey::from_rsa_pem(&pem)?)?
+        jsonwebtoken::encode(&header, &forge.claims(), &key)?
     };
     let tampered_signature = {
         let mut t = control.clone().into_bytes();
@@ -532,21 +532,4 @@ async fn authorization_header_shapes() -> anyhow::Result<()> {
         .await?;
     assert_eq!(response.status(), 404);
     Ok(())
-}
-
-/// A fresh RSA key and its public JWK, made with openssl.
-fn attacker_rsa_key() -> anyhow::Result<(Vec<u8>, Value)> {
-    let pem = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
-        .output()?
-        .stdout;
-    let key = EncodingKey::from_rsa_pem(&pem)?;
-    let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256)?;
-    Ok((pem, serde_json::to_value(jwk)?))
 }

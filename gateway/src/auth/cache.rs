@@ -20,7 +20,6 @@
 use std::sync::Arc;
 
 use super::jwt::VerifiedClaims;
-use super::keys::KeySet;
 
 #[derive(Clone)]
 struct Entry {
@@ -41,12 +40,17 @@ impl TokenCache {
         }
     }
 
-    /// The claims of `token` if it was verified before with a key `keys` still holds, and
-    /// its `exp` is still ahead of `now`.
-    pub fn get(&self, token: &str, keys: &KeySet, now: u64) -> Option<Arc<VerifiedClaims>> {
+    /// The claims of `token` if it was verified before with a key that is still there
+    /// (`key_held` of its id; asked only on a hit), and its `exp` is still ahead of `now`.
+    pub fn get(
+        &self,
+        token: &str,
+        now: u64,
+        key_held: impl FnOnce(u64) -> bool,
+    ) -> Option<Arc<VerifiedClaims>> {
         let map = self.map.as_ref()?;
         let entry = map.get(token)?;
-        if now >= entry.claims.exp || !keys.has_key_id(entry.key_id) {
+        if now >= entry.claims.exp || !key_held(entry.key_id) {
             map.remove(token);
             return None;
         }
@@ -82,6 +86,7 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::keys::KeySet;
     use jsonwebtoken::jwk::JwkSet;
     use jsonwebtoken::Algorithm;
 
@@ -105,17 +110,23 @@ mod tests {
         let id = set.get("a").unwrap().id;
         let cache = TokenCache::new(10);
         cache.insert("tok.en.x", Arc::new(VerifiedClaims::sample(1000)), id);
-        assert!(cache.get("tok.en.x", &set, 999).is_some());
+        assert!(cache
+            .get("tok.en.x", 999, |id| set.has_key_id(id))
+            .is_some());
         // Not a prefix, not a longer string: the whole token is the key.
-        assert!(cache.get("tok.en.", &set, 999).is_none());
-        assert!(cache.get("tok.en.xy", &set, 999).is_none());
+        assert!(cache.get("tok.en.", 999, |id| set.has_key_id(id)).is_none());
+        assert!(cache
+            .get("tok.en.xy", 999, |id| set.has_key_id(id))
+            .is_none());
         // The key went away (or came back as another key): the entry no longer counts.
         let other = keys(&["a"]);
-        assert!(cache.get("tok.en.x", &other, 999).is_none());
+        assert!(cache
+            .get("tok.en.x", 999, |id| other.has_key_id(id))
+            .is_none());
         assert!(cache.is_empty(), "an entry whose key is gone is dropped");
         // At exp the entry is dropped, whatever the leeway.
         cache.insert("t2", Arc::new(VerifiedClaims::sample(1000)), id);
-        assert!(cache.get("t2", &set, 1000).is_none());
+        assert!(cache.get("t2", 1000, |id| set.has_key_id(id)).is_none());
         assert!(cache.is_empty());
     }
 
@@ -139,6 +150,6 @@ mod tests {
         assert!(cache.is_empty());
         let off = TokenCache::new(0);
         off.insert("t", Arc::new(VerifiedClaims::sample(1000)), id);
-        assert!(off.get("t", &set, 1).is_none());
+        assert!(off.get("t", 1, |id| set.has_key_id(id)).is_none());
     }
 }

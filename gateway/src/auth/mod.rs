@@ -3,20 +3,23 @@
 //! [`Authenticator::authenticate`] runs, in order:
 //!
 //! ```text
-//! bearer -> gates (keys loaded, stream replayed, fresh) -> token (cache, or signature and
-//! claims) -> revocation set
+//! bearer -> gates (stream replayed, fresh) -> token (a cache hit, or: the issuer its `iss`
+//! names, that issuer's keys loaded, signature and claims) -> the route's issuers ->
+//! revocation set
 //! ```
 //!
 //! and yields a [`jwt::VerifiedClaims`] value or an error; nothing downstream can run
 //! without one. The same gates answer `/readyz` ([`Authenticator::not_ready_reasons`]).
 //!
 //! - [`bearer`]: the token from the `Authorization` header (RFC 6750 §2.1).
-//! - [`jwt`]: signature and claim checks (RFC 9068).
-//! - [`keys`]: the issuer's key set, refreshed from its JWKS.
+//! - [`issuer`]: the issuers accepted, each with its rules, keys and token cache.
+//! - [`jwt`]: signature and claim checks (RFC 9068, or plain JWTs).
+//! - [`keys`]: an issuer's key set, refreshed from its JWKS.
 //! - [`cache`]: tokens whose signature was verified before.
 
 pub mod bearer;
 pub mod cache;
+pub mod issuer;
 pub mod jwt;
 pub mod keys;
 
@@ -31,17 +34,26 @@ use revocation::{RevocationSet, TokenRef};
 use crate::config::OnStale;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use jwt::{TokenError, VerifiedClaims, Verifier};
-use keys::{IssuerKeys, KeySet};
+use issuer::Issuers;
+use jwt::{TokenError, Unverified, VerifiedClaims, Verifier};
+use keys::IssuerKeys;
 
-/// Everything a token is checked against: the keys, the revocation set and the feed that
-/// fills it, and what to do when that feed is stale.
+/// What a route accepts beyond a valid token: its own audiences and issuers, if it names any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteRules<'a> {
+    pub audiences: Option<&'a [String]>,
+    pub issuers: Option<&'a [String]>,
+}
+
+/// Everything a token is checked against: the issuers and their keys, the revocation set and
+/// the feed that fills it, and what to do when that feed is stale.
 pub struct Authenticator {
     pub verifier: Verifier,
-    pub keys: Arc<IssuerKeys>,
+    pub issuers: Issuers,
+    /// The revocation hub's keys: its heartbeat key verifies heartbeats and snapshots, and
+    /// never a token. (The same store as an issuer's when the hub is that issuer.)
+    pub hub: Arc<IssuerKeys>,
     pub revocations: Arc<RevocationSet>,
-    /// Tokens whose signature was verified before.
-    pub token_cache: cache::TokenCache,
     pub feed: Arc<FeedStatus>,
     pub freshness: Arc<Freshness>,
     pub on_stale: OnStale,
@@ -52,25 +64,31 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// The request's bearer token checked, or why it is refused: no token, a gate closed, an
-    /// invalid or revoked token. `audiences` are the route's own, if it names any.
+    /// invalid or revoked token, or a token of an issuer the route does not accept.
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
-        audiences: Option<&[String]>,
+        route: RouteRules<'_>,
     ) -> Result<Arc<VerifiedClaims>, GatewayError> {
         // The token's syntax is checked on a cache miss: a cached token passed it already.
         let token = bearer::extract_unchecked(headers, self.max_token_bytes)?;
-        let keys = self.gates()?;
-        let claims = self.token(token, &keys, audiences)?;
+        self.gates()?;
+        let claims = self.token(token, route.audiences)?;
+        if route
+            .issuers
+            .is_some_and(|accepted| !accepted.contains(&claims.iss))
+        {
+            return Err(GatewayError::InvalidToken(TokenError::Issuer));
+        }
         self.not_revoked(&claims)?;
         Ok(claims)
     }
 
-    /// Fail closed: until the key set is loaded and the stream replayed, a token that was
-    /// revoked could look valid. A stale set, or an event the feed cannot read, refuses
-    /// tokens too, unless `on_stale = "serve"` (counted).
-    fn gates(&self) -> Result<Arc<KeySet>, GatewayError> {
-        let keys = self.usable_keys().map_err(GatewayError::NotReady)?;
+    /// Fail closed: until the stream is replayed, a token that was revoked could look valid.
+    /// A stale set, or an event the feed cannot read, refuses tokens too, unless
+    /// `on_stale = "serve"` (counted). (Whether the token's issuer has keys is asked once
+    /// the token names it.)
+    fn gates(&self) -> Result<(), GatewayError> {
         if !self.feed.is_caught_up() {
             return Err(GatewayError::NotReady("revocations_not_replayed"));
         }
@@ -92,38 +110,46 @@ impl Authenticator {
                 }
             }
         }
-        Ok(keys)
+        Ok(())
     }
 
-    /// The token's claims: from the cache (claims re-checked against `now`), or verified.
+    /// The token's claims: from an issuer's cache (claims re-checked against `now`), or
+    /// verified with the keys of the issuer its `iss` names, and of no other.
     fn token(
         &self,
         token: &str,
-        keys: &KeySet,
         audiences: Option<&[String]>,
     ) -> Result<Arc<VerifiedClaims>, GatewayError> {
         let now = revocation::unix_now();
-        if let Some(claims) = self.token_cache.get(token, keys, now) {
-            self.metrics.token_cache_hits.inc();
-            self.verifier
-                .check_claims(&claims, now, audiences)
-                .map_err(GatewayError::InvalidToken)?;
-            return Ok(claims);
+        for issuer in self.issuers.iter() {
+            if let Some(claims) = issuer.cached(token, now) {
+                self.metrics.token_cache_hits.inc();
+                self.verifier
+                    .check_claims(&claims, &issuer.policy, now, audiences)
+                    .map_err(GatewayError::InvalidToken)?;
+                return Ok(claims);
+            }
         }
         self.metrics.token_cache_misses.inc();
         bearer::check_b64token(token)?;
-        let (claims, key_id) =
-            self.verifier
-                .verify(token, keys, now, audiences)
-                .map_err(|reason| {
-                    if reason == TokenError::UnknownKey {
-                        // A key may have been added since the last refresh.
-                        self.keys.unknown_kid_seen();
-                    }
-                    GatewayError::InvalidToken(reason)
-                })?;
+        let unverified = Unverified::parse(token).map_err(GatewayError::InvalidToken)?;
+        let issuer = self
+            .issuers
+            .get(unverified.issuer())
+            .ok_or(GatewayError::InvalidToken(TokenError::Issuer))?;
+        let keys = issuer.usable_keys().map_err(GatewayError::NotReady)?;
+        let (claims, key_id) = self
+            .verifier
+            .verify(unverified, &issuer.policy, &keys, now, audiences)
+            .map_err(|reason| {
+                if reason == TokenError::UnknownKey {
+                    // A key may have been added since the issuer's last refresh.
+                    issuer.keys.unknown_kid_seen();
+                }
+                GatewayError::InvalidToken(reason)
+            })?;
         let claims = Arc::new(claims);
-        self.token_cache.insert(token, claims.clone(), key_id);
+        issuer.token_cache.insert(token, claims.clone(), key_id);
         Ok(claims)
     }
 
@@ -131,7 +157,7 @@ impl Authenticator {
     fn not_revoked(&self, claims: &VerifiedClaims) -> Result<(), GatewayError> {
         let token = TokenRef {
             iss: &claims.iss,
-            jti: &claims.jti,
+            jti: claims.jti.as_deref().unwrap_or(""),
             sub: &claims.sub,
             client_id: &claims.client_id,
             iat: claims.iat,
@@ -142,13 +168,9 @@ impl Authenticator {
         Ok(())
     }
 
-    /// The key set, or why there is none to verify with.
-    fn usable_keys(&self) -> Result<Arc<KeySet>, &'static str> {
-        match self.keys.current() {
-            None => Err("jwks_not_loaded"),
-            Some(keys) if keys.is_empty() => Err("jwks_has_no_usable_key"),
-            Some(keys) => Ok(keys),
-        }
+    /// Why some issuer has no keys to verify with, if one has none.
+    fn keys_missing(&self) -> Option<&'static str> {
+        self.issuers.iter().find_map(|i| i.usable_keys().err())
     }
 
     /// Whether the revocation set may miss a recent revocation: no heartbeat within the
@@ -167,9 +189,7 @@ impl Authenticator {
     /// Every gate that is closed, in `/readyz`'s order; empty when tokens can be vouched for.
     pub fn not_ready_reasons(&self) -> Vec<&'static str> {
         let mut reasons = Vec::new();
-        if let Err(why) = self.usable_keys() {
-            reasons.push(why);
-        }
+        reasons.extend(self.keys_missing());
         if !self.feed.is_caught_up() {
             reasons.push("revocations_not_replayed");
         }
