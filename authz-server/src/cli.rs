@@ -70,12 +70,17 @@ pub struct AdminArgs {
     admin_secret: String,
 }
 
-/// What to revoke: exactly one of --jti (with --exp), --token, --subject or --client.
+/// What to revoke: exactly one of --jti (with --exp), --token, --subject, --client or
+/// --session; of --issuer's tokens (this server's by default).
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "token", "subject", "client"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "token", "subject", "client", "session"])))]
 pub struct RevokeArgs {
     #[command(flatten)]
     admin: AdminArgs,
+    /// The issuer whose tokens are meant: this server's (the default) or one of its
+    /// configured [[issuers]].
+    #[arg(long)]
+    issuer: Option<String>,
     /// One token by its jti (needs --exp).
     #[arg(long, requires = "exp")]
     jti: Option<String>,
@@ -91,7 +96,10 @@ pub struct RevokeArgs {
     /// Every token of this client issued before --before.
     #[arg(long)]
     client: Option<String>,
-    /// Cut-off for --subject/--client (Unix seconds); default: now.
+    /// Every token of this OpenID session (the tokens' `sid`) issued before --before.
+    #[arg(long)]
+    session: Option<String>,
+    /// Cut-off for --subject/--client/--session (Unix seconds); default: now.
     #[arg(long)]
     before: Option<u64>,
     /// Why; kept with the revocation and shown in the listing.
@@ -102,12 +110,14 @@ pub struct RevokeArgs {
 /// `authz-server revoke ...`: one admin API call.
 fn revoke(args: RevokeArgs) -> ExitCode {
     // Only the options given; the server tells which combinations it takes.
-    let fields: [(&str, Option<serde_json::Value>); 7] = [
+    let fields: [(&str, Option<serde_json::Value>); 9] = [
+        ("iss", args.issuer.map(Into::into)),
         ("jti", args.jti.map(Into::into)),
         ("exp", args.exp.map(Into::into)),
         ("token", args.token.map(Into::into)),
         ("subject", args.subject.map(Into::into)),
         ("client_id", args.client.map(Into::into)),
+        ("session", args.session.map(Into::into)),
         ("before", args.before.map(Into::into)),
         ("reason", args.reason.map(Into::into)),
     ];

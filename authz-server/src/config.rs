@@ -102,7 +102,50 @@ pub struct Config {
     /// Clients allowed to obtain tokens (development and static clients).
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// The other identity providers whose tokens the gateways accept: this hub keeps
+    /// revocation rules for their tokens too, and receives their logout and Shared Signals
+    /// events. Rules may name only this server's `issuer` or one of these.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Largest age, in seconds, of a logout token or Security Event Token (by its `iat`,
+    /// plus `leeway_s`); older ones are refused. Their `jti` is remembered that long, so a
+    /// replay is refused too.
+    #[serde(default = "default_signal_max_age")]
+    pub signal_max_age_s: u64,
 }
+
+/// An external identity provider, as the hub sees it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Its exact `iss`: the issuer its tokens, logout tokens and SETs name.
+    pub issuer: String,
+    /// Its JWK Set (the keys of its logout tokens and SETs). Exactly one of `jwks_url`,
+    /// `jwks_file` and `discovery`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// `openid` (OpenID Connect Discovery) or `oauth` (RFC 8414): the JWK Set is the
+    /// metadata's `jwks_uri`, and the metadata must name `issuer` exactly.
+    #[serde(default)]
+    pub discovery: Option<Discovery>,
+    /// Signature algorithms accepted on its signals (`RS256`, `ES256`, `EdDSA`).
+    #[serde(default = "default_signal_algorithms")]
+    pub algorithms: Vec<String>,
+    /// OpenID Connect Back-Channel Logout: the client ids this deployment is registered
+    /// under at the provider; a logout token's `aud` must name one. Empty: logout tokens of
+    /// this issuer are refused.
+    #[serde(default)]
+    pub backchannel_logout_client_ids: Vec<String>,
+    /// Shared Signals: SETs pushed by this provider (RFC 8935) are accepted when their `aud`
+    /// names this value (the receiver's audience in the stream configuration). Absent: its
+    /// SETs are refused.
+    #[serde(default)]
+    pub ssf_audience: Option<String>,
+}
+
+pub use service_kit::jwks::Discovery;
 
 /// A client registered in the configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +168,12 @@ pub struct ClientConfig {
     pub admin: bool,
 }
 
+fn default_signal_max_age() -> u64 {
+    300
+}
+fn default_signal_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
 fn default_alg() -> String {
     "RS256".into()
 }
@@ -195,11 +244,7 @@ impl ServiceConfig for Config {
 
     /// Checks the values serde cannot; the message names the field.
     fn validate(&self) -> Result<(), String> {
-        let issuer = url::Url::parse(&self.issuer).map_err(|e| format!("issuer: {e}"))?;
-        let loopback = matches!(issuer.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-        if issuer.scheme() != "https" && !(issuer.scheme() == "http" && loopback) {
-            return Err("issuer: must be an https URL (http only on loopback)".into());
-        }
+        trusted_url("issuer", &self.issuer)?;
         if self.database.is_empty() {
             return Err("database: a SQLite path or a postgres:// URL is required".into());
         }
@@ -258,6 +303,60 @@ impl ServiceConfig for Config {
                 return Err(format!("clients[{i}].audience: must not be empty"));
             }
         }
+        if !(1..=86_400).contains(&self.signal_max_age_s) {
+            return Err("signal_max_age_s: must be between 1 and 86400".into());
+        }
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let at = format!("issuers[{i}]");
+            trusted_url(&format!("{at}.issuer"), &issuer.issuer)?;
+            if issuer.issuer == self.issuer
+                || self.issuers[..i].iter().any(|o| o.issuer == issuer.issuer)
+            {
+                return Err(format!(
+                    "{at}.issuer: {:?} is listed twice (or is this server's own)",
+                    issuer.issuer
+                ));
+            }
+            match (&issuer.jwks_url, &issuer.jwks_file, issuer.discovery) {
+                (Some(url), None, None) => trusted_url(&format!("{at}.jwks_url"), url)?,
+                (None, Some(_), None) | (None, None, Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "{at}: give exactly one of jwks_url, jwks_file and discovery"
+                    ))
+                }
+            }
+            if issuer.algorithms.is_empty()
+                || issuer
+                    .algorithms
+                    .iter()
+                    .any(|a| !matches!(a.as_str(), "RS256" | "ES256" | "EdDSA"))
+            {
+                return Err(format!(
+                    "{at}.algorithms: one or more of RS256, ES256, EdDSA"
+                ));
+            }
+            if issuer
+                .backchannel_logout_client_ids
+                .iter()
+                .any(String::is_empty)
+                || issuer.ssf_audience.as_deref() == Some("")
+            {
+                return Err(format!(
+                    "{at}: backchannel_logout_client_ids and ssf_audience must not be empty strings"
+                ));
+            }
+        }
         Ok(())
     }
 }
+
+impl Config {
+    /// Whether rules may be kept for tokens of `iss`: this server's, or a configured
+    /// issuer's.
+    pub fn knows_issuer(&self, iss: &str) -> bool {
+        iss == self.issuer || self.issuers.iter().any(|i| i.issuer == iss)
+    }
+}
+
+pub use service_kit::jwks::trusted_url;

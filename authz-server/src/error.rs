@@ -171,6 +171,8 @@ impl IntoResponse for OAuthError {
 /// Why the server could not start; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("signing key: {0}")]
     Key(String),
     #[error("database: {0}")]

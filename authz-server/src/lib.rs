@@ -39,6 +39,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod relay;
+pub mod signals;
 pub mod snapshot;
 pub mod store;
 pub mod tokens;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub nats: Arc<ConnectionState>,
     pub metrics: Metrics,
     pub registry: Registry,
+    /// The other issuers' keys, for their logout tokens and SETs.
+    pub signals: signals::Signals,
     /// The public listener's connection counts.
     pub connections: Arc<service_kit::serve::ListenerStats>,
     /// The RFC 8414 metadata document, rebuilt when clients or keys change.
@@ -188,6 +191,7 @@ async fn build(config: Config) -> Result<Server, StartError> {
         .map_err(|e| StartError::Nats(e.to_string()))?;
     let metrics = Metrics::default();
     let registry = metrics.registry(&nats);
+    let signals = signals::Signals::new(&config).map_err(StartError::Config)?;
     let state = Arc::new(AppState {
         clients: clients::Clients::new(
             &config.clients,
@@ -213,6 +217,7 @@ async fn build(config: Config) -> Result<Server, StartError> {
         nats,
         metrics,
         registry,
+        signals,
         connections: Arc::default(),
         metadata: Default::default(),
     });

@@ -30,6 +30,19 @@ pub struct Metrics {
     pub relay: Arc<RelayMetrics>,
     /// Snapshots of the revocation rules (the snapshot task).
     pub snapshots: Arc<SnapshotMetrics>,
+    /// Signals received (back-channel logout tokens, SETs), by kind and outcome: `revoked`,
+    /// `acknowledged` (an event not acted on), or why it was refused.
+    pub signals:
+        prometheus_client::metrics::family::Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+impl Metrics {
+    /// Counts one signal of `kind` with its `outcome`.
+    pub fn signal(&self, kind: &'static str, outcome: &'static str) {
+        self.signals
+            .get_or_create(&vec![("kind", kind), ("outcome", outcome)])
+            .inc();
+    }
 }
 
 impl Metrics {
@@ -85,6 +98,11 @@ impl Metrics {
             "nats_server_errors",
             "Errors reported by the NATS server",
             nats.server_errors.clone(),
+        );
+        r.register(
+            "signals",
+            "Revocation signals received (back-channel logout tokens, Security Event Tokens), by kind and outcome",
+            self.signals.clone(),
         );
         r.register(
             "heartbeats_sent",

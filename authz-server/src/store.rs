@@ -200,6 +200,12 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     signs_from BIGINT NOT NULL,
     retire_after BIGINT
 );
+CREATE TABLE IF NOT EXISTS signal_jtis (
+    iss TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    remember_until BIGINT NOT NULL,
+    PRIMARY KEY (iss, jti)
+);
 ";
 
 /// A client registered in the database. Scopes and audiences are stored space-separated.
@@ -783,6 +789,42 @@ impl Store {
         })
     }
 
+    /// Whether a signal (logout token, SET) of `iss` with this `jti` was received already.
+    pub async fn signal_seen(&self, iss: &str, jti: &str) -> Result<bool, sqlx::Error> {
+        let seen: i64 = sqlx::query("SELECT COUNT(*) FROM signal_jtis WHERE iss = $1 AND jti = $2")
+            .bind(iss)
+            .bind(jti)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(seen > 0)
+    }
+
+    /// Remembers a signal's `jti` until `until` (Unix seconds), and forgets those past
+    /// theirs at `now`.
+    pub async fn remember_signal(
+        &self,
+        iss: &str,
+        jti: &str,
+        until: u64,
+        now: u64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO signal_jtis (iss, jti, remember_until) VALUES ($1, $2, $3)
+             ON CONFLICT (iss, jti) DO NOTHING",
+        )
+        .bind(iss)
+        .bind(jti)
+        .bind(until as i64)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM signal_jtis WHERE remember_until < $1")
+            .bind(now as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Whether the revocation `id` is marked published: acknowledged by JetStream on the
     /// stream recorded when it was marked (a stream replaced since queues it again).
     pub async fn is_published(&self, id: &str) -> Result<bool, sqlx::Error> {
@@ -975,14 +1017,7 @@ fn db_now_ms(postgres: bool) -> &'static str {
 }
 
 fn rule_parts(rule: &Rule) -> (&str, Option<i64>) {
-    match rule {
-        Rule::Token { jti } => (jti, None),
-        Rule::Subject { sub, not_before } => (sub, Some(*not_before as i64)),
-        Rule::Client {
-            client_id,
-            not_before,
-        } => (client_id, Some(*not_before as i64)),
-    }
+    (rule.key(), rule.not_before().map(|n| n as i64))
 }
 
 fn from_row(row: &AnyRow) -> Result<StoredRevocation, sqlx::Error> {
@@ -992,22 +1027,8 @@ fn from_row(row: &AnyRow) -> Result<StoredRevocation, sqlx::Error> {
         .try_get::<Option<i64>, _>("not_before")?
         .unwrap_or(0)
         .max(0) as u64;
-    let rule = match kind.as_str() {
-        "token" => Rule::Token { jti: key },
-        "subject" => Rule::Subject {
-            sub: key,
-            not_before,
-        },
-        "client" => Rule::Client {
-            client_id: key,
-            not_before,
-        },
-        other => {
-            return Err(sqlx::Error::Decode(
-                format!("unknown revocation kind {other:?}").into(),
-            ))
-        }
-    };
+    let rule = Rule::from_parts(&kind, key, Some(not_before))
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown revocation kind {kind:?}").into()))?;
     Ok(StoredRevocation {
         seq: row.try_get("seq")?,
         requested_by: row.try_get("requested_by")?,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use revocation::nats::NatsConfig;
 use serde::Deserialize;
+use service_kit::jwks::trusted_url;
 use service_kit::serve::ListenerLimits;
 pub use service_kit::ServiceConfig;
 
@@ -230,15 +231,7 @@ pub struct HubConfig {
     pub jwks_file: Option<PathBuf>,
 }
 
-/// How an issuer's metadata is found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Discovery {
-    /// OpenID Connect Discovery 1.0.
-    Openid,
-    /// RFC 8414 authorization server metadata.
-    Oauth,
-}
+pub use service_kit::jwks::Discovery;
 
 /// The rules an issuer's access tokens follow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -462,10 +455,10 @@ fn validate_issuer(at: &str, c: &IssuerConfig, default_refresh_s: u64) -> Result
         return Err(format!("{at}audiences: at least one audience is required"));
     }
     match (&c.jwks_url, &c.jwks_file, c.discovery) {
-        (Some(url), None, None) => root_of_trust_url(&format!("{at}jwks_url"), url)?,
+        (Some(url), None, None) => trusted_url(&format!("{at}jwks_url"), url)?,
         (None, Some(_), None) => {}
         (None, None, Some(_)) => {
-            root_of_trust_url(&format!("{at}issuer (with discovery)"), &c.issuer)?;
+            trusted_url(&format!("{at}issuer (with discovery)"), &c.issuer)?;
             let parsed = url::Url::parse(&c.issuer).map_err(|e| format!("{at}issuer: {e}"))?;
             if parsed.query().is_some() || parsed.fragment().is_some() {
                 return Err(format!(
@@ -508,6 +501,11 @@ fn validate_issuer(at: &str, c: &IssuerConfig, default_refresh_s: u64) -> Result
             ))
         }
     }
+    if c.profile == Profile::Rfc9068 && c.client_id_claim == ClientIdClaim::Azp {
+        return Err(format!(
+            "{at}client_id_claim: an rfc9068 token names its client in client_id (use profile = \"jwt\" to read azp)"
+        ));
+    }
     for claim in c.required_claims.iter().flatten() {
         if !OPTIONAL_CLAIMS.contains(&claim.as_str()) {
             return Err(format!(
@@ -517,24 +515,6 @@ fn validate_issuer(at: &str, c: &IssuerConfig, default_refresh_s: u64) -> Result
         }
     }
     Ok(())
-}
-
-/// A URL keys are fetched from: https, or http to this very host only.
-pub(crate) fn root_of_trust_url(field: &str, url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("{field}: {e}"))?;
-    let loopback = match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        None => false,
-    };
-    if parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{field}: must be an https URL (http only on loopback)"
-        ))
-    }
 }
 
 fn default_true() -> bool {
@@ -662,6 +642,17 @@ impl Config {
 
     /// The one-issuer form or `[[issuers]]` (not both), each issuer checked, and the hub.
     fn validate_issuers(&self) -> Result<(), String> {
+        // Also the hub's refresh interval, whatever the issuers set for themselves.
+        if self.jwks_refresh_s == 0 {
+            return Err("jwks_refresh_s: must be at least 1 second".into());
+        }
+        if let Some(hub) = &self.hub {
+            match (&hub.jwks_url, &hub.jwks_file) {
+                (Some(url), None) => trusted_url("hub.jwks_url", url)?,
+                (None, Some(_)) => {}
+                _ => return Err("hub: give exactly one of jwks_url and jwks_file".into()),
+            }
+        }
         if self.issuer.is_some() {
             if !self.issuers.is_empty() {
                 return Err("issuer / [[issuers]]: give one form, not both".into());
@@ -693,11 +684,7 @@ impl Config {
         }
         match &self.hub {
             None => Err("hub: required with [[issuers]] (jwks_url or jwks_file of the authz-server, whose key signs the revocation heartbeats)".into()),
-            Some(hub) => match (&hub.jwks_url, &hub.jwks_file) {
-                (Some(url), None) => root_of_trust_url("hub.jwks_url", url),
-                (None, Some(_)) => Ok(()),
-                _ => Err("hub: give exactly one of jwks_url and jwks_file".into()),
-            },
+            Some(_) => Ok(()),
         }
     }
 
@@ -1086,6 +1073,36 @@ required_claims = ["sub"]
                 "issuer = \"x\"\naudiences = [\"api\"]".into(),
                 "",
                 "jwks_url / jwks_file: give exactly one",
+            ),
+            (
+                "one-issuer form, hub over http",
+                format!("{one}\n[hub]\njwks_url = \"http://evil.example/jwks\""),
+                "",
+                "hub.jwks_url: must be an https URL",
+            ),
+            (
+                "one-issuer form, hub with two sources",
+                format!("{one}\n[hub]\njwks_url = \"https://a.example/jwks\"\njwks_file = \"/x\""),
+                "",
+                "hub: give exactly one",
+            ),
+            (
+                "no refresh for the hub",
+                format!(
+                    "jwks_refresh_s = 0\n{}",
+                    TWO.replace(
+                        "profile = \"jwt\"",
+                        "profile = \"jwt\"\njwks_refresh_s = 60"
+                    )
+                ),
+                "",
+                "jwks_refresh_s: must be at least 1",
+            ),
+            (
+                "rfc9068 reading azp",
+                TWO.replace("profile = \"jwt\"\n", ""),
+                "",
+                "issuers[1].client_id_claim",
             ),
         ];
         for (name, head, route, want) in cases {

@@ -53,6 +53,10 @@ pub enum Rule {
     Subject { sub: String, not_before: u64 },
     /// Every token of a client whose `iat` is before `not_before`.
     Client { client_id: String, not_before: u64 },
+    /// Every token of a session (the token's `sid`, OpenID Connect's session id) whose
+    /// `iat` is before `not_before`. A gateway that predates this kind counts the event as
+    /// unreadable and refuses tokens until it expires (fail closed), so the version stays 1.
+    Session { sid: String, not_before: u64 },
 }
 
 impl Rule {
@@ -78,15 +82,51 @@ impl Rule {
                 client_id: Cow::Borrowed(client_id),
                 not_before: *not_before,
             },
+            Rule::Session { sid, not_before } => RuleRef::Session {
+                sid: Cow::Borrowed(sid),
+                not_before: *not_before,
+            },
         }
     }
 
-    fn key(&self) -> &str {
+    /// The identifier the rule is about (`jti`, `sub`, `client_id` or `sid`).
+    pub fn key(&self) -> &str {
         match self {
             Rule::Token { jti } => jti,
             Rule::Subject { sub, .. } => sub,
             Rule::Client { client_id, .. } => client_id,
+            Rule::Session { sid, .. } => sid,
         }
+    }
+
+    /// The cut-off of a subject, client or session rule.
+    pub fn not_before(&self) -> Option<u64> {
+        match self {
+            Rule::Token { .. } => None,
+            Rule::Subject { not_before, .. }
+            | Rule::Client { not_before, .. }
+            | Rule::Session { not_before, .. } => Some(*not_before),
+        }
+    }
+
+    /// The rule of `kind` about `key`, as stored (`not_before` for every kind but `token`).
+    pub fn from_parts(kind: &str, key: String, not_before: Option<u64>) -> Option<Rule> {
+        Some(match (kind, not_before) {
+            ("token", _) => Rule::Token { jti: key },
+            ("subject", Some(not_before)) => Rule::Subject {
+                sub: key,
+                not_before,
+            },
+            ("client", Some(not_before)) => Rule::Client {
+                client_id: key,
+                not_before,
+            },
+            ("session", Some(not_before)) => Rule::Session {
+                sid: key,
+                not_before,
+            },
+            _ => return None,
+        })
     }
 }
 
@@ -170,6 +210,10 @@ pub enum RuleRef<'a> {
         client_id: Cow<'a, str>,
         not_before: u64,
     },
+    Session {
+        sid: Cow<'a, str>,
+        not_before: u64,
+    },
 }
 
 impl RuleRef<'_> {
@@ -179,6 +223,7 @@ impl RuleRef<'_> {
             RuleRef::Token { .. } => "token",
             RuleRef::Subject { .. } => "subject",
             RuleRef::Client { .. } => "client",
+            RuleRef::Session { .. } => "session",
         }
     }
 
@@ -187,6 +232,7 @@ impl RuleRef<'_> {
             RuleRef::Token { jti } => jti,
             RuleRef::Subject { sub, .. } => sub,
             RuleRef::Client { client_id, .. } => client_id,
+            RuleRef::Session { sid, .. } => sid,
         }
     }
 }
@@ -221,6 +267,10 @@ impl From<RevocationEvent> for EventRef<'static> {
                     client_id: Cow::Owned(client_id),
                     not_before,
                 },
+                Rule::Session { sid, not_before } => RuleRef::Session {
+                    sid: Cow::Owned(sid),
+                    not_before,
+                },
             },
             iss: Cow::Owned(event.iss),
             expires_at: event.expires_at,
@@ -243,6 +293,8 @@ struct FlatEvent<'a> {
     sub: Option<&'a str>,
     #[serde(default)]
     client_id: Option<&'a str>,
+    #[serde(default)]
+    sid: Option<&'a str>,
     #[serde(default)]
     not_before: Option<u64>,
     expires_at: u64,
@@ -271,6 +323,10 @@ impl<'a> FlatEvent<'a> {
             },
             ("client", Some(not_before)) => RuleRef::Client {
                 client_id: Cow::Borrowed(self.client_id?),
+                not_before,
+            },
+            ("session", Some(not_before)) => RuleRef::Session {
+                sid: Cow::Borrowed(self.sid?),
                 not_before,
             },
             _ => return None,
@@ -309,7 +365,10 @@ impl RevocationEvent {
         if envelope.v != EVENT_VERSION {
             return Err(SkipReason::UnknownVersion);
         }
-        if !matches!(envelope.kind.as_str(), "token" | "subject" | "client") {
+        if !matches!(
+            envelope.kind.as_str(),
+            "token" | "subject" | "client" | "session"
+        ) {
             return Err(SkipReason::UnknownKind);
         }
         // A known version and kind whose fields do not read: not garbage, a revocation this
@@ -401,6 +460,34 @@ mod tests {
             RevocationEvent::decode(&subject.to_json()).unwrap(),
             subject
         );
+        let session = RevocationEvent {
+            rule: Rule::Session {
+                sid: "s-1".into(),
+                not_before: 150,
+            },
+            ..token_event()
+        };
+        let json = session.to_json();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            (&value["kind"], &value["sid"]),
+            (&"session".into(), &"s-1".into())
+        );
+        assert_eq!(RevocationEvent::decode(&json).unwrap(), session);
+        assert_eq!(
+            RevocationEvent::decode_ref(&json).unwrap(),
+            EventRef::from(&session)
+        );
+        // A session event without its cut-off or its sid is a revocation that cannot be
+        // applied, not garbage.
+        for bad in [
+            br#"{"v":1,"kind":"session","id":"x","iss":"i","sid":"s","expires_at":1,"revoked_at":1}"#.as_slice(),
+            br#"{"v":1,"kind":"session","id":"x","iss":"i","not_before":1,"expires_at":1,"revoked_at":1}"#,
+            br#"{"v":1,"kind":"session","id":"x","iss":"i","sid":"","not_before":1,"expires_at":1,"revoked_at":1}"#,
+        ] {
+            assert_eq!(RevocationEvent::decode(bad), Err(SkipReason::Invalid));
+            assert_eq!(RevocationEvent::decode_ref(bad), Err(SkipReason::Invalid));
+        }
     }
 
     /// Every kind of bad payload maps to its own reason.

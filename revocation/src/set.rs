@@ -52,13 +52,16 @@ pub enum Applied {
     Expired,
 }
 
-/// The claims of a verified token that revocation rules look at.
+/// The claims of a verified token that revocation rules look at. An empty identifier is
+/// a claim the token does not have (an issuer may leave out `jti`; only OpenID sessions have
+/// a `sid`): no rule matches it.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenRef<'a> {
     pub iss: &'a str,
     pub jti: &'a str,
     pub sub: &'a str,
     pub client_id: &'a str,
+    pub sid: &'a str,
     pub iat: u64,
 }
 
@@ -131,7 +134,9 @@ pub struct RevocationSet {
     subjects: RuleMap<Cutoff>,
     /// `(iss, client_id)` -> cut-off.
     clients: RuleMap<Cutoff>,
-    /// Entries of `subjects` and `clients` together, never less than the truth: lets
+    /// `(iss, sid)` -> cut-off.
+    sessions: RuleMap<Cutoff>,
+    /// Entries of `subjects`, `clients` and `sessions` together, never less than the truth: lets
     /// [`RevocationSet::is_revoked`] skip both maps with one atomic load when there are none
     /// (the usual case), instead of read-locking every shard to ask whether they are empty.
     cutoff_rules: AtomicUsize,
@@ -157,6 +162,7 @@ impl RevocationSet {
             tokens: DashMap::with_hasher(BuildDigestHasher),
             subjects: DashMap::with_hasher(BuildDigestHasher),
             clients: DashMap::with_hasher(BuildDigestHasher),
+            sessions: DashMap::with_hasher(BuildDigestHasher),
             cutoff_rules: AtomicUsize::new(0),
         }
     }
@@ -218,6 +224,12 @@ impl RevocationSet {
                 *not_before,
                 event.expires_at,
             ),
+            RuleRef::Session { sid, not_before } => self.tighten(
+                &self.sessions,
+                self.key(&event.iss, sid),
+                *not_before,
+                event.expires_at,
+            ),
         }
     }
 
@@ -260,12 +272,15 @@ impl RevocationSet {
             return false;
         }
         let cut = |map: &RuleMap<Cutoff>, id: &str| {
-            !map.is_empty()
+            !id.is_empty()
+                && !map.is_empty()
                 && map
                     .get(&self.key(token.iss, id))
                     .is_some_and(|c| token.iat < c.not_before)
         };
-        cut(&self.subjects, token.sub) || cut(&self.clients, token.client_id)
+        cut(&self.subjects, token.sub)
+            || cut(&self.clients, token.client_id)
+            || cut(&self.sessions, token.sid)
     }
 
     /// Forgets every rule whose `expires_at + leeway` is before `now`; returns how many.
@@ -282,7 +297,7 @@ impl RevocationSet {
             keep
         });
         let mut cutoffs = 0;
-        for map in [&self.subjects, &self.clients] {
+        for map in [&self.subjects, &self.clients, &self.sessions] {
             map.retain(|_, c| {
                 let keep = live(c.expires_at);
                 cutoffs += usize::from(!keep);
@@ -296,7 +311,7 @@ impl RevocationSet {
 
     /// Number of rules held.
     pub fn len(&self) -> usize {
-        self.tokens.len() + self.subjects.len() + self.clients.len()
+        self.tokens.len() + self.subjects.len() + self.clients.len() + self.sessions.len()
     }
 
     /// Whether no rule is held.
@@ -328,6 +343,7 @@ mod tests {
             jti,
             sub: "alice",
             client_id: "app",
+            sid: "s1",
             iat,
         }
     }
@@ -385,6 +401,51 @@ mod tests {
         );
         assert_eq!(set.insert(&older, 0), Applied::Duplicate);
         assert!(set.is_revoked(&token("a", 55)));
+    }
+
+    /// A session rule revokes that session's tokens issued before its cut-off, of its issuer
+    /// only; a token without `sid`, or without `jti`, is matched by no rule of that kind,
+    /// even one made for the empty string.
+    #[test]
+    fn session_rules_and_absent_claims() {
+        let set = RevocationSet::new(5);
+        let session = |sid: &str, not_before| {
+            event(
+                Rule::Session {
+                    sid: sid.into(),
+                    not_before,
+                },
+                500,
+            )
+        };
+        assert_eq!(set.insert(&session("s1", 50), 0), Applied::New);
+        assert!(set.is_revoked(&token("a", 49)));
+        assert!(!set.is_revoked(&token("a", 50)));
+        assert!(!set.is_revoked(&TokenRef {
+            sid: "s2",
+            ..token("a", 10)
+        }));
+        assert!(!set.is_revoked(&TokenRef {
+            iss: "other",
+            ..token("a", 10)
+        }));
+        // The session's cut-off is its own: a subject or client of that name is untouched.
+        assert!(!set.is_revoked(&TokenRef {
+            sid: "",
+            sub: "s1",
+            client_id: "s1",
+            ..token("a", 10)
+        }));
+        set.insert(&session("", 50), 0);
+        set.insert(&event(Rule::Token { jti: "".into() }, 500), 0);
+        assert!(!set.is_revoked(&TokenRef {
+            sid: "",
+            jti: "",
+            ..token("", 10)
+        }));
+        assert_eq!(set.purge_expired(506), 3);
+        assert!(set.is_empty());
+        assert!(!set.is_revoked(&token("a", 10)));
     }
 
     /// Entries outlive `expires_at` by the leeway, then are purged; expired events are not added.

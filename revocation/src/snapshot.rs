@@ -272,6 +272,7 @@ impl ChunkWriter {
                 client_id,
                 not_before,
             } => ("client", client_id, *not_before),
+            RuleRef::Session { sid, not_before } => ("session", sid, *not_before),
         };
         // Kind, key, two numbers of up to 20 digits, quotes and commas: an upper bound unless
         // the key needs escapes, which the limit on a chunk's size leaves room for.
@@ -389,6 +390,10 @@ impl Chunk<'_> {
                     client_id: key.0,
                     not_before,
                 },
+                "session" => RuleRef::Session {
+                    sid: key.0,
+                    not_before,
+                },
                 _ => return Err(SnapshotError::UnknownKind),
             };
             rules.push(EventRef {
@@ -425,10 +430,14 @@ mod tests {
         for i in 0..20_000u64 {
             let key = format!("jti-{i}");
             let iss = if i % 7 == 0 { "https://b" } else { "https://a" };
-            let rule = match i % 3 {
+            let rule = match i % 4 {
                 0 => token(&key),
                 1 => RuleRef::Subject {
                     sub: Cow::Borrowed(&key),
+                    not_before: i,
+                },
+                2 => RuleRef::Session {
+                    sid: Cow::Borrowed(&key),
                     not_before: i,
                 },
                 _ => RuleRef::Client {

@@ -11,7 +11,9 @@
 //! - [`shutdown_on_signal`]: cancels a token on the first SIGINT or SIGTERM.
 //! - [`serve`]: the HTTP server loop of every listener, each connection bounded.
 //! - [`periodic::spawn_every`]: background work on a period that stops on shutdown.
+//! - [`jwks`]: another party's JWK Set, by URL, file or issuer metadata.
 
+pub mod jwks;
 pub mod periodic;
 pub mod serve;
 

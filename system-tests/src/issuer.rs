@@ -8,6 +8,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 /// A fresh 2048-bit RSA key made by `openssl`, and its public JWK for RS256 (`kid`, `use:
 /// sig`).
 pub fn rsa_key(kid: &str) -> Result<(EncodingKey, serde_json::Value)> {
+    rsa_key_pem(kid).map(|(_, key, jwk)| (key, jwk))
+}
+
+/// [`rsa_key`], with the private key's PEM (for signers other than jsonwebtoken).
+pub fn rsa_key_pem(kid: &str) -> Result<(Vec<u8>, EncodingKey, serde_json::Value)> {
     let made = Command::new("openssl")
         .args([
             "genpkey",
@@ -26,7 +31,7 @@ pub fn rsa_key(kid: &str) -> Result<(EncodingKey, serde_json::Value)> {
     )?)?;
     jwk["kid"] = kid.into();
     jwk["use"] = "sig".into();
-    Ok((key, jwk))
+    Ok((made.stdout, key, jwk))
 }
 
 /// An issuer at `url` whose one signing key is named `kid`.
@@ -34,6 +39,8 @@ pub struct TestIssuer {
     pub url: String,
     pub kid: String,
     key: EncodingKey,
+    /// The private key, PEM.
+    pub pem: Vec<u8>,
     /// Metadata fetches served (`/.well-known/openid-configuration`).
     pub metadata_fetches: Arc<std::sync::atomic::AtomicU64>,
     _service: Service,
@@ -42,7 +49,7 @@ pub struct TestIssuer {
 impl TestIssuer {
     /// Makes a 2048-bit RSA key and serves its metadata and JWK Set.
     pub async fn start(kid: &str) -> Result<TestIssuer> {
-        let (key, jwk) = rsa_key(kid)?;
+        let (pem, key, jwk) = rsa_key_pem(kid)?;
         let jwks = serde_json::json!({ "keys": [jwk] });
 
         let listener = bind().await?;
@@ -73,6 +80,7 @@ impl TestIssuer {
             url,
             kid: kid.into(),
             key,
+            pem,
             metadata_fetches,
             _service: Service {
                 shutdown,

@@ -42,7 +42,7 @@ pub mod upstream;
 
 pub use authz::*;
 pub use gateways::*;
-pub use issuer::{rsa_key, TestIssuer};
+pub use issuer::{rsa_key, rsa_key_pem, TestIssuer};
 pub use nats::*;
 pub use net::*;
 pub use nginx::Nginx;

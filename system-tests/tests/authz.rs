@@ -447,11 +447,19 @@ async fn failed_authentication_is_rate_limited() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The operators' CLI revokes against a running server (token, subject, client) and the
-/// listing shows who asked and why; bad credentials fail with a clear message.
+/// The operators' CLI revokes against a running server (token, subject, client, and a
+/// session of another configured issuer) and the listing shows who asked and why; bad
+/// credentials and unknown issuers fail with a clear message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_cli() -> anyhow::Result<()> {
-    let (_nats, _dir, authz) = start().await?;
+    let nats = Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    let authz = Authz::start_with(
+        dir.path(),
+        &[nats.url()],
+        "[[issuers]]\nissuer = \"https://idp.example\"\njwks_url = \"https://idp.example/jwks\"\n",
+    )
+    .await?;
     let bin = system_tests::binary("authz-server")?;
     let token = authz.token("demo-client", "demo-secret").await?;
     let run = |args: Vec<String>, secret: &str| {
@@ -483,6 +491,12 @@ async fn revoke_cli() -> anyhow::Result<()> {
             "--exp".into(),
             (revocation::unix_now() + 60).to_string(),
         ],
+        vec![
+            "--issuer".into(),
+            "https://idp.example".into(),
+            "--session".into(),
+            "sid-9".into(),
+        ],
     ] {
         let out = run(args.clone(), "admin-secret")?;
         assert!(
@@ -496,6 +510,23 @@ async fn revoke_cli() -> anyhow::Result<()> {
     let out = run(vec!["--subject".into(), "bob".into()], "wrong")?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    for what in ["--subject", "--session"] {
+        let out = run(
+            vec![
+                "--issuer".into(),
+                "https://nobody.example".into(),
+                what.into(),
+                "bob".into(),
+            ],
+            "admin-secret",
+        )?;
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("not an issuer this server keeps rules for"),
+            "{said}"
+        );
+    }
     let out = std::process::Command::new(&bin)
         .args(["revoke", "--jti", "x"])
         .env("AUTHZ_ADMIN_SECRET", "s")
@@ -514,10 +545,16 @@ async fn revoke_cli() -> anyhow::Result<()> {
         .json()
         .await?;
     let items = page["revocations"].as_array().cloned().unwrap_or_default();
-    assert_eq!(items.len(), 4);
+    assert_eq!(items.len(), 5);
     assert_eq!(items[0]["reason"], "phone lost");
     assert_eq!(items[0]["requested_by"], "admin");
     assert_eq!(items[1]["kind"], "subject");
+    assert_eq!(items[1]["iss"], authz.url);
+    assert_eq!(items[4]["kind"], "session");
+    assert_eq!(
+        (&items[4]["iss"], &items[4]["sid"]),
+        (&"https://idp.example".into(), &"sid-9".into())
+    );
     Ok(())
 }
 

@@ -1,27 +1,31 @@
-//! `POST /admin/revocations` and `GET /admin/revocations`: revoke a token, a subject or a
-//! client, and list the rules in force.
+//! `POST /admin/revocations` and `GET /admin/revocations`: revoke a token, a subject, a
+//! client or a session, of this server's tokens or another configured issuer's, and list the
+//! rules in force.
 
 use super::*;
 
 /// Body of `POST /admin/revocations`: one token (by `jti` and `exp`, or the token itself),
-/// every token of a subject, or every token of a client issued before `before`.
+/// or every token of a subject, a client or a session issued before `before`; of the issuer
+/// `iss` (this server when absent).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminRevocation {
+    iss: Option<String>,
     jti: Option<String>,
     exp: Option<u64>,
     token: Option<String>,
     subject: Option<String>,
     client_id: Option<String>,
+    session: Option<String>,
     /// Unix seconds; tokens whose `iat` is earlier are revoked. Default: every token issued
     /// up to and including the current second.
     before: Option<u64>,
     reason: Option<String>,
 }
 
-pub(super) const ADMIN_BODY_HELP: &str = "body must be one of {\"jti\",\"exp\"}, {\"token\"}, {\"subject\"[,\"before\"]} or {\"client_id\"[,\"before\"]}, with an optional \"reason\"";
+pub(super) const ADMIN_BODY_HELP: &str = "body must be one of {\"jti\",\"exp\"}, {\"token\"}, {\"subject\"[,\"before\"]}, {\"client_id\"[,\"before\"]} or {\"session\"[,\"before\"]}, with an optional \"iss\" and \"reason\"";
 
-/// What a `POST /admin/revocations` body asks to revoke: exactly one of the four forms.
+/// What a `POST /admin/revocations` body asks to revoke: exactly one of the five forms.
 enum Requested {
     /// One token by its `jti`; it lives until `exp`.
     Jti { jti: String, exp: u64 },
@@ -34,11 +38,15 @@ enum Requested {
         client_id: String,
         before: Option<u64>,
     },
+    /// Every token of an OpenID session (`sid`) issued before the cut-off.
+    Session { sid: String, before: Option<u64> },
 }
 
 /// A body of `POST /admin/revocations` whose shape is checked; [`Requested::rule`] checks
 /// the rest against the clock, the token lifetimes and the keys.
 struct RevocationRequest {
+    /// The issuer whose tokens are meant; `None`: this server.
+    iss: Option<String>,
     what: Requested,
     reason: Option<String>,
 }
@@ -52,28 +60,62 @@ impl TryFrom<AdminRevocation> for RevocationRequest {
                 "reason is longer than 512 bytes",
             ));
         }
-        let what = match (r.jti, r.exp, r.token, r.subject, r.client_id, r.before) {
-            (Some(jti), Some(exp), None, None, None, None) => Requested::Jti { jti, exp },
-            (None, None, Some(token), None, None, None) => Requested::Token(token),
-            (None, None, None, Some(sub), None, before) => Requested::Subject { sub, before },
-            (None, None, None, None, Some(client_id), before) => {
+        let what = match (
+            r.jti,
+            r.exp,
+            r.token,
+            r.subject,
+            r.client_id,
+            r.session,
+            r.before,
+        ) {
+            (Some(jti), Some(exp), None, None, None, None, None) => Requested::Jti { jti, exp },
+            (None, None, Some(token), None, None, None, None) => Requested::Token(token),
+            (None, None, None, Some(sub), None, None, before) => Requested::Subject { sub, before },
+            (None, None, None, None, Some(client_id), None, before) => {
                 Requested::Client { client_id, before }
             }
+            (None, None, None, None, None, Some(sid), before) => Requested::Session { sid, before },
             _ => return Err(OAuthError::InvalidRequest(ADMIN_BODY_HELP)),
         };
         Ok(RevocationRequest {
+            iss: r.iss,
             what,
             reason: r.reason,
         })
     }
 }
 
+impl RevocationRequest {
+    /// The issuer, the rule, and until when it must be kept, checked at `now`: an issuer
+    /// this hub keeps rules for, no `exp` or `before` beyond what a token can reach (the
+    /// gateways refuse tokens living longer than `max_ttl_s`, whoever issued them), a token
+    /// signed by this server, identifiers of 1 to 256 bytes. The identifiers are checked here
+    /// too, not in [`RevocationRequest::try_from`], so that errors keep their order (for a
+    /// `jti`, an `exp` too late is answered first).
+    fn rule(self, state: &AppState, now: u64) -> Result<(String, Rule, u64), OAuthError> {
+        let config = &state.config;
+        let iss = match self.iss {
+            None => config.issuer.clone(),
+            Some(iss) if config.knows_issuer(&iss) => iss,
+            Some(_) => {
+                return Err(OAuthError::InvalidRequest(
+                    "iss is not an issuer this server keeps rules for",
+                ))
+            }
+        };
+        if matches!(self.what, Requested::Token(_)) && iss != config.issuer {
+            return Err(OAuthError::InvalidRequest(
+                "a token is revoked whole only when this server issued it; give jti and exp",
+            ));
+        }
+        let (rule, expires_at) = self.what.rule(state, now)?;
+        Ok((iss, rule, expires_at))
+    }
+}
+
 impl Requested {
-    /// The rule, and until when it must be kept, checked at `now`: no `exp` or `before`
-    /// beyond what this server's tokens can reach, a token signed by this server, identifiers
-    /// of 1 to 256 bytes. The identifiers are checked here too, not in
-    /// [`RevocationRequest::try_from`], so that errors keep their order (for a `jti`, an
-    /// `exp` too late is answered first).
+    /// See [`RevocationRequest::rule`].
     fn rule(self, state: &AppState, now: u64) -> Result<(Rule, u64), OAuthError> {
         let config = &state.config;
         let cutoff = |before: Option<u64>| -> Result<(u64, u64), OAuthError> {
@@ -119,6 +161,11 @@ impl Requested {
                     expires_at,
                 )
             }
+            Requested::Session { sid, before } => {
+                let sid = identifier(sid, "session must be 1 to 256 bytes")?;
+                let (not_before, expires_at) = cutoff(before)?;
+                (Rule::Session { sid, not_before }, expires_at)
+            }
         })
     }
 }
@@ -152,8 +199,9 @@ pub(super) async fn admin_revocations_post(
     let body: AdminRevocation =
         serde_json::from_slice(&body).map_err(|_| OAuthError::InvalidRequest(ADMIN_BODY_HELP))?;
     let request = RevocationRequest::try_from(body)?;
-    let (rule, expires_at) = request.what.rule(&state, crate::clock::unix_now())?;
-    let event = commit_revocation(&state, rule, expires_at, request.reason, &admin.id).await?;
+    let reason = request.reason.clone();
+    let (iss, rule, expires_at) = request.rule(&state, crate::clock::unix_now())?;
+    let event = commit_revocation(&state, iss, rule, expires_at, reason, &admin.id).await?;
     Ok(Json(event).into_response())
 }
 
@@ -238,6 +286,14 @@ mod tests {
         assert!(
             matches!(client.what, Requested::Client { ref client_id, before: None } if client_id == "c")
         );
+        let session =
+            request(serde_json::json!({"iss": "https://idp", "session": "s1", "before": 3}))
+                .unwrap();
+        assert!(
+            matches!(session.what, Requested::Session { ref sid, before: Some(3) } if sid == "s1")
+        );
+        assert_eq!(session.iss.as_deref(), Some("https://idp"));
+        assert!(client.iss.is_none());
     }
 
     /// Mixed or incomplete forms are refused with the body's help; a long reason first.
@@ -250,6 +306,9 @@ mod tests {
             serde_json::json!({"jti": "j", "exp": 5, "token": "t"}),
             serde_json::json!({"token": "t", "before": 5}),
             serde_json::json!({"subject": "s", "client_id": "c"}),
+            serde_json::json!({"session": "s", "subject": "s"}),
+            serde_json::json!({"session": "s", "jti": "j", "exp": 5}),
+            serde_json::json!({"iss": "https://idp"}),
             serde_json::json!({"before": 5}),
         ] {
             assert_eq!(refusal(body.clone()), ADMIN_BODY_HELP, "{body}");

@@ -16,6 +16,7 @@ use super::*;
 /// answered 200 when asked again once it is published.
 pub(super) async fn commit_revocation(
     state: &AppState,
+    iss: String,
     rule: Rule,
     expires_at: u64,
     reason: Option<String>,
@@ -25,7 +26,7 @@ pub(super) async fn commit_revocation(
         v: revocation::event::EVENT_VERSION,
         id: uuid::Uuid::now_v7().to_string(),
         rule,
-        iss: state.config.issuer.clone(),
+        iss,
         expires_at,
         revoked_at: crate::clock::unix_now(),
         reason,
@@ -125,5 +126,14 @@ pub(super) async fn revoke_client_tokens(
         not_before,
     };
     let expires_at = not_before + state.config.max_ttl_s;
-    commit_revocation(state, rule, expires_at, Some(reason.into()), requested_by).await
+    let iss = state.config.issuer.clone();
+    commit_revocation(
+        state,
+        iss,
+        rule,
+        expires_at,
+        Some(reason.into()),
+        requested_by,
+    )
+    .await
 }

@@ -8,6 +8,8 @@
 //! POST /oauth2/introspect       token introspection (RFC 7662)
 //! GET  /.well-known/jwks.json   public keys (RFC 7517)
 //! GET  /.well-known/oauth-authorization-server   metadata (RFC 8414)
+//! POST /oidc/backchannel-logout another provider's logout token (Back-Channel Logout 1.0)
+//! POST /ssf/events              another provider's Security Event Token (RFC 8935 push)
 //! GET  /healthz /readyz
 //!
 //! admin listener (admin_app); /admin/* for admin clients only:
@@ -17,13 +19,14 @@
 //! POST /admin/clients           register a client
 //! DELETE /admin/clients/{id}    remove a client and revoke its tokens
 //! POST /admin/clients/{id}/secret   a new secret for a client
-//! POST /admin/revocations       revoke a token (jti or token), a subject or a client
+//! POST /admin/revocations       revoke a token (jti or token), a subject, a client or a
+//!                               session, of this server's tokens or another issuer's
 //! GET  /admin/revocations       list the rules in force, paged
 //! GET  /healthz /readyz /metrics
 //! ```
 //!
 //! One file per resource: `oauth2.rs`, `discovery.rs`, `admin_revocations.rs`,
-//! `admin_clients.rs`, `admin_keys.rs`, `ops.rs`; `commit.rs` holds the revocation commit they
+//! `admin_clients.rs`, `admin_keys.rs`, `signals.rs`, `ops.rs`; `commit.rs` holds the revocation commit they
 //! share (200 only once published), `extract.rs` the extractors that read the form and
 //! authenticate the client, so that no OAuth or admin handler runs without one. Here: the two
 //! routers and `no_store`, for answers that must not be cached.
@@ -54,6 +57,7 @@ mod discovery;
 mod extract;
 mod oauth2;
 mod ops;
+mod signals;
 
 use admin_clients::*;
 use admin_keys::*;
@@ -64,6 +68,7 @@ use discovery::*;
 use extract::*;
 use oauth2::*;
 use ops::*;
+use signals::*;
 
 /// Largest request body any endpoint reads; OAuth requests are a few hundred bytes.
 const MAX_BODY: usize = 16 * 1024;
@@ -79,6 +84,8 @@ pub fn public_app(state: Arc<AppState>) -> Router {
             "/.well-known/oauth-authorization-server",
             get(well_known_metadata_get),
         )
+        .route("/oidc/backchannel-logout", post(backchannel_logout_post))
+        .route("/ssf/events", post(ssf_events_post))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_get))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -105,7 +105,8 @@ pub(super) async fn revoke_token(
     let rule = Rule::Token {
         jti: jti.to_string(),
     };
-    commit_revocation(state, rule, exp, None, requested_by).await
+    let iss = state.config.issuer.clone();
+    commit_revocation(state, iss, rule, exp, None, requested_by).await
 }
 
 /// RFC 7662 for authenticated clients: `active: false` for anything not a live, unrevoked

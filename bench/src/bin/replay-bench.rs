@@ -337,6 +337,7 @@ fn in_process_set(rules: usize) {
                 jti: &names[i % names.len()],
                 sub: "alice",
                 client_id: "demo-client",
+                sid: "",
                 iat: now,
             };
             revoked += usize::from(set.is_revoked(std::hint::black_box(&token)));

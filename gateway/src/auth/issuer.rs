@@ -11,8 +11,8 @@ use jsonwebtoken::Algorithm;
 
 use super::cache::TokenCache;
 use super::jwt::{ClaimPolicy, VerifiedClaims};
-use super::keys::{IssuerKeys, JwksSource, KeyRefresh, KeySet};
-use crate::config::{Config, Discovery, IssuerConfig};
+use super::keys::{jwks, IssuerKeys, JwksSource, KeyRefresh, KeySet};
+use crate::config::{Config, IssuerConfig};
 
 /// One issuer, ready to check its tokens.
 pub struct Issuer {
@@ -27,17 +27,12 @@ pub struct Issuer {
 impl Issuer {
     /// The issuer as configured, its keys not loaded yet.
     pub fn from_config(c: &IssuerConfig, gateway: &Config) -> Result<Self, String> {
-        let source = match (&c.jwks_url, &c.jwks_file, c.discovery) {
-            (Some(url), _, _) => JwksSource::Url(url.clone()),
-            (None, Some(file), _) => JwksSource::File(file.clone()),
-            (None, None, Some(kind)) => JwksSource::Discovery {
-                issuer: c.issuer.clone(),
-                metadata_url: metadata_url(&c.issuer, kind)?,
-            },
-            (None, None, None) => {
-                return Err(format!("issuer {:?}: no key source", c.issuer));
-            }
-        };
+        let source = jwks::source(
+            &c.issuer,
+            c.jwks_url.as_deref(),
+            c.jwks_file.as_deref(),
+            c.discovery,
+        )?;
         let algorithms = c
             .algorithms
             .iter()
@@ -80,19 +75,6 @@ impl Issuer {
     }
 }
 
-/// Where an issuer's metadata is (`issuer` is a checked URL without query or fragment):
-/// OpenID Connect Discovery 1.0 §4 appends `/.well-known/openid-configuration` to the
-/// issuer; RFC 8414 §3.1 puts `/.well-known/oauth-authorization-server` before its path.
-pub fn metadata_url(issuer: &str, kind: Discovery) -> Result<String, String> {
-    let mut url = url::Url::parse(issuer).map_err(|e| format!("issuer {issuer:?}: {e}"))?;
-    let path = url.path().trim_end_matches('/').to_string();
-    match kind {
-        Discovery::Openid => url.set_path(&format!("{path}/.well-known/openid-configuration")),
-        Discovery::Oauth => url.set_path(&format!("/.well-known/oauth-authorization-server{path}")),
-    }
-    Ok(url.into())
-}
-
 /// The configured issuers, looked up by `iss`.
 pub struct Issuers(Vec<Issuer>);
 
@@ -119,60 +101,5 @@ impl Issuers {
     /// The issuer whose keys come from `source`, if any.
     pub fn with_source(&self, source: &JwksSource) -> Option<&Issuer> {
         self.0.iter().find(|i| &i.refresh.source == source)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The two well-known places, with and without a path, with and without a trailing
-    /// slash.
-    #[test]
-    fn metadata_urls() {
-        let cases = [
-            (
-                "https://id.example",
-                Discovery::Openid,
-                "https://id.example/.well-known/openid-configuration",
-            ),
-            (
-                "https://id.example/",
-                Discovery::Openid,
-                "https://id.example/.well-known/openid-configuration",
-            ),
-            (
-                "https://id.example/realms/a",
-                Discovery::Openid,
-                "https://id.example/realms/a/.well-known/openid-configuration",
-            ),
-            (
-                "https://id.example/realms/a/",
-                Discovery::Openid,
-                "https://id.example/realms/a/.well-known/openid-configuration",
-            ),
-            (
-                "https://id.example",
-                Discovery::Oauth,
-                "https://id.example/.well-known/oauth-authorization-server",
-            ),
-            (
-                "https://id.example/issuer1",
-                Discovery::Oauth,
-                "https://id.example/.well-known/oauth-authorization-server/issuer1",
-            ),
-            (
-                "http://127.0.0.1:3000/t/x",
-                Discovery::Oauth,
-                "http://127.0.0.1:3000/.well-known/oauth-authorization-server/t/x",
-            ),
-        ];
-        for (issuer, kind, want) in cases {
-            assert_eq!(
-                metadata_url(issuer, kind).unwrap(),
-                want,
-                "{issuer} {kind:?}"
-            );
-        }
     }
 }

@@ -125,6 +125,12 @@ struct RawClaims {
     scope: Option<Box<RawValue>>,
     #[serde(default)]
     scp: Option<Box<RawValue>>,
+    /// Present only in ID tokens: never an access token.
+    #[serde(default)]
+    nonce: Option<serde::de::IgnoredAny>,
+    /// Present only in logout tokens and Security Event Tokens: never an access token.
+    #[serde(default)]
+    events: Option<serde::de::IgnoredAny>,
 }
 
 /// A claim that may be absent but, when present, has a value.
@@ -317,7 +323,10 @@ impl ClaimPolicy {
         let empty = [&c.sub, &c.jti, &c.sid]
             .into_iter()
             .any(|id| id.as_deref() == Some(""));
-        if missing || empty {
+        // An ID token, logout token or SET of the same issuer is no access token, whatever
+        // its `typ` says (the `jwt` profile cannot tell them apart by `typ`).
+        let other_kind = c.nonce.is_some() || c.events.is_some();
+        if missing || empty || other_kind {
             return Err(TokenError::Claims);
         }
         let client = match self.client_id_claim {
@@ -1250,6 +1259,21 @@ mod tests {
                     ("jti", json!("j")),
                     ("realm_access", json!({"roles": [{"admin": true}]})),
                 ]),
+                Err(TokenError::Claims),
+            ),
+            (
+                "an ID token (nonce)",
+                &jwt_none,
+                with(&[("nonce", json!("n"))]),
+                Err(TokenError::Claims),
+            ),
+            (
+                "a logout token (events)",
+                &jwt_none,
+                with(&[(
+                    "events",
+                    json!({"http://schemas.openid.net/event/backchannel-logout": {}}),
+                )]),
                 Err(TokenError::Claims),
             ),
             (

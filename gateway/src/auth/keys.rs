@@ -19,6 +19,7 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
 use revocation::freshness::{HeartbeatVerifier, Unverified, HEARTBEAT_KEY_USE};
+pub use service_kit::jwks::{self, JwksSource};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -225,19 +226,6 @@ fn pinned_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     }
 }
 
-/// Where the JWK Set comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    Url(String),
-    File(std::path::PathBuf),
-    /// The `jwks_uri` of the issuer's metadata (RFC 8414 or OpenID Connect Discovery), read
-    /// again on every refresh; the metadata must name `issuer` exactly.
-    Discovery {
-        issuer: String,
-        metadata_url: String,
-    },
-}
-
 /// How one JWK Set is kept current.
 #[derive(Debug, Clone)]
 pub struct KeyRefresh {
@@ -291,21 +279,25 @@ pub fn spawn_refresher(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            // A redirect could lead a loopback http URL anywhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+        let http = jwks::client();
         let name = &refresh.name;
         let mut retry = Duration::from_millis(100);
         loop {
             let fetched_at = tokio::time::Instant::now();
-            let pause = match fetch(&http, &refresh.source).await {
+            let pause = match jwks::fetch(&http, &refresh.source).await {
                 Ok(jwks) => {
                     let keys = KeySet::from_jwks(&jwks, &refresh.algorithms);
-                    tracing::info!(issuer = %name, keys = keys.len(), "JWKS loaded");
-                    store.replace(keys);
+                    if keys.is_empty()
+                        && keys.heartbeat.is_empty()
+                        && store.current().is_some_and(|k| !k.is_empty())
+                    {
+                        // A set with nothing usable (a new algorithm, a broken publication)
+                        // counts as a failed refresh: the last good set stays.
+                        tracing::warn!(issuer = %name, "JWKS has no usable key; keeping the last good set");
+                    } else {
+                        tracing::info!(issuer = %name, keys = keys.len(), "JWKS loaded");
+                        store.replace(keys);
+                    }
                     retry = Duration::from_millis(100);
                     refresh.every
                 }
@@ -335,64 +327,6 @@ pub fn spawn_refresher(
             }
         }
     })
-}
-
-/// Largest JWK Set or metadata document read.
-const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
-
-async fn fetch(http: &reqwest::Client, source: &JwksSource) -> Result<JwkSet, String> {
-    let bytes = match source {
-        JwksSource::Url(url) => get(http, url).await?,
-        JwksSource::File(path) => tokio::fs::read(path)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?,
-        JwksSource::Discovery {
-            issuer,
-            metadata_url,
-        } => {
-            let jwks_uri = jwks_uri(&get(http, metadata_url).await?, issuer)?;
-            get(http, &jwks_uri).await?
-        }
-    };
-    serde_json::from_slice(&bytes).map_err(|e| format!("JWKS is not a JWK Set: {e}"))
-}
-
-/// The `jwks_uri` of an issuer's metadata document, which must name `issuer` exactly (RFC
-/// 8414 §3.3, OpenID Connect Discovery §4.3) and point to https (http only on loopback).
-fn jwks_uri(metadata: &[u8], issuer: &str) -> Result<String, String> {
-    #[derive(serde::Deserialize)]
-    struct Metadata {
-        issuer: String,
-        jwks_uri: String,
-    }
-    let m: Metadata = serde_json::from_slice(metadata)
-        .map_err(|e| format!("metadata without issuer and jwks_uri: {e}"))?;
-    if m.issuer != issuer {
-        return Err(format!(
-            "metadata names another issuer ({:?}), refused",
-            m.issuer
-        ));
-    }
-    crate::config::root_of_trust_url("metadata jwks_uri", &m.jwks_uri)?;
-    Ok(m.jwks_uri)
-}
-
-/// The body of a successful GET of `url`, at most [`MAX_DOCUMENT_BYTES`].
-async fn get(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
-    let mut response = http.get(url).send().await.map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("{url} answered {}", response.status()));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!(
-                "{url}: document larger than {MAX_DOCUMENT_BYTES} bytes"
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[cfg(test)]
@@ -518,44 +452,5 @@ mod tests {
         assert!(!second.has_key_id(b));
         store.replace(set(vec![ec("b", x2)]));
         assert!(!store.current().unwrap().has_key_id(a));
-    }
-
-    /// The metadata must name the issuer exactly and point to a trusted URL.
-    #[test]
-    fn metadata_is_checked() {
-        let doc = |issuer: &str, uri: &str| {
-            serde_json::json!({"issuer": issuer, "jwks_uri": uri}).to_string()
-        };
-        let iss = "https://id.example/realms/a";
-        assert_eq!(
-            jwks_uri(doc(iss, "https://id.example/keys").as_bytes(), iss).unwrap(),
-            "https://id.example/keys"
-        );
-        for (name, metadata) in [
-            (
-                "other issuer",
-                doc("https://evil.example/realms/a", "https://id.example/keys"),
-            ),
-            (
-                "trailing slash",
-                doc("https://id.example/realms/a/", "https://id.example/keys"),
-            ),
-            (
-                "case",
-                doc("https://ID.example/realms/a", "https://id.example/keys"),
-            ),
-            ("http jwks_uri", doc(iss, "http://id.example/keys")),
-            (
-                "no jwks_uri",
-                serde_json::json!({"issuer": iss}).to_string(),
-            ),
-            (
-                "jwks_uri not a string",
-                serde_json::json!({"issuer": iss, "jwks_uri": 1}).to_string(),
-            ),
-            ("not json", "<html>".into()),
-        ] {
-            assert!(jwks_uri(metadata.as_bytes(), iss).is_err(), "{name}");
-        }
     }
 }

@@ -160,6 +160,7 @@ impl Authenticator {
             jti: claims.jti.as_deref().unwrap_or(""),
             sub: &claims.sub,
             client_id: &claims.client_id,
+            sid: claims.sid.as_deref().unwrap_or(""),
             iat: claims.iat,
         };
         if self.revocations.is_revoked(&token) {
