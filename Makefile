@@ -9,6 +9,7 @@ run: deps
 test: deps
 	@deploy/ensure-postgres.sh
 	@deploy/ensure-interop-venv.sh
+	@deploy/ensure-oidc-provider.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test --workspace

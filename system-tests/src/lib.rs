@@ -7,6 +7,9 @@
 //! - [`authz`], [`gateways`], [`upstream`]: the services, in-process through their `run` or as
 //!   processes ([`process`]); the demo upstream also behind mutual TLS.
 //! - [`issuer`]: a second token issuer (its own key, discovery metadata and JWK Set).
+//! - [`oidc`]: a real, external OpenID provider (node's `oidc-provider`, which
+//!   `deploy/ensure-oidc-provider.sh` installs): RFC 9068 access tokens by client credentials
+//!   and by a login through its pages, and back-channel logout when a session ends.
 //! - [`stack`]: all of them together; [`probe`]: the fault tests' watch on revoked tokens.
 //! - [`net`]: free ports and a TCP proxy that cuts like a partition.
 //! - [`postgres`]: a PostgreSQL database of a test's own, or a server of its own.
@@ -32,6 +35,7 @@ pub mod issuer;
 pub mod nats;
 pub mod net;
 pub mod nginx;
+pub mod oidc;
 pub mod pki;
 pub mod postgres;
 pub mod probe;
@@ -46,6 +50,7 @@ pub use issuer::{rsa_key, rsa_key_pem, TestIssuer};
 pub use nats::*;
 pub use net::*;
 pub use nginx::Nginx;
+pub use oidc::{OidcClient, OidcProvider, OidcProviderOptions, OidcResource, ProviderSession};
 pub use pki::*;
 pub use postgres::{PgDatabase, PrivatePostgres};
 pub use probe::*;

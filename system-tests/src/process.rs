@@ -112,6 +112,28 @@ impl Process {
         })
     }
 
+    /// Runs any program (not one of the service binaries), its output in `log`, killed on
+    /// drop like the others.
+    pub fn spawn_command(mut command: Command, log: PathBuf) -> Result<Process> {
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        Ok(Process {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Whether the process has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
