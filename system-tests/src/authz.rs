@@ -332,6 +332,41 @@ impl Authz {
         Ok(response.status().as_u16())
     }
 
+    /// The rules in force, from the admin API's listing (up to 1,000), oldest first.
+    pub async fn revocations(&self) -> Result<Vec<serde_json::Value>> {
+        let page: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/admin/revocations?limit=1000", self.admin_url))
+            .basic_auth("admin", Some("admin-secret"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(page["revocations"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The `kid` of the key that signs this server's tokens.
+    pub async fn signing_kid(&self) -> Result<String> {
+        let jwks: serde_json::Value = reqwest::get(format!("{}/.well-known/jwks.json", self.url))
+            .await?
+            .json()
+            .await?;
+        jwks["keys"]
+            .as_array()
+            .and_then(|keys| keys.iter().find(|k| k["use"] == "sig"))
+            .and_then(|k| k["kid"].as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no signing key in {jwks}"))
+    }
+
+    /// A gateway's `[hub]` and its `[[issuers]]` entry for this server's tokens (audience
+    /// `demo-api`), for configurations of several issuers.
+    pub fn as_hub_and_issuer(&self) -> String {
+        format!(
+            "[hub]\njwks_url = \"{a}/.well-known/jwks.json\"\n\n[[issuers]]\nissuer = \"{a}\"\naudiences = [\"demo-api\"]\njwks_url = \"{a}/.well-known/jwks.json\"\n",
+            a = self.url
+        )
+    }
+
     /// Revokes through the admin API with a JSON body; returns the status and body.
     pub async fn admin_revoke(&self, body: serde_json::Value) -> Result<(u16, serde_json::Value)> {
         let response = reqwest::Client::new()

@@ -50,7 +50,9 @@ pub use issuer::{rsa_key, rsa_key_pem, TestIssuer};
 pub use nats::*;
 pub use net::*;
 pub use nginx::Nginx;
-pub use oidc::{OidcClient, OidcProvider, OidcProviderOptions, OidcResource, ProviderSession};
+pub use oidc::{
+    jwt_claims, OidcClient, OidcProvider, OidcProviderOptions, OidcResource, ProviderSession,
+};
 pub use pki::*;
 pub use postgres::{PgDatabase, PrivatePostgres};
 pub use probe::*;

@@ -113,11 +113,15 @@ pub struct OidcProviderOptions {
     pub ec_kid: Option<String>,
     pub resources: Vec<OidcResource>,
     pub clients: Vec<OidcClient>,
+    /// The port to listen on, when its issuer must be known before it starts (a test's
+    /// other services name it); any free port when `None`.
+    pub port: Option<u16>,
 }
 
 impl Default for OidcProviderOptions {
     fn default() -> Self {
         OidcProviderOptions {
+            port: None,
             rsa_kid: "oidc-rs256".into(),
             ec_kid: None,
             resources: Vec::new(),
@@ -206,7 +210,7 @@ impl OidcProvider {
             })
             .collect();
         let config = json!({
-            "port": 0,
+            "port": options.port.unwrap_or(0),
             "rsa_kid": options.rsa_kid,
             "ec_kid": options.ec_kid,
             "clients": options.clients.iter().map(OidcClient::metadata).collect::<Vec<_>>(),

@@ -537,14 +537,7 @@ async fn revoke_cli() -> anyhow::Result<()> {
         "--jti without --exp is a usage error"
     );
 
-    let page: Value = reqwest::Client::new()
-        .get(format!("{}/admin/revocations", authz.admin_url))
-        .basic_auth("admin", Some("admin-secret"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let items = page["revocations"].as_array().cloned().unwrap_or_default();
+    let items = authz.revocations().await?;
     assert_eq!(items.len(), 5);
     assert_eq!(items[0]["reason"], "phone lost");
     assert_eq!(items[0]["requested_by"], "admin");

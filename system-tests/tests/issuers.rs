@@ -66,17 +66,7 @@ fn jwt_header() -> Header {
 async fn two_issuers_side_by_side() -> anyhow::Result<()> {
     let stack = Stack::start(0).await?;
     // The second issuer's key is named like the authz-server's: a kid collision.
-    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", stack.authz.url))
-        .await?
-        .json()
-        .await?;
-    let our_kid = jwks["keys"]
-        .as_array()
-        .and_then(|keys| keys.iter().find(|k| k["use"] == "sig"))
-        .and_then(|k| k["kid"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    anyhow::ensure!(!our_kid.is_empty(), "no signing key in {jwks}");
+    let our_kid = stack.authz.signing_kid().await?;
     let theirs = TestIssuer::start(&our_kid).await?;
     let gw = stack
         .ready_gateway(

@@ -74,6 +74,7 @@ async fn provider(logout_uri: &str) -> OidcProvider {
             OidcClient::service("svc", "svc-secret"),
             OidcClient::web("web", "web-secret").backchannel_logout(logout_uri),
         ],
+        port: None,
     })
     .await
     .unwrap()

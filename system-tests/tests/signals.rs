@@ -68,14 +68,7 @@ async fn jwcrypto_sign(pem: &[u8], header: Value, claims: Value) -> anyhow::Resu
 
 /// Rules the hub holds.
 async fn rules(authz: &Authz) -> anyhow::Result<usize> {
-    let page: Value = reqwest::Client::new()
-        .get(format!("{}/admin/revocations?limit=1000", authz.admin_url))
-        .basic_auth("admin", Some("admin-secret"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(page["revocations"].as_array().map_or(0, Vec::len))
+    Ok(authz.revocations().await?.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,8 +94,8 @@ async fn logout_tokens_and_sets_become_rules() -> anyhow::Result<()> {
         &authz,
         &upstream,
         &format!(
-            "[hub]\njwks_url = \"{a}/.well-known/jwks.json\"\n\n[[issuers]]\nissuer = \"{a}\"\naudiences = [\"demo-api\"]\njwks_url = \"{a}/.well-known/jwks.json\"\n\n[[issuers]]\nissuer = \"{i}\"\naudiences = [\"demo-api\"]\njwks_url = \"{i}/jwks\"\nrequired_claims = [\"sub\", \"jti\", \"client_id\", \"sid\"]\n",
-            a = authz.url,
+            "{}\n[[issuers]]\nissuer = \"{i}\"\naudiences = [\"demo-api\"]\njwks_url = \"{i}/jwks\"\nrequired_claims = [\"sub\", \"jti\", \"client_id\", \"sid\"]\n",
+            authz.as_hub_and_issuer(),
             i = idp.url
         ),
     )

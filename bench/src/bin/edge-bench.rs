@@ -10,7 +10,9 @@
 //! - `haproxy-jwt`: HAProxy verifying the RS256 JWT (`jwt_verify`, algorithm fixed) and its
 //!   `exp`, `iss` and `aud`, and looking its `jti` up in a map of revoked ids;
 //! - `gateway`: this project's gateway, one worker thread, connected to its NATS feed;
-//! - `gateway-1m`: the same with one million revocation rules replayed from its stream.
+//! - `gateway-1m`: the same with one million revocation rules replayed from its stream;
+//! - `gateway-2iss` (pool workload only): `gateway` with a second issuer configured, listed
+//!   first, so that every token first misses that issuer's token cache (`[[issuers]]`).
 //!
 //! wrk runs pinned to CPU 0, every server (NATS and the authz-server included) to CPU 1.
 //! Rounds interleave the contestants, and each round starts with a different one. Two token
@@ -642,11 +644,13 @@ struct Ports {
     authz_1m: u16,
     gateway_1m: u16,
     gateway_1m_admin: u16,
+    gateway_2iss: u16,
+    gateway_2iss_admin: u16,
 }
 
 impl Ports {
     fn free() -> Result<Ports> {
-        let p = free_ports(10)?;
+        let p = free_ports(12)?;
         Ok(Ports {
             authz: p[0],
             upstream: p[1],
@@ -658,6 +662,8 @@ impl Ports {
             gateway_1m: p[7],
             gateway_1m_admin: p[8],
             hyper_proxy: p[9],
+            gateway_2iss: p[10],
+            gateway_2iss_admin: p[11],
         })
     }
 }
@@ -666,6 +672,8 @@ impl Ports {
 /// authz-server (for its heartbeats). Dropped in this order, the gateway first.
 struct Servers {
     gateway: Server,
+    /// The same gateway with a second issuer configured, listed first.
+    gateway_2iss: Server,
     haproxy_jwt: Server,
     hyper_proxy: Server,
     nginx_proxy: Server,
@@ -742,8 +750,26 @@ impl Servers {
             true,
         )
         .await?;
+        let config = two_issuers(&gateway_config(
+            ports.gateway_2iss,
+            ports.gateway_2iss_admin,
+            ports,
+            &jwks,
+            &nats.url(),
+            "gateway-3",
+        ));
+        let (gateway_2iss, _) = start_gateway(
+            "gateway-2iss",
+            work,
+            ports.gateway_2iss,
+            ports.gateway_2iss_admin,
+            &config,
+            true,
+        )
+        .await?;
         Ok(Servers {
             gateway,
+            gateway_2iss,
             haproxy_jwt,
             hyper_proxy,
             nginx_proxy,
@@ -761,6 +787,7 @@ impl Servers {
             &self.hyper_proxy,
             &self.haproxy_jwt,
             &self.gateway,
+            &self.gateway_2iss,
         ];
         if let Some(million) = million {
             contestants.push(&million.gateway);
@@ -885,6 +912,29 @@ fn gateway_config(
         ttl = TOKEN_TTL,
         upstream_port = ports.upstream,
         nats = Pki::get().nats_section(&[nats_url.to_string()], id, id),
+    )
+}
+
+/// `config` (one issuer) with a second issuer listed before it, of the same keys: every
+/// token of the benchmark, of the second-listed issuer, first misses the other's token cache.
+fn two_issuers(config: &str) -> String {
+    let one_issuer = |line: &str| {
+        ["issuer =", "audiences =", "jwks_file =", "algorithms ="]
+            .iter()
+            .any(|key| line.starts_with(key))
+    };
+    let jwks = config
+        .lines()
+        .find_map(|line| line.strip_prefix("jwks_file = "))
+        .unwrap_or_default();
+    let rest: String = config
+        .lines()
+        .filter(|line| !one_issuer(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let (top, tables) = rest.split_once("\n[").unwrap_or((&rest, ""));
+    format!(
+        "{top}\n[hub]\njwks_file = {jwks}\n\n[[issuers]]\nissuer = \"https://other-issuer.bench\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = {jwks}\n\n[[issuers]]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = {jwks}\n\n[{tables}"
     )
 }
 
@@ -1215,6 +1265,14 @@ impl Report<'_> {
                 format!("{:.3} ms vs {:.3} ms", gp / 1000.0, np / 1000.0),
                 gp <= np,
             );
+            if pool.contains_key("gateway-2iss") {
+                let g2 = rps(pool, "gateway-2iss");
+                target(
+                    "two issuers: requests/s within 2% of one issuer",
+                    format!("{:+.1}%", (g2 / gw - 1.0) * 100.0),
+                    g2 >= 0.98 * gw,
+                );
+            }
             if pool.contains_key("gateway-1m") {
                 let g1 = rps(pool, "gateway-1m");
                 target(

@@ -1,7 +1,9 @@
 //! `make bench-revocation`: revokes tokens one after another while three gateways (release
 //! builds, separate processes) serve them, and prints the delay from the revoke API's 200 to
 //! the first 401 at every gateway, the revoke API's own latency, and from the request to the
-//! first 401: p50, p99 and max. A benchmark, not a test: it prints figures, and only checks
+//! first 401: p50, p99 and max. Then the same for another issuer's tokens revoked by its
+//! signals: back-channel logout tokens (one session each) and SETs pushed under RFC 8935 (one
+//! account each). A benchmark, not a test: it prints figures, and only checks
 //! that its run was sane (the warm-up served, every revoke answered 200, every revoked token
 //! refused within 10 s).
 //!
@@ -10,7 +12,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use system_tests::{Authz, Gateway, Nats, Upstream};
+use jsonwebtoken::{Algorithm, Header};
+use serde_json::json;
+use system_tests::{Authz, Gateway, Nats, TestIssuer, Upstream};
 
 /// Revocation propagation to three gateways (BENCHMARKS.md).
 #[derive(clap::Parser)]
@@ -26,42 +30,210 @@ async fn main() -> Result<()> {
     let Args { tokens: count } = clap::Parser::parse();
     let nats = Nats::start()?;
     let dir = tempfile::tempdir()?;
+    // A second issuer, whose logout tokens and SETs the hub receives.
+    let idp = TestIssuer::start("idp-1").await?;
     let port = system_tests::free_ports(1)?[0];
-    let authz = Authz::spawn_process(dir.path(), port, &[nats.url()], "").await?;
+    let hub_config = format!(
+        "[[issuers]]\nissuer = \"{}\"\njwks_url = \"{}/jwks\"\nalgorithms = [\"RS256\"]\nbackchannel_logout_client_ids = [\"{CLIENT}\"]\nssf_audience = \"{SSF_AUDIENCE}\"\n",
+        idp.url, idp.url
+    );
+    let authz = Authz::spawn_process(dir.path(), port, &[nats.url()], &hub_config).await?;
     let upstream = Upstream::start().await?;
+    let gateway_config = format!(
+        "[hub]\njwks_url = \"{a}/.well-known/jwks.json\"\n\n[[issuers]]\nissuer = \"{a}\"\naudiences = [\"demo-api\"]\njwks_url = \"{a}/.well-known/jwks.json\"\n\n[[issuers]]\nissuer = \"{i}\"\naudiences = [\"demo-api\"]\njwks_url = \"{i}/jwks\"\n",
+        a = authz.url,
+        i = idp.url
+    );
     let mut gateways = Vec::new();
     for id in ["gateway-1", "gateway-2", "gateway-3"] {
-        let gw =
-            Gateway::spawn_process(dir.path(), id, &[nats.url()], &authz, &upstream, "").await?;
+        let gw = Gateway::spawn_process(
+            dir.path(),
+            id,
+            &[nats.url()],
+            &authz,
+            &upstream,
+            &gateway_config,
+        )
+        .await?;
         gw.wait_ready().await?;
         gateways.push(gw);
     }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(8)
+        .build()?;
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+
     eprintln!("issuing {count} tokens...");
     let mut tokens = Vec::with_capacity(count);
     for _ in 0..count {
         tokens.push(authz.token("demo-client", "demo-secret").await?);
     }
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(8)
-        .build()?;
-    for gw in &gateways {
-        anyhow::ensure!(
-            gw.call(&http, "/echo/", &tokens[0]).await == 200,
-            "warm-up request refused"
-        );
-    }
     eprintln!("revoking them one by one...");
-    let mut delays: Vec<Vec<Duration>> = vec![Vec::with_capacity(count); gateways.len()];
-    let mut api = Vec::with_capacity(count);
-    let mut end_to_end = Vec::with_capacity(count * 3);
-    for token in &tokens {
-        let sent = Instant::now();
-        anyhow::ensure!(
-            authz.revoke("demo-client", "demo-secret", token).await? == 200,
-            "revoke failed"
+    let run = propagation(&http, &gateways, &tokens, |i| {
+        let (authz, token) = (&authz, &tokens[i]);
+        async move {
+            anyhow::ensure!(
+                authz.revoke("demo-client", "demo-secret", token).await? == 200,
+                "revoke failed"
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    println!("revocation propagation: {count} tokens, 3 gateways, {profile} build, loopback");
+    run.print("revoke API");
+    println!("(gateway rows: from the revoke API's 200 to the first 401 at that gateway; the");
+    println!(" revoke API row: the revoke request itself, Argon2 client authentication, the");
+    println!(" durable commit and, since the 200 waits for it, the publication included; end to");
+    println!(" end: from sending the revoke request to the first 401, every gateway)");
+
+    // Back-channel logout: one session per token, each ended by a logout token.
+    let tokens: Vec<String> = (0..count)
+        .map(|i| idp_token(&idp, &format!("user-{i}"), &format!("sid-{i}")))
+        .collect();
+    eprintln!("ending {count} sessions by back-channel logout...");
+    let logout_url = format!("{}/oidc/backchannel-logout", authz.url);
+    let run = propagation(&http, &gateways, &tokens, |i| {
+        let logout = idp.sign(
+            typed("logout+jwt"),
+            &json!({"iss": idp.url, "aud": CLIENT, "iat": revocation::unix_now(),
+                "jti": format!("logout-{i}"), "sid": format!("sid-{i}"),
+                "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
         );
+        let (http, url) = (&http, &logout_url);
+        async move {
+            let status = http
+                .post(url)
+                .form(&[("logout_token", logout)])
+                .send()
+                .await?
+                .status();
+            anyhow::ensure!(status == 200, "back-channel logout answered {status}");
+            Ok(())
+        }
+    })
+    .await?;
+    println!();
+    println!("back-channel logout: {count} sessions, 3 gateways, {profile} build, loopback");
+    run.print("logout");
+
+    // Shared Signals push: one subject per token, each disabled by a SET.
+    let tokens: Vec<String> = (0..count)
+        .map(|i| idp_token(&idp, &format!("account-{i}"), &format!("set-sid-{i}")))
+        .collect();
+    eprintln!("disabling {count} accounts by SET push...");
+    let ssf_url = format!("{}/ssf/events", authz.url);
+    let run = propagation(&http, &gateways, &tokens, |i| {
+        let set = idp.sign(
+            typed("secevent+jwt"),
+            &json!({"iss": idp.url, "aud": SSF_AUDIENCE, "iat": revocation::unix_now(),
+                "jti": format!("set-{i}"),
+                "sub_id": {"format": "iss_sub", "iss": idp.url, "sub": format!("account-{i}")},
+                "events": {"https://schemas.openid.net/secevent/risc/event-type/account-disabled": {}}}),
+        );
+        let (http, url) = (&http, &ssf_url);
+        async move {
+            let status = http
+                .post(url)
+                .header("content-type", "application/secevent+jwt")
+                .body(set)
+                .send()
+                .await?
+                .status();
+            anyhow::ensure!(status == 202, "SET push answered {status}");
+            Ok(())
+        }
+    })
+    .await?;
+    println!();
+    println!("SET push (RFC 8935): {count} subjects, 3 gateways, {profile} build, loopback");
+    run.print("SET push");
+    println!("(gateway rows: from the receiver's 200 or 202 to the first 401 at that gateway;");
+    println!(" the logout and SET push rows: the signal's request, its verification, the durable");
+    println!(" commit and the publication included)");
+    Ok(())
+}
+
+/// The second issuer's audience for this hub.
+const CLIENT: &str = "bench-web";
+const SSF_AUDIENCE: &str = "https://hub.bench/ssf";
+
+/// A JOSE header of RS256 and `typ`.
+fn typed(typ: &str) -> Header {
+    let mut header = Header::new(Algorithm::RS256);
+    header.typ = Some(typ.into());
+    header
+}
+
+/// The second issuer's access token for `sub` in session `sid`.
+fn idp_token(idp: &TestIssuer, sub: &str, sid: &str) -> String {
+    let now = revocation::unix_now();
+    idp.sign(
+        typed("at+jwt"),
+        &json!({"iss": idp.url, "sub": sub, "aud": "demo-api", "exp": now + 1800, "iat": now - 1,
+            "jti": format!("{sub}-{sid}"), "client_id": CLIENT, "sid": sid, "scope": "echo:read"}),
+    )
+}
+
+/// The delays of one run.
+struct Run {
+    /// Per gateway: from the acknowledgement to its first 401.
+    delays: Vec<Vec<Duration>>,
+    /// The revoking request itself.
+    api: Vec<Duration>,
+    /// From sending the revoking request to the first 401, every gateway.
+    end_to_end: Vec<Duration>,
+}
+
+impl Run {
+    fn print(mut self, api_row: &str) {
+        println!("{:<12} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
+        let mut all = Vec::new();
+        for (i, d) in self.delays.iter_mut().enumerate() {
+            print_row(&format!("gateway-{}", i + 1), d);
+            all.extend_from_slice(d);
+        }
+        print_row("all", &mut all);
+        print_row(api_row, &mut self.api);
+        print_row("end to end", &mut self.end_to_end);
+    }
+}
+
+/// Revokes `tokens[i]` with `revoke(i)`, one after another, and times each until every
+/// gateway refuses it (each token first checked to pass everywhere).
+async fn propagation<F, Fut>(
+    http: &reqwest::Client,
+    gateways: &[Gateway],
+    tokens: &[String],
+    mut revoke: F,
+) -> Result<Run>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for gw in gateways {
+        for token in tokens {
+            anyhow::ensure!(
+                gw.call(http, "/echo/", token).await == 200,
+                "a token was refused before its revocation"
+            );
+        }
+    }
+    let count = tokens.len();
+    let mut run = Run {
+        delays: vec![Vec::with_capacity(count); gateways.len()],
+        api: Vec::with_capacity(count),
+        end_to_end: Vec::with_capacity(count * gateways.len()),
+    };
+    for (i, token) in tokens.iter().enumerate() {
+        let sent = Instant::now();
+        revoke(i).await?;
         let acknowledged = Instant::now();
-        api.push(acknowledged - sent);
+        run.api.push(acknowledged - sent);
         let polls = gateways.iter().map(|gw| {
             let http = http.clone();
             let url = format!("{}/echo/", gw.url);
@@ -83,36 +255,17 @@ async fn main() -> Result<()> {
                 }
             }
         });
-        for (i, delay) in futures::future::join_all(polls)
+        for (g, delay) in futures::future::join_all(polls)
             .await
             .into_iter()
             .enumerate()
         {
             let (after_ack, after_request) = delay?;
-            delays[i].push(after_ack);
-            end_to_end.push(after_request);
+            run.delays[g].push(after_ack);
+            run.end_to_end.push(after_request);
         }
     }
-    let profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    println!("revocation propagation: {count} tokens, 3 gateways, {profile} build, loopback");
-    println!("{:<12} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
-    let mut all = Vec::new();
-    for (i, d) in delays.iter_mut().enumerate() {
-        print_row(&format!("gateway-{}", i + 1), d);
-        all.extend_from_slice(d);
-    }
-    print_row("all", &mut all);
-    print_row("revoke API", &mut api);
-    print_row("end to end", &mut end_to_end);
-    println!("(gateway rows: from the revoke API's 200 to the first 401 at that gateway; the");
-    println!(" revoke API row: the revoke request itself, Argon2 client authentication, the");
-    println!(" durable commit and, since the 200 waits for it, the publication included; end to");
-    println!(" end: from sending the revoke request to the first 401, every gateway)");
-    Ok(())
+    Ok(run)
 }
 
 fn print_row(name: &str, samples: &mut [Duration]) {
