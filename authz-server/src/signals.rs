@@ -388,23 +388,26 @@ impl Subject {
                     Some(user) => Some(Subject::read(user, issuer)?),
                     None => None,
                 };
+                // A session in a form no token carries counts as no session: the user
+                // may still be usable, and the other way round.
                 let session = match object.get("session") {
                     Some(session) => {
                         let session = session.as_object().ok_or(Refused::Claims)?;
                         let format = session.get("format").and_then(Value::as_str);
                         match (format, identifier(session.get("id"))?) {
                             (Some("opaque"), Some(id)) => Some(id),
-                            _ => return Ok(Subject::Unusable("subject_format")),
+                            _ => None,
                         }
                     }
                     None => None,
                 };
+                let has_any = object.contains_key("user") || object.contains_key("session");
                 match (user, session) {
                     (Some(Subject::User(sub)), Some(sid)) => Subject::UserSession(sub, sid),
-                    (None, Some(sid)) => Subject::Session(sid),
+                    (None | Some(Subject::Unusable(_)), Some(sid)) => Subject::Session(sid),
                     (Some(user), None) => user,
-                    (Some(unusable), Some(_)) => unusable,
-                    (None, None) => return Err(Refused::Claims),
+                    (None, None) if has_any => Subject::Unusable("subject_format"),
+                    (_, _) => return Err(Refused::Claims),
                 }
             }
             _ => Subject::Unusable("subject_format"),
@@ -437,7 +440,9 @@ impl RemoteIssuer {
             keys: RemoteKeys {
                 source,
                 algorithms,
-                cached: tokio::sync::Mutex::new(None),
+                cached: std::sync::RwLock::new(None),
+                last_attempt: std::sync::Mutex::new(None),
+                fetching: tokio::sync::Mutex::new(()),
             },
         })
     }
@@ -450,29 +455,73 @@ struct RemoteKeys {
     source: JwksSource,
     algorithms: Vec<Algorithm>,
     /// The last set fetched, and when.
-    cached: tokio::sync::Mutex<Option<(Instant, Arc<JwkSet>)>>,
+    cached: std::sync::RwLock<Option<(Instant, Arc<JwkSet>)>>,
+    /// When the last fetch was tried, successful or not.
+    last_attempt: std::sync::Mutex<Option<Instant>>,
+    /// One fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl RemoteKeys {
     /// The key `kid`, for `alg`: one of the allowed algorithms, and the one the JWK pins
     /// (its `alg`, or the one its type implies). Symmetric and encryption keys never.
+    ///
+    /// A kid of the cached set is served at once; the set is fetched again when it is older
+    /// than `REFRESH` (by the first signal that finds no fetch under way; the others use the
+    /// cached set meanwhile) or when a signal names a kid it lacks. Whatever the outcome, a
+    /// fetch is tried at most once per `MIN_REFETCH`: made-up kids, which need no signature
+    /// to reach this point, cost one fetch per interval, and a provider that hangs holds up
+    /// only the signals naming a kid the hub has never seen.
     async fn key(&self, http: &reqwest::Client, kid: &str, alg: Algorithm) -> Option<DecodingKey> {
         if !self.algorithms.contains(&alg) {
             return None;
         }
-        let mut cached = self.cached.lock().await;
-        let stale = cached.as_ref().is_none_or(|(at, set)| {
-            at.elapsed() >= REFRESH || (set.find(kid).is_none() && at.elapsed() >= MIN_REFETCH)
-        });
-        if stale {
-            match jwks::fetch(http, &self.source).await {
-                Ok(set) => *cached = Some((Instant::now(), Arc::new(set))),
-                Err(e) => tracing::warn!(error = %e, "cannot load a signal issuer's JWKS"),
+        let known = self.find(kid).is_some();
+        let old = self.cached_at().is_none_or(|at| at.elapsed() >= REFRESH);
+        if !known || old {
+            let fetching = if known {
+                self.fetching.try_lock().ok()
+            } else {
+                Some(self.fetching.lock().await)
+            };
+            // Asked again under the lock: another signal may have fetched meanwhile.
+            let still = self.find(kid).is_none()
+                || self.cached_at().is_none_or(|at| at.elapsed() >= REFRESH);
+            if fetching.is_some() && still && self.may_attempt() {
+                match jwks::fetch(http, &self.source).await {
+                    Ok(set) => {
+                        if let Ok(mut cached) = self.cached.write() {
+                            *cached = Some((Instant::now(), Arc::new(set)));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot load a signal issuer's JWKS"),
+                }
             }
         }
-        let jwk = cached.as_ref()?.1.find(kid)?.clone();
-        drop(cached);
-        usable(&jwk, alg)
+        usable(&self.find(kid)?, alg)
+    }
+
+    /// The cached JWK named `kid`.
+    fn find(&self, kid: &str) -> Option<Jwk> {
+        let cached = self.cached.read().ok()?;
+        cached.as_ref()?.1.find(kid).cloned()
+    }
+
+    fn cached_at(&self) -> Option<Instant> {
+        self.cached.read().ok()?.as_ref().map(|(at, _)| *at)
+    }
+
+    /// Whether a fetch may be tried now (none in the last `MIN_REFETCH`); if so, it counts
+    /// as tried.
+    fn may_attempt(&self) -> bool {
+        let Ok(mut last) = self.last_attempt.lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 }
 
@@ -625,6 +674,36 @@ mod tests {
             one(CREDENTIAL_CHANGE, json!({}), Some(only_session)).unwrap(),
             vec![EventAction::Ignored("subject_format")]
         );
+        // One usable half of a complex subject is enough for the events that need it.
+        let email_and_session = json!({"format": "complex", "user": {"format": "email", "email": "a@b"}, "session": {"format": "opaque", "id": "s-3"}});
+        assert_eq!(
+            one(SESSION_REVOKED, json!({}), Some(email_and_session.clone())).unwrap(),
+            vec![session("s-3")]
+        );
+        assert_eq!(
+            one(ACCOUNT_DISABLED, json!({}), Some(email_and_session)).unwrap(),
+            vec![EventAction::Ignored("subject_format")]
+        );
+        let user_and_odd_session =
+            json!({"format": "complex", "user": iss_sub, "session": {"format": "uri", "uri": "x"}});
+        assert_eq!(
+            one(
+                ACCOUNT_DISABLED,
+                json!({}),
+                Some(user_and_odd_session.clone())
+            )
+            .unwrap(),
+            vec![subject("alice")]
+        );
+        assert_eq!(
+            one(SESSION_REVOKED, json!({}), Some(user_and_odd_session)).unwrap(),
+            vec![subject("alice")]
+        );
+        let nothing_usable = json!({"format": "complex", "session": {"format": "uri", "uri": "x"}});
+        assert_eq!(
+            one(SESSION_REVOKED, json!({}), Some(nothing_usable)).unwrap(),
+            vec![EventAction::Ignored("subject_format")]
+        );
         // Acknowledged, not acted on.
         for (name, event, sub_id, why) in [
             (
@@ -706,5 +785,68 @@ mod tests {
             assert_eq!(Kind::Logout.fits(typ), logout, "{typ:?}");
             assert_eq!(Kind::Set.fits(typ), set, "{typ:?}");
         }
+    }
+
+    /// Made-up kids cost one fetch per `MIN_REFETCH`, failed or not; a kid the hub holds is
+    /// served while the provider hangs.
+    #[tokio::test]
+    async fn key_fetches_are_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let keys = RemoteKeys {
+            source: JwksSource::Url(url),
+            algorithms: vec![Algorithm::RS256],
+            cached: std::sync::RwLock::new(None),
+            last_attempt: std::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+        };
+        let http = jwks::client();
+        for i in 0..20 {
+            assert!(keys
+                .key(&http, &format!("made-up-{i}"), Algorithm::RS256)
+                .await
+                .is_none());
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "one fetch for 20 unknown kids"
+        );
+        // A held set: its kids are served without a fetch, even once it is old.
+        let (_, jwk) = {
+            let pem = crate::keys::generate_pem(Algorithm::RS256).unwrap();
+            let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+            let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+            jwk.common.key_id = Some("held".into());
+            (key, jwk)
+        };
+        *keys.cached.write().unwrap() = Some((
+            Instant::now() - REFRESH - Duration::from_secs(1),
+            Arc::new(JwkSet { keys: vec![jwk] }),
+        ));
+        assert!(keys.key(&http, "held", Algorithm::RS256).await.is_some());
+        assert!(
+            keys.key(&http, "held", Algorithm::ES256).await.is_none(),
+            "not its algorithm"
+        );
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "still within MIN_REFETCH"
+        );
     }
 }

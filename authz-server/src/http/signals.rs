@@ -36,8 +36,9 @@ pub(super) async fn backchannel_logout_post(
     };
     let now = crate::clock::unix_now();
     let verified = match verify(&state, kind, &token, now).await {
-        Ok(v) => v,
-        Err(why) => return refuse_logout(&state, why, &why.to_string()),
+        Ok(Ok(v)) => v,
+        Ok(Err(why)) => return refuse_logout(&state, why, &why.to_string()),
+        Err(unavailable) => return unavailable,
     };
     let rule = match logout_rule(&verified.claims, now + 1) {
         Ok(rule) => rule,
@@ -73,8 +74,9 @@ pub(super) async fn ssf_events_post(
     };
     let now = crate::clock::unix_now();
     let verified = match verify(&state, kind, token.trim(), now).await {
-        Ok(v) => v,
-        Err(why) => return refuse_set(&state, why, &why.to_string()),
+        Ok(Ok(v)) => v,
+        Ok(Err(why)) => return refuse_set(&state, why, &why.to_string()),
+        Err(unavailable) => return unavailable,
     };
     let actions = match set_actions(&verified.claims, &verified.issuer, now + 1) {
         Ok(actions) => actions,
@@ -109,27 +111,38 @@ fn content_type(headers: &axum::http::HeaderMap, want: &str) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
 }
 
-/// The signal verified, and not seen before.
-async fn verify(state: &AppState, kind: Kind, token: &str, now: u64) -> Result<Verified, Refused> {
-    let verified = state.signals.verify(kind, token, now).await?;
+/// The signal verified and not seen before; a replay, or the answer to send when the
+/// database cannot say (503: nothing was acknowledged, the sender may retry).
+async fn verify(
+    state: &AppState,
+    kind: Kind,
+    token: &str,
+    now: u64,
+) -> Result<Result<Verified, Refused>, Response> {
+    let verified = match state.signals.verify(kind, token, now).await {
+        Ok(v) => v,
+        Err(why) => return Ok(Err(why)),
+    };
+    if !state.store.reachable() {
+        return Err(OAuthError::Unavailable(crate::error::DATABASE_UNREACHABLE).into_response());
+    }
     match state
         .store
         .signal_seen(&verified.issuer, &verified.jti)
         .await
     {
-        Ok(false) => Ok(verified),
-        Ok(true) => Err(Refused::Replayed),
-        // Cannot tell: refused as a replay would be, and counted by the store.
-        Err(err) => {
-            state.store.note(&err);
-            Err(Refused::Replayed)
-        }
+        Ok(false) => Ok(Ok(verified)),
+        Ok(true) => Ok(Err(Refused::Replayed)),
+        Err(err) => Err(OAuthError::database(&state.store, err).into_response()),
     }
 }
 
-/// Commits every rule for the signal's issuer, each answered once published, then remembers
-/// the signal's `jti`. On failure, the answer to send (503 while the database or NATS is out
-/// of reach): the `jti` is not remembered, so the sender may retry.
+/// Commits every rule for the signal's issuer, all at once (each durable in the outbox before
+/// any wait), answered once every one is published, then remembers the signal's `jti`. On
+/// failure, the answer to send (503 while the database or NATS is out of reach): the `jti` is
+/// not remembered, so the sender may retry, and a retry commits the rules again (the same
+/// rules, a cut-off a moment later: never less revoked). Two identical signals arriving at
+/// once may both pass the replay check; they commit the same rules.
 async fn commit(
     state: &AppState,
     kind: Kind,
@@ -138,7 +151,7 @@ async fn commit(
     now: u64,
 ) -> Result<(), Response> {
     let requested_by = kind.as_str();
-    for rule in rules {
+    let commits = rules.into_iter().map(|rule| {
         let expires_at = rule.not_before().unwrap_or(now) + state.config.max_ttl_s;
         let reason = Some(format!("{requested_by} from {}", signal.issuer));
         commit_revocation(
@@ -149,8 +162,9 @@ async fn commit(
             reason,
             requested_by,
         )
-        .await
-        .map_err(IntoResponse::into_response)?;
+    });
+    for committed in futures::future::join_all(commits).await {
+        committed.map_err(IntoResponse::into_response)?;
     }
     if let Err(err) = state
         .store
