@@ -65,6 +65,9 @@ struct Args {
     /// Run one workload only.
     #[arg(long, value_parser = ["pool", "fresh"])]
     only: Option<String>,
+    /// Leave out `gateway-2iss` (to measure a gateway built before `[[issuers]]`).
+    #[arg(long)]
+    no_two_issuers: bool,
 }
 
 fn unix_now() -> u64 {
@@ -572,7 +575,7 @@ async fn main() -> Result<()> {
     std::fs::write(&script, WRK_SCRIPT)?;
 
     let ports = Ports::free()?;
-    let servers = Servers::start(&tools, &work, &ports, &tokens).await?;
+    let servers = Servers::start(&tools, &work, &ports, &tokens, !args.no_two_issuers).await?;
     let million = if args.rules > 0 {
         Some(Million::start(args.rules, &work, &ports, &tokens).await?)
     } else {
@@ -673,7 +676,7 @@ impl Ports {
 struct Servers {
     gateway: Server,
     /// The same gateway with a second issuer configured, listed first.
-    gateway_2iss: Server,
+    gateway_2iss: Option<Server>,
     haproxy_jwt: Server,
     hyper_proxy: Server,
     nginx_proxy: Server,
@@ -685,7 +688,13 @@ struct Servers {
 
 impl Servers {
     /// Starts them all, each pinned to the server CPU, and waits for the gateway to be ready.
-    async fn start(tools: &Tools, work: &Path, ports: &Ports, tokens: &Tokens) -> Result<Servers> {
+    async fn start(
+        tools: &Tools,
+        work: &Path,
+        ports: &Ports,
+        tokens: &Tokens,
+        two_issuers_too: bool,
+    ) -> Result<Servers> {
         // The revocation stack of `gateway`.
         let nats = Nats::start()?;
         let authz_dir = work.join("authz");
@@ -758,15 +767,20 @@ impl Servers {
             &nats.url(),
             "gateway-3",
         ));
-        let (gateway_2iss, _) = start_gateway(
-            "gateway-2iss",
-            work,
-            ports.gateway_2iss,
-            ports.gateway_2iss_admin,
-            &config,
-            true,
-        )
-        .await?;
+        let gateway_2iss = if two_issuers_too {
+            let (server, _) = start_gateway(
+                "gateway-2iss",
+                work,
+                ports.gateway_2iss,
+                ports.gateway_2iss_admin,
+                &config,
+                true,
+            )
+            .await?;
+            Some(server)
+        } else {
+            None
+        };
         Ok(Servers {
             gateway,
             gateway_2iss,
@@ -787,8 +801,8 @@ impl Servers {
             &self.hyper_proxy,
             &self.haproxy_jwt,
             &self.gateway,
-            &self.gateway_2iss,
         ];
+        contestants.extend(&self.gateway_2iss);
         if let Some(million) = million {
             contestants.push(&million.gateway);
         }
