@@ -172,10 +172,11 @@ impl Signals {
             return Err(Refused::Malformed);
         }
         let kid = header.kid.as_deref().ok_or(Refused::Key)?;
+        let claimed = unverified_iss(token).ok_or(Refused::Malformed)?;
         let issuer = self
             .issuers
             .iter()
-            .find(|i| Some(i.config.issuer.as_str()) == unverified_iss(token).as_deref())
+            .find(|i| i.config.issuer == claimed)
             .ok_or(Refused::Issuer)?;
         let audiences: Vec<&str> = match kind {
             Kind::Logout => issuer
