@@ -107,6 +107,10 @@ pub struct Config {
     /// events. Rules may name only this server's `issuer` or one of these.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// Milliseconds a gateway stays in the fleet view (`GET /admin/gateways`) after its last
+    /// status; gateways publish theirs every `status_interval_ms` (1000 by default).
+    #[serde(default = "default_fleet_window_ms")]
+    pub fleet_window_ms: u64,
     /// Largest age, in seconds, of a logout token or Security Event Token (by its `iat`,
     /// plus `leeway_s`); older ones are refused. Their `jti` is remembered that long, so a
     /// replay is refused too.
@@ -168,6 +172,9 @@ pub struct ClientConfig {
     pub admin: bool,
 }
 
+fn default_fleet_window_ms() -> u64 {
+    10_000
+}
 fn default_signal_max_age() -> u64 {
     300
 }
@@ -302,6 +309,9 @@ impl ServiceConfig for Config {
             if client.audience.is_empty() {
                 return Err(format!("clients[{i}].audience: must not be empty"));
             }
+        }
+        if !(1_000..=3_600_000).contains(&self.fleet_window_ms) {
+            return Err("fleet_window_ms: must be between 1000 and 3600000".into());
         }
         if !(1..=86_400).contains(&self.signal_max_age_s) {
             return Err("signal_max_age_s: must be between 1 and 86400".into());

@@ -34,6 +34,7 @@ pub mod clients;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod heartbeat;
 pub mod http;
 pub mod keys;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub registry: Registry,
     /// The other issuers' keys, for their logout tokens and SETs.
     pub signals: signals::Signals,
+    /// The gateways heard from (`GET /admin/gateways`).
+    pub fleet: Arc<fleet::Fleet>,
     /// The public listener's connection counts.
     pub connections: Arc<service_kit::serve::ListenerStats>,
     /// The RFC 8414 metadata document, rebuilt when clients or keys change.
@@ -192,6 +195,7 @@ async fn build(config: Config) -> Result<Server, StartError> {
     let metrics = Metrics::default();
     let registry = metrics.registry(&nats);
     let signals = signals::Signals::new(&config).map_err(StartError::Config)?;
+    let fleet = Arc::new(fleet::Fleet::new(metrics.fleet_refused.clone()));
     let state = Arc::new(AppState {
         clients: clients::Clients::new(
             &config.clients,
@@ -218,6 +222,7 @@ async fn build(config: Config) -> Result<Server, StartError> {
         metrics,
         registry,
         signals,
+        fleet,
         connections: Arc::default(),
         metadata: Default::default(),
     });
@@ -261,13 +266,21 @@ struct Tasks {
     snapshots: Option<JoinHandle<()>>,
     /// Picks up keys and clients changed through other replicas.
     key_reload: JoinHandle<()>,
+    /// Follows the gateways' statuses.
+    fleet: JoinHandle<()>,
 }
 
 impl Tasks {
     /// Stops every task and waits for each to end.
     async fn stop(self) {
         self.stop.cancel();
-        let _ = tokio::join!(self.relay, self.heartbeat, self.key_reload, self.probe);
+        let _ = tokio::join!(
+            self.relay,
+            self.heartbeat,
+            self.key_reload,
+            self.probe,
+            self.fleet
+        );
         if let Some(snapshots) = self.snapshots {
             let _ = snapshots.await;
         }
@@ -321,6 +334,7 @@ fn spawn_tasks(server: &Server) -> Tasks {
         )
     });
     let key_reload = spawn_key_reload(state.clone(), stop.clone());
+    let fleet = fleet::spawn(server.nats.clone(), state.fleet.clone(), stop.clone());
     Tasks {
         stop,
         probe,
@@ -328,6 +342,7 @@ fn spawn_tasks(server: &Server) -> Tasks {
         heartbeat,
         snapshots,
         key_reload,
+        fleet,
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub relay: Arc<RelayMetrics>,
     /// Snapshots of the revocation rules (the snapshot task).
     pub snapshots: Arc<SnapshotMetrics>,
+    /// Gateway status messages refused (the fleet task).
+    pub fleet_refused: Counter,
     /// Signals received (back-channel logout tokens, SETs), by kind and outcome: `revoked`,
     /// `acknowledged` (an event not acted on), or why it was refused.
     pub signals:
@@ -98,6 +100,11 @@ impl Metrics {
             "nats_server_errors",
             "Errors reported by the NATS server",
             nats.server_errors.clone(),
+        );
+        r.register(
+            "gateway_status_refused",
+            "Gateway status messages refused (another gateway's subject, unreadable, oversized)",
+            self.fleet_refused.clone(),
         );
         r.register(
             "signals",

@@ -154,7 +154,8 @@ SNAP_PREFIX=JS.SNAP.API
 #   AUTHZ the authz-server: the whole JetStream API of REV and SNAP (imported under
 #         $REV_PREFIX and $SNAP_PREFIX), publishing into both streams, and the heartbeats;
 #   GW    the gateways: only what reading needs (pull consumers of the revocation stream,
-#         reading the snapshot stream) and the heartbeats.
+#         reading the snapshot stream) and the heartbeats; each publishes its own status
+#         (gateway.status.v1.<identity>, exported to AUTHZ only) and reads nobody's.
 # A JetStream API response or a push consumer's delivery stays in the account of the stream:
 # no reply subject and no deliver subject a gateway chooses can reach an API, an inbox, the
 # heartbeats or the snapshot stream. Gateways can neither delete nor list consumers, so the
@@ -189,6 +190,7 @@ accounts {
       { service: { account: REV, subject: "authz.revocations.v1.>" } }
       { service: { account: SNAP, subject: "\$JS.API.>" }, to: "$SNAP_PREFIX.>" }
       { service: { account: SNAP, subject: "authz.snapshots.v1.>" } }
+      { stream: { account: GW, subject: "gateway.status.v1.*" } }
     ]
     exports: [
       { stream: "authz.heartbeat.v1", accounts: [GW] }
@@ -206,7 +208,7 @@ accounts {
               "$SNAP_PREFIX.>"
             ]
           }
-          subscribe: { allow: [ "_INBOX_authz.>" ] }
+          subscribe: { allow: [ "_INBOX_authz.>", "gateway.status.v1.*" ] }
         }
       }
     ]
@@ -222,8 +224,12 @@ accounts {
       { service: { account: SNAP, subject: "\$JS.API.STREAM.MSG.GET.$SNAPSHOTS" }, to: "$SNAP_PREFIX.STREAM.MSG.GET.$SNAPSHOTS" }
       { stream: { account: AUTHZ, subject: "authz.heartbeat.v1" } }
     ]
+    exports: [
+      { stream: "gateway.status.v1.*", accounts: [AUTHZ] }
+    ]
     # Gateways publish only requests to the imported APIs (anything else under the prefixes
-    # has no responder) and subscribe only to their own inbox and the heartbeats.
+    # has no responder) and their own status, and subscribe only to their own inbox and the
+    # heartbeats.
     users: [
 EOF
 for gw in "${GATEWAYS[@]}"; do
@@ -231,7 +237,7 @@ for gw in "${GATEWAYS[@]}"; do
       {
         user: "$gw@$DOMAIN"
         permissions: {
-          publish: { allow: [ "$REV_PREFIX.>", "$SNAP_PREFIX.>" ] }
+          publish: { allow: [ "$REV_PREFIX.>", "$SNAP_PREFIX.>", "gateway.status.v1.$gw" ] }
           subscribe: { allow: [ "_INBOX_$gw.>", "authz.heartbeat.v1" ] }
         }
       }

@@ -83,6 +83,10 @@ pub struct Config {
     /// gateway is not ready, and `on_stale` decides what protected routes answer.
     #[serde(default = "default_max_staleness_ms")]
     pub max_staleness_ms: u64,
+    /// Milliseconds between two publications of the gateway's status on NATS
+    /// (`gateway.status.v1.<inbox_name>`), from which the authz-server keeps the fleet view.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
     /// What protected routes do while the gateway is stale: `reject` (503 with Retry-After,
     /// the default) or `serve` (keep serving, only report and count).
     #[serde(default)]
@@ -565,6 +569,9 @@ fn default_drain_delay_ms() -> u64 {
 fn default_log_format() -> String {
     "text".into()
 }
+fn default_status_interval_ms() -> u64 {
+    1000
+}
 fn default_max_staleness_ms() -> u64 {
     5000
 }
@@ -597,6 +604,9 @@ impl ServiceConfig for Config {
         self.validate_tls()?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("log_format: must be text or json".into());
+        }
+        if !(100..=60_000).contains(&self.status_interval_ms) {
+            return Err("status_interval_ms: must be between 100 and 60000".into());
         }
         // Heartbeats come every second by default: a bound much below that would flap.
         if self.max_staleness_ms < 500 {

@@ -1,6 +1,7 @@
 //! The gateway's background tasks, all stopped by one token: the key refreshers (one per
 //! issuer, and the hub's when it is no issuer), the revocation feed and its heartbeats, the
-//! staleness watch, the sweeper and the configuration reload.
+//! staleness watch, the sweeper, the configuration reload and the status it publishes for the
+//! fleet view.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,13 @@ pub fn spawn(
         spawn_staleness_watch(gw.clone(), stop.clone()),
         spawn_sweeper(gw.clone(), stop.clone()),
         spawn_reload(gw.clone(), reloads, stop.clone()),
+        spawn_status(
+            gw.clone(),
+            built.client.clone(),
+            config.nats.inbox_name.clone(),
+            Duration::from_millis(config.status_interval_ms),
+            stop.clone(),
+        ),
     ]);
     Tasks { stop, handles }
 }
@@ -149,6 +157,52 @@ fn spawn_reload(
                 Err(e) => {
                     tracing::error!(error = %e, "new configuration rejected; keeping the old one")
                 }
+            }
+        }
+    })
+}
+
+/// Publishes the gateway's status every `every` on its own subject (see
+/// [`revocation::fleet`]): what it has applied, how fresh it is, and whether it is ready.
+/// A status that cannot be sent is skipped; the next one says the same and more.
+fn spawn_status(
+    gw: Arc<Gateway>,
+    client: async_nats::Client,
+    identity: String,
+    every: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    use revocation::fleet::{status_subject, GatewayStatus, STATUS_VERSION};
+    let mut bytes = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    let instance: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let millis = || revocation::since_epoch().as_millis() as u64;
+    let started_at_ms = millis();
+    let subject = status_subject(&identity);
+    spawn_every(every, stop, move || {
+        let auth = &gw.auth;
+        let reasons = gw.not_ready_reasons();
+        let status = GatewayStatus {
+            v: STATUS_VERSION,
+            gateway: identity.clone(),
+            instance: instance.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at_ms,
+            sent_at_ms: millis(),
+            epoch: auth.feed.epoch(),
+            last_sequence: auth.feed.last_sequence(),
+            staleness_ms: auth
+                .freshness
+                .staleness(Instant::now())
+                .map(|s| s.as_millis() as u64),
+            ready: reasons.is_empty(),
+            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+            rules: auth.revocations.len() as u64,
+        };
+        let (client, subject) = (client.clone(), subject.clone());
+        async move {
+            if let Err(e) = client.publish(subject, status.to_json().into()).await {
+                tracing::debug!(error = %e, "gateway status not sent");
             }
         }
     })

@@ -19,10 +19,12 @@
 //! - [`set`]: the in-memory revocation set the gateway consults on every request.
 //! - [`feed`]: the gateway task that replays the stream into the set and keeps following it.
 //! - [`freshness`]: the heartbeat and the proof, from it, that a gateway's set is fresh.
+//! - [`fleet`]: the status every gateway publishes, from which the authz-server knows the fleet.
 //! - [`fuzz`]: the decoders' invariants on arbitrary bytes (property tests, `make fuzz`).
 
 pub mod event;
 pub mod feed;
+pub mod fleet;
 pub mod freshness;
 pub mod fuzz;
 pub mod nats;

@@ -13,6 +13,7 @@
 //! GET  /healthz /readyz
 //!
 //! admin listener (admin_app); /admin/* for admin clients only:
+//! GET  /admin/gateways          the fleet: every gateway heard from, and how fresh it is
 //! GET  /admin/keys              the signing keys and their schedule
 //! POST /admin/keys/rotate       a new signing key
 //! GET  /admin/clients           the clients, without secrets
@@ -26,7 +27,7 @@
 //! ```
 //!
 //! One file per resource: `oauth2.rs`, `discovery.rs`, `admin_revocations.rs`,
-//! `admin_clients.rs`, `admin_keys.rs`, `signals.rs`, `ops.rs`; `commit.rs` holds the revocation commit they
+//! `admin_clients.rs`, `admin_gateways.rs`, `admin_keys.rs`, `signals.rs`, `ops.rs`; `commit.rs` holds the revocation commit they
 //! share (200 only once published), `extract.rs` the extractors that read the form and
 //! authenticate the client, so that no OAuth or admin handler runs without one. Here: the two
 //! routers and `no_store`, for answers that must not be cached.
@@ -50,6 +51,7 @@ use crate::tokens::{verify_own, AccessClaims};
 use crate::AppState;
 
 mod admin_clients;
+mod admin_gateways;
 mod admin_keys;
 mod admin_revocations;
 mod commit;
@@ -60,6 +62,7 @@ mod ops;
 mod signals;
 
 use admin_clients::*;
+use admin_gateways::*;
 use admin_keys::*;
 use admin_revocations::*;
 use commit::*;
@@ -97,6 +100,7 @@ pub fn public_app(state: Arc<AppState>) -> Router {
 pub fn admin_app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/admin/keys", get(admin_keys_get))
+        .route("/admin/gateways", get(admin_gateways_get))
         .route("/admin/keys/rotate", post(admin_keys_rotate_post))
         .route(
             "/admin/clients",
