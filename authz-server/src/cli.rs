@@ -105,6 +105,13 @@ pub struct RevokeArgs {
     /// Why; kept with the revocation and shown in the listing.
     #[arg(long)]
     reason: Option<String>,
+    /// Wait until every live gateway that may accept tokens has applied the revocation, and
+    /// print its receipt; exits 3 if some have not within --timeout-ms.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, in milliseconds (1 to 60000).
+    #[arg(long, default_value_t = 10_000, requires = "wait")]
+    timeout_ms: u64,
 }
 
 /// `authz-server revoke ...`: one admin API call.
@@ -125,7 +132,27 @@ fn revoke(args: RevokeArgs) -> ExitCode {
         .into_iter()
         .filter_map(|(k, v)| Some((k.to_string(), v?)))
         .collect();
-    admin_call(&args.admin, "/admin/revocations", &body.into())
+    if !args.wait {
+        return admin_call(&args.admin, "/admin/revocations", &body.into());
+    }
+    let path = format!(
+        "/admin/revocations?wait=enforced&timeout_ms={}",
+        args.timeout_ms
+    );
+    admin_request_status(
+        &args.admin,
+        reqwest::Method::POST,
+        &path,
+        Some(&body.into()),
+        |status| {
+            // 202: committed and published, but not applied everywhere in time.
+            if status == reqwest::StatusCode::ACCEPTED {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        },
+    )
 }
 
 /// One POST to the admin API; prints the answer.
@@ -139,6 +166,17 @@ fn admin_request(
     method: reqwest::Method,
     path: &str,
     body: Option<&serde_json::Value>,
+) -> ExitCode {
+    admin_request_status(admin, method, path, body, |_| ExitCode::SUCCESS)
+}
+
+/// [`admin_request`], whose exit status on success is `on_success` of the answer's status.
+fn admin_request_status(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    on_success: impl FnOnce(reqwest::StatusCode) -> ExitCode,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -166,7 +204,7 @@ fn admin_request(
     match result {
         Ok((status, text)) if status.is_success() => {
             println!("{text}");
-            ExitCode::SUCCESS
+            on_success(status)
         }
         Ok((status, text)) => {
             eprintln!("error: the server answered {status}: {text}");

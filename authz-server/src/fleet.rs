@@ -1,7 +1,7 @@
 //! The fleet view: the gateways that published their status within `fleet_window_ms`
 //! (see `revocation::fleet`), for `GET /admin/gateways`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,9 +13,38 @@ use tokio_util::sync::CancellationToken;
 
 /// The last status of every gateway heard from, and when it arrived.
 pub struct Fleet {
-    seen: Mutex<HashMap<String, (GatewayStatus, Instant)>>,
+    seen: Mutex<HashMap<String, Heard>>,
     /// Status messages refused (another gateway's subject, unreadable, oversized).
     pub refused: Counter,
+    /// Woken on every status.
+    changed: tokio::sync::Notify,
+}
+
+/// One gateway as heard: its last status, when, and since when it has reported each of its
+/// recent positions (for the time at which it applied a revocation).
+struct Heard {
+    status: GatewayStatus,
+    at: Instant,
+    /// `(epoch, last_sequence, first heard at, Unix ms)`, oldest first, at most
+    /// [`HISTORY`] entries.
+    positions: VecDeque<(u64, u64, u64)>,
+}
+
+/// Positions remembered per gateway.
+const HISTORY: usize = 1024;
+
+/// Where a gateway is with one revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub status: GatewayStatus,
+    pub seen_ago: Duration,
+    /// Heard from within three of its status intervals: it is connected and talking. One
+    /// that is not (partitioned, hung, gone) cannot be waited for; its receipt says by when it
+    /// refuses every token (its staleness bound), if it does.
+    pub responsive: bool,
+    /// When it first reported a position at or past the revocation's (Unix ms), if it has;
+    /// the first position remembered when that is already past it.
+    pub applied_at_ms: Option<u64>,
 }
 
 impl Fleet {
@@ -24,14 +53,64 @@ impl Fleet {
         Fleet {
             seen: Mutex::default(),
             refused,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
     /// Records `status`.
     pub fn heard(&self, status: GatewayStatus) {
+        let now_ms = revocation::since_epoch().as_millis() as u64;
         if let Ok(mut seen) = self.seen.lock() {
-            seen.insert(status.gateway.clone(), (status, Instant::now()));
+            let position = (status.epoch, status.last_sequence);
+            let heard = seen.entry(status.gateway.clone()).or_insert_with(|| Heard {
+                status: status.clone(),
+                at: Instant::now(),
+                positions: VecDeque::new(),
+            });
+            if heard.status.instance != status.instance {
+                // A new process starts from nothing.
+                heard.positions.clear();
+            }
+            if heard.positions.back().map(|(e, s, _)| (*e, *s)) != Some(position) {
+                if heard.positions.len() == HISTORY {
+                    heard.positions.pop_front();
+                }
+                heard.positions.push_back((position.0, position.1, now_ms));
+            }
+            heard.status = status;
+            heard.at = Instant::now();
         }
+        self.changed.notify_waiters();
+    }
+
+    /// Every live gateway (heard from within `window`) and where it is with the revocation at
+    /// stream `(epoch, sequence)`.
+    pub fn receipts(&self, window: Duration, epoch: u64, sequence: u64) -> Vec<Receipt> {
+        let Ok(mut seen) = self.seen.lock() else {
+            return Vec::new();
+        };
+        seen.retain(|_, heard| heard.at.elapsed() <= window);
+        let mut receipts: Vec<Receipt> = seen
+            .values()
+            .map(|heard| Receipt {
+                status: heard.status.clone(),
+                seen_ago: heard.at.elapsed(),
+                responsive: heard.at.elapsed()
+                    <= Duration::from_millis(3 * heard.status.status_interval_ms.max(100)),
+                applied_at_ms: heard
+                    .positions
+                    .iter()
+                    .find(|(e, s, _)| *e == epoch && *s >= sequence)
+                    .map(|(_, _, at)| *at),
+            })
+            .collect();
+        receipts.sort_by(|a, b| a.status.gateway.cmp(&b.status.gateway));
+        receipts
+    }
+
+    /// Resolves when a status arrives.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The gateways heard from within `window`, by identity, with how long ago; the others
@@ -40,10 +119,10 @@ impl Fleet {
         let Ok(mut seen) = self.seen.lock() else {
             return Vec::new();
         };
-        seen.retain(|_, (_, at)| at.elapsed() <= window);
+        seen.retain(|_, heard| heard.at.elapsed() <= window);
         let mut live: Vec<_> = seen
             .values()
-            .map(|(status, at)| (status.clone(), at.elapsed()))
+            .map(|heard| (heard.status.clone(), heard.at.elapsed()))
             .collect();
         live.sort_by(|a, b| a.0.gateway.cmp(&b.0.gateway));
         live

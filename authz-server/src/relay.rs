@@ -327,7 +327,7 @@ impl Relay {
                         duplicate = ack.duplicate,
                         "revocation published"
                     );
-                    published.push((row.seq, row.event.id.as_str()));
+                    published.push((row.seq, row.event.id.as_str(), ack.sequence));
                     if !ack.duplicate {
                         lowest_new = Some(lowest_new.map_or(ack.sequence, |l| l.min(ack.sequence)));
                     }
@@ -344,10 +344,10 @@ impl Relay {
             self.check_tail(epoch, lowest).await?;
         }
         if !published.is_empty() {
-            let seqs: Vec<i64> = published.iter().map(|(seq, _)| *seq).collect();
+            let rows: Vec<(i64, u64)> = published.iter().map(|(seq, _, at)| (*seq, *at)).collect();
             let marked = self
                 .store
-                .mark_published(&seqs, crate::clock::unix_now(), epoch, last)
+                .mark_published(&rows, crate::clock::unix_now(), epoch, last)
                 .await;
             match marked {
                 Ok(true) => {}
@@ -363,7 +363,7 @@ impl Relay {
                 }
             }
             self.metrics.published.inc_by(published.len() as u64);
-            self.acks.published(published.iter().map(|(_, id)| *id));
+            self.acks.published(published.iter().map(|(_, id, _)| *id));
         }
         match failure {
             Some(err) => Err(err),

@@ -175,7 +175,9 @@ const COLUMNS: &str = "id TEXT NOT NULL UNIQUE,
     reason TEXT,
     requested_by TEXT NOT NULL,
     published_at BIGINT,
-    committed_at BIGINT";
+    committed_at BIGINT,
+    stream_epoch BIGINT,
+    stream_seq BIGINT";
 
 const INDEXES: &str = "
 DROP INDEX IF EXISTS revocations_one_per_token;
@@ -342,7 +344,9 @@ impl Store {
                 .execute(
                     format!(
                         "CREATE TABLE IF NOT EXISTS revocations (seq BIGSERIAL PRIMARY KEY, {COLUMNS});
-                         ALTER TABLE revocations ADD COLUMN IF NOT EXISTS committed_at BIGINT; {INDEXES}"
+                         ALTER TABLE revocations ADD COLUMN IF NOT EXISTS committed_at BIGINT;
+                         ALTER TABLE revocations ADD COLUMN IF NOT EXISTS stream_epoch BIGINT;
+                         ALTER TABLE revocations ADD COLUMN IF NOT EXISTS stream_seq BIGINT; {INDEXES}"
                     )
                     .as_str(),
                 )
@@ -357,17 +361,22 @@ impl Store {
                 .as_str(),
             )
             .await?;
-            // Databases made before the column existed get it (SQLite has no IF NOT EXISTS
-            // here); their old rows keep NULL and are read by `revoked_at`.
-            let has: i64 = sqlx::query(
-                "SELECT COUNT(*) FROM pragma_table_info('revocations') WHERE name = 'committed_at'",
-            )
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get(0)?;
-            if has == 0 {
-                conn.execute("ALTER TABLE revocations ADD COLUMN committed_at BIGINT")
+            // Databases made before a column existed get it (SQLite has no IF NOT EXISTS
+            // here); their old rows keep NULL (`committed_at` is then read by `revoked_at`).
+            for column in ["committed_at", "stream_epoch", "stream_seq"] {
+                let has: i64 = sqlx::query(
+                    "SELECT COUNT(*) FROM pragma_table_info('revocations') WHERE name = $1",
+                )
+                .bind(column)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+                if has == 0 {
+                    conn.execute(
+                        format!("ALTER TABLE revocations ADD COLUMN {column} BIGINT").as_str(),
+                    )
                     .await?;
+                }
             }
         }
         Ok(())
@@ -498,11 +507,13 @@ impl Store {
     /// either the mark commits first and the switch then queues those rows again, or the
     /// switch commits first and the mark finds another epoch.
     ///
-    /// `last` is the stream sequence and event id of the batch's last message: recorded, so
-    /// that the heartbeat can check that the stream still holds it ([`Store::last_published`]).
+    /// `rows` are the rows' `seq` with the stream sequence each got (kept for its receipt,
+    /// `GET /admin/revocations/{id}`). `last` is the stream sequence and event id of the
+    /// batch's last message: recorded, so that the heartbeat can check that the stream still
+    /// holds it ([`Store::last_published`]).
     pub async fn mark_published(
         &self,
-        seqs: &[i64],
+        rows: &[(i64, u64)],
         at: u64,
         epoch: u64,
         last: Option<(u64, &str)>,
@@ -512,15 +523,21 @@ impl Store {
             return Ok(false);
         }
         // Bounded so that the statement stays far below SQLite's limit on parameters.
-        for chunk in seqs.chunks(1000) {
-            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
+        for chunk in rows.chunks(400) {
+            let whens: Vec<String> = (0..chunk.len())
+                .map(|i| format!("WHEN ${} THEN ${}", 3 + 2 * i, 4 + 2 * i))
+                .collect();
+            let ins: Vec<String> = (0..chunk.len())
+                .map(|i| format!("${}", 3 + 2 * i))
+                .collect();
             let sql = format!(
-                "UPDATE revocations SET published_at = $1 WHERE seq IN ({})",
-                placeholders.join(", ")
+                "UPDATE revocations SET published_at = $1, stream_epoch = $2, stream_seq = CASE seq {} END WHERE seq IN ({})",
+                whens.join(" "),
+                ins.join(", ")
             );
-            let mut query = sqlx::query(&sql).bind(at as i64);
-            for seq in chunk {
-                query = query.bind(*seq);
+            let mut query = sqlx::query(&sql).bind(at as i64).bind(epoch as i64);
+            for (seq, stream_seq) in chunk {
+                query = query.bind(*seq).bind(*stream_seq as i64);
             }
             query.execute(&mut *tx).await?;
         }
@@ -825,6 +842,26 @@ impl Store {
         Ok(())
     }
 
+    /// The revocation `id`, with where the stream put it (epoch, sequence) once published.
+    pub async fn revocation(
+        &self,
+        id: &str,
+    ) -> Result<Option<(StoredRevocation, Option<(u64, u64)>)>, sqlx::Error> {
+        let row = sqlx::query("SELECT * FROM revocations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let stored = from_row(&row)?;
+        let epoch = row.try_get::<Option<i64>, _>("stream_epoch")?;
+        let seq = row.try_get::<Option<i64>, _>("stream_seq")?;
+        let place = match (stored.published, epoch, seq) {
+            (true, Some(e), Some(s)) => Some((e.max(0) as u64, s.max(0) as u64)),
+            _ => None,
+        };
+        Ok(Some((stored, place)))
+    }
+
     /// Whether the revocation `id` is marked published: acknowledged by JetStream on the
     /// stream recorded when it was marked (a stream replaced since queues it again).
     pub async fn is_published(&self, id: &str) -> Result<bool, sqlx::Error> {
@@ -1107,6 +1144,11 @@ async fn last_published_in(
 mod tests {
     use super::*;
 
+    /// Rows with made-up stream sequences, for `mark_published`.
+    fn places(seqs: &[i64]) -> Vec<(i64, u64)> {
+        seqs.iter().map(|s| (*s, *s as u64)).collect()
+    }
+
     /// A SQLite store in a directory of its own, removed with the returned guard.
     async fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -1148,8 +1190,17 @@ mod tests {
         assert!((1_200_000..1_260_000).contains(&lag), "lag {lag}");
         store.switch_epoch(1, 1, 0).await.unwrap();
         let seqs = unpublished_seqs(&store).await;
-        assert!(store.mark_published(&seqs, 1, 1, None).await.unwrap());
+        assert!(store
+            .mark_published(&places(&seqs), 1, 1, None)
+            .await
+            .unwrap());
         assert_eq!(store.publish_lag_ms().await.unwrap(), 0);
+        // Each published row knows where the stream put it (its receipt reads it).
+        let (stored, place) = store.revocation(&old.id).await.unwrap().unwrap();
+        assert!(stored.published);
+        let seq = seqs.iter().copied().max().unwrap();
+        assert_eq!(place, Some((1, seq as u64)));
+        assert!(store.revocation("no-such-id").await.unwrap().is_none());
     }
 
     /// A database made before `committed_at` existed gets the column when opened; its rows
@@ -1273,18 +1324,27 @@ mod tests {
         }
         let seqs = unpublished_seqs(&store).await;
         // No stream recorded yet: nothing can be marked.
-        assert!(!store.mark_published(&seqs, 1, 100, None).await.unwrap());
+        assert!(!store
+            .mark_published(&places(&seqs), 1, 100, None)
+            .await
+            .unwrap());
         store.switch_epoch(100, 1, 0).await.unwrap();
         // Acked by stream 100, which is then replaced by 200 before the mark.
         store.switch_epoch(200, 1, 0).await.unwrap();
-        assert!(!store.mark_published(&seqs, 1, 100, None).await.unwrap());
+        assert!(!store
+            .mark_published(&places(&seqs), 1, 100, None)
+            .await
+            .unwrap());
         assert_eq!(
             store.backlog().await.unwrap(),
             3,
             "marked for a stream that is gone"
         );
         // Published again, to 200.
-        assert!(store.mark_published(&seqs, 1, 200, None).await.unwrap());
+        assert!(store
+            .mark_published(&places(&seqs), 1, 200, None)
+            .await
+            .unwrap());
         assert_eq!(store.backlog().await.unwrap(), 0);
         // Marked first, then the stream is replaced: queued again.
         assert_eq!(store.switch_epoch(300, 1, 0).await.unwrap(), 3);
@@ -1302,11 +1362,11 @@ mod tests {
         let seqs = unpublished_seqs(&store).await;
         store.switch_epoch(100, 1, 0).await.unwrap();
         assert!(store
-            .mark_published(&seqs[1..], 1, 100, Some((5, "e5")))
+            .mark_published(&places(&seqs[1..]), 1, 100, Some((5, "e5")))
             .await
             .unwrap());
         assert!(store
-            .mark_published(&seqs[..1], 1, 100, Some((3, "e3")))
+            .mark_published(&places(&seqs[..1]), 1, 100, Some((3, "e3")))
             .await
             .unwrap());
         assert_eq!(
@@ -1356,7 +1416,7 @@ mod tests {
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         store.switch_epoch(7, 1, 0).await.unwrap();
         assert!(store
-            .mark_published(&seqs[..300], 1, 7, None)
+            .mark_published(&places(&seqs[..300]), 1, 7, None)
             .await
             .unwrap());
         assert_eq!(store.backlog().await.unwrap(), 101);

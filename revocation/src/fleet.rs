@@ -43,11 +43,40 @@ pub struct GatewayStatus {
     /// Whether it vouches for tokens, and if not, why (`/readyz`'s reasons).
     pub ready: bool,
     pub reasons: Vec<String>,
+    /// Its `on_stale` policy: `serve` keeps accepting tokens while not ready for staleness,
+    /// so such a gateway must have applied a revocation before it counts as enforced.
+    #[serde(default)]
+    pub serves_when_stale: bool,
+    /// Its `status_interval_ms` (a status at least this often) and `max_staleness_ms` (past
+    /// it without a heartbeat it turns stale, and refuses tokens unless it serves when
+    /// stale).
+    #[serde(default)]
+    pub status_interval_ms: u64,
+    #[serde(default)]
+    pub max_staleness_ms: u64,
     /// Revocation rules held.
     pub rules: u64,
 }
 
 impl GatewayStatus {
+    /// Whether this gateway may be accepting tokens, so that a revocation is enforced only
+    /// once it has applied it: it is ready, or it serves while stale.
+    pub fn may_accept_tokens(&self) -> bool {
+        self.ready || self.serves_when_stale
+    }
+
+    /// When (Unix ms), at the latest, a gateway that says nothing more after this status
+    /// refuses every token: its staleness reaches `max_staleness_ms` without a heartbeat.
+    /// `None` if it serves while stale.
+    pub fn refuses_tokens_by_ms(&self) -> Option<u64> {
+        (!self.serves_when_stale).then(|| {
+            let left = self
+                .max_staleness_ms
+                .saturating_sub(self.staleness_ms.unwrap_or(self.max_staleness_ms));
+            self.sent_at_ms.saturating_add(left)
+        })
+    }
+
     /// The status published on `subject`, checked: size, version, and the identity it names
     /// being the one of the subject (the only subject its author may publish on).
     pub fn decode(subject: &str, payload: &[u8]) -> Result<Self, &'static str> {
@@ -94,6 +123,9 @@ mod tests {
             staleness_ms: Some(5),
             ready: true,
             reasons: vec![],
+            serves_when_stale: false,
+            status_interval_ms: 1000,
+            max_staleness_ms: 5000,
             rules: 6,
         }
     }

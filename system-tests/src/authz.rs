@@ -344,6 +344,17 @@ impl Authz {
         Ok(page["revocations"].as_array().cloned().unwrap_or_default())
     }
 
+    /// The receipt of revocation `id` (`GET /admin/revocations/{id}`).
+    pub async fn receipt(&self, id: &str) -> Result<serde_json::Value> {
+        Ok(reqwest::Client::new()
+            .get(format!("{}/admin/revocations/{id}", self.admin_url))
+            .basic_auth("admin", Some("admin-secret"))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
     /// The `kid` of the key that signs this server's tokens.
     pub async fn signing_kid(&self) -> Result<String> {
         let jwks: serde_json::Value = reqwest::get(format!("{}/.well-known/jwks.json", self.url))

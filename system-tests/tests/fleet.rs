@@ -143,3 +143,182 @@ async fn the_fleet_view_follows_the_gateways() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// POST /admin/revocations?wait=enforced with revoke_admin's body; the status and receipt.
+async fn revoke_and_wait(
+    authz: &Authz,
+    subject: &str,
+    timeout_ms: u64,
+) -> anyhow::Result<(u16, Value)> {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/admin/revocations?wait=enforced&timeout_ms={timeout_ms}",
+            authz.admin_url
+        ))
+        .basic_auth("admin", Some("admin-secret"))
+        .json(&serde_json::json!({ "subject": subject }))
+        .send()
+        .await?;
+    Ok((response.status().as_u16(), response.json().await?))
+}
+
+/// Receipts: with three gateways, a revocation's receipt fills in as each applies it, and
+/// the wait returns once all have. With one partitioned from NATS, the receipt names it: at
+/// first as pending (it still talked a moment ago: the wait times out with 202), then, once it
+/// has gone silent, as unreachable with the instant from which it refuses every token, and the
+/// wait returns as soon as the two others have applied the revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_name_the_laggard() -> anyhow::Result<()> {
+    let nats = Nats::start()?;
+    let to_nats = system_tests::TcpProxy::start(nats.port).await?;
+    let dir = tempfile::tempdir()?;
+    let authz = Authz::start_with(dir.path(), &[nats.url()], "fleet_window_ms = 60000\n").await?;
+    let upstream = Upstream::start().await?;
+    let mut gateways = Vec::new();
+    for (id, url) in [
+        ("gateway-1", nats.url()),
+        ("gateway-2", nats.url()),
+        ("gateway-3", to_nats.url()),
+    ] {
+        let gw = Gateway::start_with(
+            id,
+            id,
+            &[url],
+            &authz,
+            &upstream,
+            "status_interval_ms = 1000",
+        )
+        .await?;
+        gw.wait_ready().await?;
+        gateways.push(gw);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "three ready gateways in the fleet view",
+        || {
+            let authz = &authz;
+            async move {
+                let list = fleet(authz).await;
+                (list.len() == 3 && list.iter().all(|g| g["ready"] == true)).then_some(())
+            }
+        },
+    )
+    .await?;
+
+    // All connected: the wait returns with every gateway applied.
+    let (status, receipt) = revoke_and_wait(&authz, "alice", 10_000).await?;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["enforced"], true);
+    assert_eq!(receipt["pending"], serde_json::json!([]));
+    let applied: Vec<&Value> = receipt["gateways"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(applied.len(), 3);
+    let sequence = receipt["stream"]["sequence"].as_u64().unwrap_or(0);
+    for g in &applied {
+        assert_eq!(g["applied"], true, "{g}");
+        assert!(g["last_sequence"].as_u64().unwrap_or(0) >= sequence, "{g}");
+        assert!(g["applied_at_ms"].as_u64().is_some(), "{g}");
+    }
+    // The same receipt, asked again by id.
+    let id = receipt["revocation"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let again = authz.receipt(&id).await?;
+    assert_eq!(again["enforced"], true);
+    assert_eq!(again["stream"], receipt["stream"]);
+
+    // gateway-3 cut off from NATS: right after the cut it still counts as talking, so the
+    // wait ends with 202 and names it pending; the two others have applied.
+    let cli = system_tests::binary("authz-server")?;
+    to_nats.cut();
+    let (status, receipt) = revoke_and_wait(&authz, "bob", 300).await?;
+    assert_eq!(status, 202, "{receipt}");
+    assert_eq!(receipt["enforced"], false);
+    assert_eq!(receipt["pending"], serde_json::json!(["gateway-3"]));
+    let by_name = |r: &Value, name: &str| {
+        r["gateways"]
+            .as_array()
+            .and_then(|list| list.iter().find(|g| g["gateway"] == name).cloned())
+            .unwrap_or(Value::Null)
+    };
+    for name in ["gateway-1", "gateway-2"] {
+        assert_eq!(
+            by_name(&receipt, name)["applied"],
+            true,
+            "{name}: {receipt}"
+        );
+    }
+    assert_eq!(by_name(&receipt, "gateway-3")["applied"], false);
+    // The CLI's --wait says the same: the receipt, and exit status 3.
+    let out = std::process::Command::new(&cli)
+        .args(["revoke", "--url", &authz.admin_url, "--subject", "erin"])
+        .args(["--wait", "--timeout-ms", "300"])
+        .env("AUTHZ_ADMIN_SECRET", "admin-secret")
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(printed["pending"], serde_json::json!(["gateway-3"]));
+
+    // Once gateway-3 has gone silent (three status intervals), the wait returns as soon as
+    // the others have applied, and the receipt names it unreachable with its staleness bound.
+    eventually(
+        Duration::from_secs(10),
+        "gateway-3 to count as unreachable",
+        || {
+            let (authz, id) = (&authz, &id);
+            async move {
+                let r = authz.receipt(id).await.ok()?;
+                (r["gateways"]
+                    .as_array()?
+                    .iter()
+                    .any(|g| g["gateway"] == "gateway-3" && g["responsive"] == false))
+                .then_some(())
+            }
+        },
+    )
+    .await?;
+    let (status, receipt) = revoke_and_wait(&authz, "carol", 10_000).await?;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["enforced"], true);
+    assert_eq!(receipt["unreachable"], serde_json::json!(["gateway-3"]));
+    let laggard = by_name(&receipt, "gateway-3");
+    assert_eq!(laggard["applied"], false);
+    let bound = laggard["refuses_tokens_by_ms"].as_u64().unwrap_or(0);
+    assert!(bound > 0, "{laggard}");
+    assert!(receipt["enforced_everywhere_from_ms"].as_u64().unwrap_or(0) >= bound);
+
+    // The laggard comes back: it applies what it missed, and a new receipt has all three.
+    to_nats.heal();
+    gateways[2].wait_ready().await?;
+    eventually(Duration::from_secs(10), "gateway-3 to talk again", || {
+        let authz = &authz;
+        async move {
+            let list = fleet(authz).await;
+            list.iter()
+                .any(|g| {
+                    g["gateway"] == "gateway-3"
+                        && g["ready"] == true
+                        && g["seen_ms_ago"].as_u64().is_some_and(|ms| ms < 1_000)
+                })
+                .then_some(())
+        }
+    })
+    .await?;
+    let (status, receipt) = revoke_and_wait(&authz, "dave", 20_000).await?;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["unreachable"], serde_json::json!([]));
+    assert!(
+        by_name(&receipt, "gateway-3")["applied"] == true,
+        "{receipt}"
+    );
+    Ok(())
+}

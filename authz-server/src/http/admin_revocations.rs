@@ -178,15 +178,37 @@ fn identifier(value: String, what: &'static str) -> Result<String, OAuthError> {
 }
 
 /// `POST /admin/revocations`: commits the revocation and answers the stored event once it is
-/// published.
+/// published. With `?wait=enforced` (and `timeout_ms`, 10000 by default, at most 60000), it
+/// answers the revocation's receipt once every live gateway that may accept tokens has applied
+/// it (200), or when the time is up (202, the receipt naming the gateways that have not).
 pub(super) async fn admin_revocations_post(
     State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
     AdminBody {
         admin,
         headers,
         body,
     }: AdminBody,
 ) -> Result<Response, OAuthError> {
+    let timeout_ms = match query.get("timeout_ms") {
+        None => 10_000,
+        Some(t) => t
+            .parse::<u64>()
+            .ok()
+            .filter(|t| (1..=60_000).contains(t))
+            .ok_or(OAuthError::InvalidRequest(
+                "timeout_ms must be between 1 and 60000",
+            ))?,
+    };
+    let wait = match query.get("wait").map(String::as_str) {
+        None if !query.contains_key("timeout_ms") => None,
+        Some("enforced") => Some(Duration::from_millis(timeout_ms)),
+        _ => {
+            return Err(OAuthError::InvalidRequest(
+                "wait must be enforced (with an optional timeout_ms)",
+            ))
+        }
+    };
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -202,7 +224,125 @@ pub(super) async fn admin_revocations_post(
     let reason = request.reason.clone();
     let (iss, rule, expires_at) = request.rule(&state, crate::clock::unix_now())?;
     let event = commit_revocation(&state, iss, rule, expires_at, reason, &admin.id).await?;
-    Ok(Json(event).into_response())
+    let Some(wait) = wait else {
+        return Ok(Json(event).into_response());
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (receipt, enforced) = receipt(&state, &event.id)
+            .await?
+            .ok_or_else(|| OAuthError::internal("a committed revocation is not in the database"))?;
+        if enforced {
+            return Ok(Json(receipt).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok((StatusCode::ACCEPTED, Json(receipt)).into_response());
+        }
+        // A status arrives at least every status_interval_ms; look again at least every
+        // 100 ms in case one came between the look and the wait.
+        let _ = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+            state.fleet.changed(),
+        )
+        .await;
+    }
+}
+
+/// `GET /admin/revocations/{id}`: the revocation's receipt.
+pub(super) async fn admin_revocation_get(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    AdminClient(_): AdminClient,
+) -> Result<Response, OAuthError> {
+    match receipt(&state, &id).await? {
+        Some((receipt, _)) => Ok(Json(receipt).into_response()),
+        None => Err(OAuthError::NotFound("no revocation has this id")),
+    }
+}
+
+/// The receipt of revocation `id`: the revocation, where the stream put it, and for every
+/// live gateway (heard from within `fleet_window_ms`) whether it has applied it, and when.
+///
+/// It is enforced once it is published and every gateway that may accept tokens (ready, or
+/// serving while stale) has applied it, among those that talk (a status within three of
+/// their intervals): `pending` names the others. A gateway that has gone silent cannot be
+/// waited for: `unreachable` names it, and its entry says by when it refuses every token (its
+/// staleness bound, from its last status). One that serves while stale has no such bound,
+/// so while it is unreachable and has not applied the revocation, nothing is enforced.
+/// `enforced_everywhere_from_ms` is the instant from which every gateway of the view refuses
+/// the token (the last application, or the last silent gateway's staleness bound).
+async fn receipt(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<(serde_json::Value, bool)>, OAuthError> {
+    let found = state
+        .store
+        .revocation(id)
+        .await
+        .map_err(|e| OAuthError::database(&state.store, e))?;
+    let Some((stored, place)) = found else {
+        return Ok(None);
+    };
+    let window = Duration::from_millis(state.config.fleet_window_ms);
+    let (epoch, sequence) = place.unwrap_or((u64::MAX, u64::MAX));
+    let receipts = state.fleet.receipts(window, epoch, sequence);
+    let gateways: Vec<serde_json::Value> = receipts
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "gateway": r.status.gateway,
+                "instance": r.status.instance,
+                "applied": r.applied_at_ms.is_some(),
+                "applied_at_ms": r.applied_at_ms,
+                "ready": r.status.ready,
+                "may_accept_tokens": r.status.may_accept_tokens(),
+                "epoch": r.status.epoch,
+                "last_sequence": r.status.last_sequence,
+                "seen_ms_ago": r.seen_ago.as_millis() as u64,
+                "responsive": r.responsive,
+                "refuses_tokens_by_ms": r.status.refuses_tokens_by_ms(),
+            })
+        })
+        .collect();
+    let behind = |r: &&crate::fleet::Receipt| r.applied_at_ms.is_none();
+    let pending: Vec<&str> = receipts
+        .iter()
+        .filter(behind)
+        .filter(|r| r.responsive && r.status.may_accept_tokens())
+        .map(|r| r.status.gateway.as_str())
+        .collect();
+    let unreachable: Vec<&crate::fleet::Receipt> = receipts
+        .iter()
+        .filter(behind)
+        .filter(|r| !r.responsive)
+        .collect();
+    let enforced = place.is_some()
+        && pending.is_empty()
+        && unreachable.iter().all(|r| !r.status.serves_when_stale);
+    // From when every gateway of the view refuses the token: each applied it, or (gone
+    // silent) turned stale; the latest of those instants.
+    let everywhere_from = enforced.then(|| {
+        receipts
+            .iter()
+            .filter_map(|r| r.applied_at_ms.or(r.status.refuses_tokens_by_ms()))
+            .max()
+    });
+    let unreachable: Vec<&str> = unreachable
+        .iter()
+        .map(|r| r.status.gateway.as_str())
+        .collect();
+    let receipt = serde_json::json!({
+        "revocation": stored.event,
+        "published": stored.published,
+        "stream": place.map(|(epoch, sequence)| serde_json::json!({"epoch": epoch, "sequence": sequence})),
+        "gateways": gateways,
+        "pending": pending,
+        "unreachable": unreachable,
+        "enforced": enforced,
+        "enforced_everywhere_from_ms": everywhere_from.flatten(),
+        "requested_by": stored.requested_by,
+    });
+    Ok(Some((receipt, enforced)))
 }
 
 /// `GET /admin/revocations?limit=N&after=SEQ`: the rules still in force, oldest first.

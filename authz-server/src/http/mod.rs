@@ -23,6 +23,8 @@
 //! POST /admin/revocations       revoke a token (jti or token), a subject, a client or a
 //!                               session, of this server's tokens or another issuer's
 //! GET  /admin/revocations       list the rules in force, paged
+//! GET  /admin/revocations/{id}  its receipt: which live gateways have applied it
+//!                               (POST ...?wait=enforced waits for every one)
 //! GET  /healthz /readyz /metrics
 //! ```
 //!
@@ -115,6 +117,7 @@ pub fn admin_app(state: Arc<AppState>) -> Router {
             "/admin/revocations",
             post(admin_revocations_post).get(admin_revocations_get),
         )
+        .route("/admin/revocations/{id}", get(admin_revocation_get))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_get))
         .route("/metrics", get(metrics_get))
