@@ -111,6 +111,12 @@ pub struct Config {
     /// status; gateways publish theirs every `status_interval_ms` (1000 by default).
     #[serde(default = "default_fleet_window_ms")]
     pub fleet_window_ms: u64,
+    /// Gateway identities (their `inbox_name`) that must be heard, and have applied a
+    /// revocation, before its receipt says enforced: a gateway whose status never arrives
+    /// (misconfigured, or not started) is then `missing` instead of unknown. Empty: the view
+    /// is whatever gateways speak.
+    #[serde(default)]
+    pub expected_gateways: Vec<String>,
     /// Largest age, in seconds, of a logout token or Security Event Token (by its `iat`,
     /// plus `leeway_s`); older ones are refused. Their `jti` is remembered that long, so a
     /// replay is refused too.

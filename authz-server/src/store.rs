@@ -842,11 +842,12 @@ impl Store {
         Ok(())
     }
 
-    /// The revocation `id`, with where the stream put it (epoch, sequence) once published.
+    /// The revocation `id`, with where the stream put it and when (epoch, sequence, Unix
+    /// seconds) once published. Rows published before this was recorded have no place.
     pub async fn revocation(
         &self,
         id: &str,
-    ) -> Result<Option<(StoredRevocation, Option<(u64, u64)>)>, sqlx::Error> {
+    ) -> Result<Option<(StoredRevocation, Option<(u64, u64, u64)>)>, sqlx::Error> {
         let row = sqlx::query("SELECT * FROM revocations WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -855,8 +856,11 @@ impl Store {
         let stored = from_row(&row)?;
         let epoch = row.try_get::<Option<i64>, _>("stream_epoch")?;
         let seq = row.try_get::<Option<i64>, _>("stream_seq")?;
-        let place = match (stored.published, epoch, seq) {
-            (true, Some(e), Some(s)) => Some((e.max(0) as u64, s.max(0) as u64)),
+        let at = row.try_get::<Option<i64>, _>("published_at")?;
+        let place = match (epoch, seq, at) {
+            (Some(e), Some(s), Some(at)) => {
+                Some((e.max(0) as u64, s.max(0) as u64, at.max(0) as u64))
+            }
             _ => None,
         };
         Ok(Some((stored, place)))
@@ -1199,7 +1203,7 @@ mod tests {
         let (stored, place) = store.revocation(&old.id).await.unwrap().unwrap();
         assert!(stored.published);
         let seq = seqs.iter().copied().max().unwrap();
-        assert_eq!(place, Some((1, seq as u64)));
+        assert_eq!(place, Some((1, seq as u64, 1)));
         assert!(store.revocation("no-such-id").await.unwrap().is_none());
     }
 

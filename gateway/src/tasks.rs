@@ -184,7 +184,9 @@ fn spawn_status(
     let mut said: Option<((u64, u64), Instant)> = None;
     spawn_every(Duration::from_millis(20), stop, move || {
         let auth = &gw.auth;
-        let position = (auth.feed.epoch(), auth.feed.last_sequence());
+        // One consistent pair (the feed's two counters change one after the other).
+        let applied = auth.freshness.applied();
+        let position = (applied.epoch, applied.seq);
         let due = said.is_none_or(|(at, when)| at != position || when.elapsed() >= every);
         let status = due.then(|| {
             said = Some((position, Instant::now()));
@@ -204,9 +206,10 @@ fn spawn_status(
                     .map(|s| s.as_millis() as u64),
                 ready: reasons.is_empty(),
                 reasons: reasons.iter().map(|r| r.to_string()).collect(),
-                serves_when_stale: auth.on_stale == crate::config::OnStale::Serve,
-                status_interval_ms: every.as_millis() as u64,
-                max_staleness_ms: auth.freshness.max_staleness().as_millis() as u64,
+                accepts_tokens: Some(auth.accepts_tokens()),
+                serves_when_stale: Some(auth.on_stale == crate::config::OnStale::Serve),
+                status_interval_ms: Some(every.as_millis() as u64),
+                max_staleness_ms: Some(auth.freshness.max_staleness().as_millis() as u64),
                 rules: auth.revocations.len() as u64,
             }
         });

@@ -43,38 +43,35 @@ pub struct GatewayStatus {
     /// Whether it vouches for tokens, and if not, why (`/readyz`'s reasons).
     pub ready: bool,
     pub reasons: Vec<String>,
-    /// Its `on_stale` policy: `serve` keeps accepting tokens while not ready for staleness,
-    /// so such a gateway must have applied a revocation before it counts as enforced.
+    /// Whether it accepts tokens at all now: its gates pass for at least one issuer. Not the
+    /// same as `ready`: a draining gateway, or one missing one issuer's keys, is not ready and
+    /// still accepts tokens. `None` (a status that does not say): assume it does.
     #[serde(default)]
-    pub serves_when_stale: bool,
-    /// Its `status_interval_ms` (a status at least this often) and `max_staleness_ms` (past
-    /// it without a heartbeat it turns stale, and refuses tokens unless it serves when
-    /// stale).
+    pub accepts_tokens: Option<bool>,
+    /// Its `on_stale` policy is `serve`: it keeps accepting tokens while stale, so no
+    /// staleness bound makes it refuse a revoked one. `None`: assume it does.
     #[serde(default)]
-    pub status_interval_ms: u64,
+    pub serves_when_stale: Option<bool>,
+    /// Its `status_interval_ms` (a status at least this often) and `max_staleness_ms`.
     #[serde(default)]
-    pub max_staleness_ms: u64,
+    pub status_interval_ms: Option<u64>,
+    #[serde(default)]
+    pub max_staleness_ms: Option<u64>,
     /// Revocation rules held.
     pub rules: u64,
 }
 
 impl GatewayStatus {
-    /// Whether this gateway may be accepting tokens, so that a revocation is enforced only
-    /// once it has applied it: it is ready, or it serves while stale.
+    /// Whether this gateway may be accepting tokens (so that a revocation counts as enforced
+    /// only once it has applied it).
     pub fn may_accept_tokens(&self) -> bool {
-        self.ready || self.serves_when_stale
+        self.accepts_tokens.unwrap_or(true)
     }
 
-    /// When (Unix ms), at the latest, a gateway that says nothing more after this status
-    /// refuses every token: its staleness reaches `max_staleness_ms` without a heartbeat.
-    /// `None` if it serves while stale.
-    pub fn refuses_tokens_by_ms(&self) -> Option<u64> {
-        (!self.serves_when_stale).then(|| {
-            let left = self
-                .max_staleness_ms
-                .saturating_sub(self.staleness_ms.unwrap_or(self.max_staleness_ms));
-            self.sent_at_ms.saturating_add(left)
-        })
+    /// Whether a staleness bound makes this gateway refuse tokens once it misses heartbeats
+    /// (its policy is `reject`, as it says).
+    pub fn bounded_by_staleness(&self) -> bool {
+        self.serves_when_stale == Some(false) && self.max_staleness_ms.is_some()
     }
 
     /// The status published on `subject`, checked: size, version, and the identity it names
@@ -123,9 +120,10 @@ mod tests {
             staleness_ms: Some(5),
             ready: true,
             reasons: vec![],
-            serves_when_stale: false,
-            status_interval_ms: 1000,
-            max_staleness_ms: 5000,
+            accepts_tokens: Some(true),
+            serves_when_stale: Some(false),
+            status_interval_ms: Some(1000),
+            max_staleness_ms: Some(5000),
             rules: 6,
         }
     }

@@ -159,6 +159,11 @@ impl Freshness {
         self.max_staleness
     }
 
+    /// Where the feed is, as one consistent pair: what it last reported applied.
+    pub fn applied(&self) -> Position {
+        self.state.lock().map(|s| s.applied).unwrap_or_default()
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         // A panic while holding this lock cannot leave the state inconsistent in a way that
         // loosens anything: staleness only ever grows without new heartbeats.

@@ -26,3 +26,18 @@ pub(super) async fn admin_gateways_get(
     }))
     .into_response())
 }
+
+/// `DELETE /admin/gateways/{identity}`: forgets every process of a gateway taken out of
+/// service (one that served while stale stays in the view, and blocks receipts, until then).
+pub(super) async fn admin_gateway_delete(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(identity): axum::extract::Path<String>,
+    AdminClient(_): AdminClient,
+) -> Result<Response, OAuthError> {
+    match state.fleet.forget(&identity) {
+        0 => Err(OAuthError::NotFound(
+            "no gateway of this identity in the view",
+        )),
+        n => Ok(Json(serde_json::json!({ "forgotten": n })).into_response()),
+    }
+}

@@ -260,17 +260,18 @@ pub(super) async fn admin_revocation_get(
     }
 }
 
-/// The receipt of revocation `id`: the revocation, where the stream put it, and for every
-/// live gateway (heard from within `fleet_window_ms`) whether it has applied it, and when.
+/// The receipt of revocation `id`: the revocation, where and when the stream took it, and
+/// for every gateway process of the view whether it stands at or past it, and since when.
 ///
-/// It is enforced once it is published and every gateway that may accept tokens (ready, or
-/// serving while stale) has applied it, among those that talk (a status within three of
-/// their intervals): `pending` names the others. A gateway that has gone silent cannot be
-/// waited for: `unreachable` names it, and its entry says by when it refuses every token (its
-/// staleness bound, from its last status). One that serves while stale has no such bound,
-/// so while it is unreachable and has not applied the revocation, nothing is enforced.
-/// `enforced_everywhere_from_ms` is the instant from which every gateway of the view refuses
-/// the token (the last application, or the last silent gateway's staleness bound).
+/// It is `enforced` once it is published, the view has listened for `fleet_window_ms`, every
+/// expected gateway is in it, and every process that talks (a status within three of its
+/// intervals) and may accept tokens has applied it (`pending` names the others). A process
+/// that has gone silent cannot be waited for: `unreachable` names it, and it does not block
+/// when a staleness bound makes it refuse tokens (`on_stale = "reject"`): by
+/// `guaranteed_from_ms` (published, plus the largest `max_staleness_ms` any gateway reported)
+/// every gateway that reports fresh enforces the revocation, whatever the view knows. One
+/// that serves while stale has no such bound: while it is unreachable and behind, nothing is
+/// enforced.
 async fn receipt(
     state: &AppState,
     id: &str,
@@ -284,7 +285,7 @@ async fn receipt(
         return Ok(None);
     };
     let window = Duration::from_millis(state.config.fleet_window_ms);
-    let (epoch, sequence) = place.unwrap_or((u64::MAX, u64::MAX));
+    let (epoch, sequence) = place.map_or((u64::MAX, u64::MAX), |(e, s, _)| (e, s));
     let receipts = state.fleet.receipts(window, epoch, sequence);
     let gateways: Vec<serde_json::Value> = receipts
         .iter()
@@ -294,13 +295,13 @@ async fn receipt(
                 "instance": r.status.instance,
                 "applied": r.applied_at_ms.is_some(),
                 "applied_at_ms": r.applied_at_ms,
+                "talking": r.talking,
+                "accepts_tokens": r.status.may_accept_tokens(),
+                "bounded_by_staleness": r.status.bounded_by_staleness(),
                 "ready": r.status.ready,
-                "may_accept_tokens": r.status.may_accept_tokens(),
                 "epoch": r.status.epoch,
                 "last_sequence": r.status.last_sequence,
                 "seen_ms_ago": r.seen_ago.as_millis() as u64,
-                "responsive": r.responsive,
-                "refuses_tokens_by_ms": r.status.refuses_tokens_by_ms(),
             })
         })
         .collect();
@@ -308,38 +309,40 @@ async fn receipt(
     let pending: Vec<&str> = receipts
         .iter()
         .filter(behind)
-        .filter(|r| r.responsive && r.status.may_accept_tokens())
+        .filter(|r| r.talking && r.status.may_accept_tokens())
         .map(|r| r.status.gateway.as_str())
         .collect();
-    let unreachable: Vec<&crate::fleet::Receipt> = receipts
+    let silent: Vec<&crate::fleet::Receipt> = receipts
         .iter()
         .filter(behind)
-        .filter(|r| !r.responsive)
+        .filter(|r| !r.talking)
+        .collect();
+    let missing: Vec<&str> = state
+        .config
+        .expected_gateways
+        .iter()
+        .filter(|id| !receipts.iter().any(|r| r.status.gateway == **id))
+        .map(String::as_str)
         .collect();
     let enforced = place.is_some()
+        && state.fleet.complete(window)
         && pending.is_empty()
-        && unreachable.iter().all(|r| !r.status.serves_when_stale);
-    // From when every gateway of the view refuses the token: each applied it, or (gone
-    // silent) turned stale; the latest of those instants.
-    let everywhere_from = enforced.then(|| {
-        receipts
-            .iter()
-            .filter_map(|r| r.applied_at_ms.or(r.status.refuses_tokens_by_ms()))
-            .max()
-    });
-    let unreachable: Vec<&str> = unreachable
-        .iter()
-        .map(|r| r.status.gateway.as_str())
-        .collect();
+        && missing.is_empty()
+        && silent.iter().all(|r| r.status.bounded_by_staleness());
+    let unreachable: Vec<&str> = silent.iter().map(|r| r.status.gateway.as_str()).collect();
+    let guaranteed_from = place
+        .map(|(_, _, published_at)| (published_at + 1) * 1000 + state.fleet.largest_bound_ms());
     let receipt = serde_json::json!({
         "revocation": stored.event,
         "published": stored.published,
-        "stream": place.map(|(epoch, sequence)| serde_json::json!({"epoch": epoch, "sequence": sequence})),
+        "stream": place.map(|(epoch, sequence, _)| serde_json::json!({"epoch": epoch, "sequence": sequence})),
         "gateways": gateways,
         "pending": pending,
         "unreachable": unreachable,
+        "missing": missing,
+        "view_complete": state.fleet.complete(window),
         "enforced": enforced,
-        "enforced_everywhere_from_ms": everywhere_from.flatten(),
+        "guaranteed_from_ms": guaranteed_from,
         "requested_by": stored.requested_by,
     });
     Ok(Some((receipt, enforced)))

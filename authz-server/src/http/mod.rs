@@ -14,6 +14,7 @@
 //!
 //! admin listener (admin_app); /admin/* for admin clients only:
 //! GET  /admin/gateways          the fleet: every gateway heard from, and how fresh it is
+//! DELETE /admin/gateways/{identity}  forget a gateway taken out of service
 //! GET  /admin/keys              the signing keys and their schedule
 //! POST /admin/keys/rotate       a new signing key
 //! GET  /admin/clients           the clients, without secrets
@@ -103,6 +104,10 @@ pub fn admin_app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/admin/keys", get(admin_keys_get))
         .route("/admin/gateways", get(admin_gateways_get))
+        .route(
+            "/admin/gateways/{identity}",
+            axum::routing::delete(admin_gateway_delete),
+        )
         .route("/admin/keys/rotate", post(admin_keys_rotate_post))
         .route(
             "/admin/clients",

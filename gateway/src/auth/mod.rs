@@ -187,6 +187,16 @@ impl Authenticator {
         until != 0 && until.saturating_add(self.verifier.leeway) >= revocation::unix_now()
     }
 
+    /// Whether a valid token of some issuer would pass the gates now: what the fleet status
+    /// says (a draining gateway, or one missing an issuer's keys, still accepts tokens).
+    pub fn accepts_tokens(&self) -> bool {
+        let trouble = self.is_stale() || self.unknown_event();
+        self.feed.is_caught_up()
+            && !self.feed.retention_too_short()
+            && (!trouble || self.on_stale == OnStale::Serve)
+            && self.issuers.iter().any(|i| i.usable_keys().is_ok())
+    }
+
     /// Every gate that is closed, in `/readyz`'s order; empty when tokens can be vouched for.
     pub fn not_ready_reasons(&self) -> Vec<&'static str> {
         let mut reasons = Vec::new();
