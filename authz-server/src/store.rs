@@ -525,13 +525,13 @@ impl Store {
         // Bounded so that the statement stays far below SQLite's limit on parameters.
         for chunk in rows.chunks(400) {
             let whens: Vec<String> = (0..chunk.len())
-                .map(|i| format!("WHEN ${} THEN ${}", 3 + 2 * i, 4 + 2 * i))
+                .map(|i| format!("WHEN ${} THEN CAST(${} AS BIGINT)", 3 + 2 * i, 4 + 2 * i))
                 .collect();
             let ins: Vec<String> = (0..chunk.len())
                 .map(|i| format!("${}", 3 + 2 * i))
                 .collect();
             let sql = format!(
-                "UPDATE revocations SET published_at = $1, stream_epoch = $2, stream_seq = CASE seq {} END WHERE seq IN ({})",
+                "UPDATE revocations SET published_at = $1, stream_epoch = CAST($2 AS BIGINT), stream_seq = CASE seq {} END WHERE seq IN ({})",
                 whens.join(" "),
                 ins.join(", ")
             );
