@@ -155,7 +155,159 @@ async fn main() -> Result<()> {
     println!("(gateway rows: from the receiver's 200 or 202 to the first 401 at that gateway;");
     println!(" the logout and SET push rows: the signal's request, its verification, the durable");
     println!(" commit and the publication included)");
+
+    // Under a steady load of about half the gateways' capacity: the admin API's revocations,
+    // the first 401 at each gateway, and each revocation's receipt.
+    let load_token = authz.token("demo-client", "demo-secret").await?;
+    eprintln!("measuring the gateways' capacity...");
+    let capacity = capacity(&http, &gateways, &load_token).await?;
+    let rate = capacity / 2.0;
+    eprintln!("capacity {capacity:.0} requests/s in all; loading them at {rate:.0}/s");
+    let load = Load::start(&http, &gateways, &load_token, rate);
+    let mut tokens = Vec::with_capacity(count);
+    for _ in 0..count {
+        tokens.push(authz.token("demo-client", "demo-secret").await?);
+    }
+    let receipts = std::sync::Mutex::new(Vec::with_capacity(count));
+    let run = propagation(&http, &gateways, &tokens, |i| {
+        let (authz, http, token, receipts) = (&authz, &http, &tokens[i], &receipts);
+        async move {
+            let response = http
+                .post(format!("{}/admin/revocations", authz.admin_url))
+                .basic_auth("admin", Some("admin-secret"))
+                .json(&json!({ "token": token }))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status() == 200,
+                "admin revoke answered {}",
+                response.status()
+            );
+            let acknowledged = Instant::now();
+            let event: serde_json::Value = response.json().await?;
+            let id = event["id"].as_str().unwrap_or_default().to_string();
+            // The receipt, looked at until it says enforced, in the background of the polls.
+            let (authz_url, http) = (authz.admin_url.clone(), http.clone());
+            let watch = tokio::spawn(async move {
+                let deadline = acknowledged + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    let receipt: serde_json::Value = http
+                        .get(format!("{authz_url}/admin/revocations/{id}"))
+                        .basic_auth("admin", Some("admin-secret"))
+                        .send()
+                        .await?
+                        .json()
+                        .await?;
+                    if receipt["enforced"] == true {
+                        return Ok(acknowledged.elapsed());
+                    }
+                }
+                bail!("a receipt was not complete after 10 s")
+            });
+            receipts
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .push(watch);
+            Ok(())
+        }
+    })
+    .await?;
+    let sent = load.stop().await;
+    let mut completed = Vec::with_capacity(count);
+    for watch in receipts
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+    {
+        completed.push(watch.await??);
+    }
+    println!();
+    println!(
+        "admin API revocations under load ({rate:.0} requests/s in all, half the measured {capacity:.0}; {sent} sent): {count} tokens, 3 gateways, {profile} build, loopback"
+    );
+    run.print("admin API");
+    print_row("receipt", &mut completed);
+    println!("(gateway rows: from the admin API's 200 to the first 401 at that gateway, while the");
+    println!(
+        " load runs; receipt: from the 200 until GET /admin/revocations/{{id}} says enforced)"
+    );
     Ok(())
+}
+
+/// Requests per second the three gateways serve together, with 16 connections each, for 2 s.
+async fn capacity(http: &reqwest::Client, gateways: &[Gateway], token: &str) -> Result<f64> {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(2);
+    let mut workers = Vec::new();
+    for gw in gateways {
+        for _ in 0..16 {
+            let (http, url, token) = (http.clone(), format!("{}/echo/", gw.url), token.to_string());
+            workers.push(tokio::spawn(async move {
+                let mut served = 0u64;
+                while Instant::now() < until {
+                    if let Ok(r) = http.get(&url).bearer_auth(&token).send().await {
+                        served += u64::from(r.status() == 200);
+                    }
+                }
+                served
+            }));
+        }
+    }
+    let mut served = 0;
+    for worker in workers {
+        served += worker.await?;
+    }
+    Ok(served as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A steady, open-loop load: `rate` requests/s in all, spread over the gateways, each sent on
+/// its schedule whether the previous ones have answered or not (at most 512 in flight).
+struct Load {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Load {
+    fn start(http: &reqwest::Client, gateways: &[Gateway], token: &str, rate: f64) -> Load {
+        let (stop, mut halt) = tokio::sync::watch::channel(false);
+        let urls: Vec<String> = gateways
+            .iter()
+            .map(|g| format!("{}/echo/", g.url))
+            .collect();
+        let (http, token) = (http.clone(), token.to_string());
+        let task = tokio::spawn(async move {
+            let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(512));
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let started = Instant::now();
+            let mut sent = 0u64;
+            loop {
+                tokio::select! {
+                    _ = halt.changed() => return sent,
+                    _ = tick.tick() => {}
+                }
+                let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                while sent < due {
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    let url = urls[(sent as usize) % urls.len()].clone();
+                    let (http, token) = (http.clone(), token.clone());
+                    tokio::spawn(async move {
+                        let _ = http.get(url).bearer_auth(token).send().await;
+                        drop(permit);
+                    });
+                    sent += 1;
+                }
+            }
+        });
+        Load { stop, task }
+    }
+
+    /// Stops the load; how many requests it sent.
+    async fn stop(self) -> u64 {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or(0)
+    }
 }
 
 /// The second issuer's audience for this hub.
