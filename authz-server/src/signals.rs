@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use revocation::Rule;
 use serde_json::{Map, Value};
@@ -526,25 +526,13 @@ impl RemoteKeys {
     }
 }
 
-/// The JWK as a key for `alg`, when it is a signature key pinned to `alg`.
+/// The JWK as a key for `alg`, when it is a signature key pinned to `alg`
+/// ([`jwks::pinned_algorithm`], as the gateways pin theirs).
 fn usable(jwk: &Jwk, alg: Algorithm) -> Option<DecodingKey> {
     if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
         return None;
     }
-    let implied = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
-        AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-        AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-        _ => return None,
-    };
-    let stated = match jwk.common.key_algorithm {
-        None => implied,
-        Some(KeyAlgorithm::RS256) => Algorithm::RS256,
-        Some(KeyAlgorithm::ES256) => Algorithm::ES256,
-        Some(KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
-        Some(_) => return None,
-    };
-    (stated == implied && implied == alg)
+    (jwks::pinned_algorithm(jwk) == Some(alg))
         .then(|| DecodingKey::from_jwk(jwk).ok())
         .flatten()
 }

@@ -834,11 +834,10 @@ impl Config {
             if issuers.is_empty() {
                 return Err(format!("routes[{i}].issuers: must not be empty"));
             }
-            let known = self.issuers();
-            if let Some(unknown) = issuers
-                .iter()
-                .find(|name| !known.iter().any(|k| &k.issuer == *name))
-            {
+            let known = |name: &String| {
+                self.issuer.as_ref() == Some(name) || self.issuers.iter().any(|k| &k.issuer == name)
+            };
+            if let Some(unknown) = issuers.iter().find(|name| !known(name)) {
                 return Err(format!(
                     "routes[{i}].issuers: {unknown:?} is not a configured issuer"
                 ));

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 /// Where a JWK Set comes from.
@@ -90,6 +91,28 @@ pub fn trusted_url(field: &str, url: &str) -> Result<(), String> {
         Err(format!(
             "{field}: must be an https URL (http only on loopback)"
         ))
+    }
+}
+
+/// The one algorithm a JWK may verify (each key is pinned to one): its `alg` when it states one that fits its key type,
+/// otherwise the one its key type implies. Symmetric keys get none.
+pub fn pinned_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+    let implied = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(implied),
+        Some(KeyAlgorithm::RS256) if implied == Algorithm::RS256 => Some(implied),
+        Some(KeyAlgorithm::ES256) if implied == Algorithm::ES256 => Some(implied),
+        Some(KeyAlgorithm::EdDSA) if implied == Algorithm::EdDSA => Some(implied),
+        Some(_) => None,
     }
 }
 

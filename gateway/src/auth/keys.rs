@@ -14,9 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aws_lc_rs::signature::ParsedPublicKey;
-use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
-};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use revocation::freshness::{HeartbeatVerifier, Unverified, HEARTBEAT_KEY_USE};
 pub use service_kit::jwks::{self, JwksSource};
@@ -70,7 +68,7 @@ impl KeySet {
             if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
                 continue;
             }
-            let Some(alg) = pinned_algorithm(jwk).filter(|a| allowed.contains(a)) else {
+            let Some(alg) = jwks::pinned_algorithm(jwk).filter(|a| allowed.contains(a)) else {
                 tracing::debug!(%kid, "JWK skipped: algorithm not allowed or not a signature key");
                 continue;
             };
@@ -201,28 +199,6 @@ fn parse_key(jwk: &Jwk, alg: Algorithm) -> Result<ParsedPublicKey, &'static str>
                 .map_err(|_| "not an Ed25519 key")
         }
         _ => Err("key type and algorithm do not match"),
-    }
-}
-
-/// The algorithm a JWK may verify: its `alg` when it states one that fits its key type,
-/// otherwise the one its key type implies. Symmetric keys get none.
-fn pinned_algorithm(jwk: &Jwk) -> Option<Algorithm> {
-    let implied = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
-        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
-            Algorithm::ES256
-        }
-        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
-            Algorithm::EdDSA
-        }
-        _ => return None,
-    };
-    match jwk.common.key_algorithm {
-        None => Some(implied),
-        Some(KeyAlgorithm::RS256) if implied == Algorithm::RS256 => Some(implied),
-        Some(KeyAlgorithm::ES256) if implied == Algorithm::ES256 => Some(implied),
-        Some(KeyAlgorithm::EdDSA) if implied == Algorithm::EdDSA => Some(implied),
-        Some(_) => None,
     }
 }
 
