@@ -52,6 +52,10 @@ pub struct Config {
     /// Milliseconds between heartbeats; gateways' `max_staleness_ms` must be well above it.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+    /// OpenTelemetry traces (`[tracing]`), exported by OTLP over HTTP; off when absent. See
+    /// `service_kit::traces`.
+    #[serde(default)]
+    pub tracing: Option<service_kit::traces::TraceConfig>,
     /// `text` (default) or `json` (one object a line).
     #[serde(default = "default_log_format")]
     pub log_format: String,
@@ -284,6 +288,9 @@ impl ServiceConfig for Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("log_format: must be text or json".into());
+        }
+        if let Some(tracing) = &self.tracing {
+            tracing.validate()?;
         }
         if !(100..=60_000).contains(&self.publish_wait_ms) {
             return Err("publish_wait_ms: must be between 100 and 60000".into());

@@ -76,6 +76,8 @@ pub struct AppState {
     pub fleet: Arc<fleet::Fleet>,
     /// The public listener's connection counts.
     pub connections: Arc<service_kit::serve::ListenerStats>,
+    /// The tracer, when `[tracing]` is configured.
+    pub traces: Option<Arc<service_kit::traces::Tracing>>,
     /// The RFC 8414 metadata document, rebuilt when clients or keys change.
     metadata: std::sync::RwLock<axum::body::Bytes>,
 }
@@ -158,6 +160,9 @@ pub async fn run(
     // Requests have drained; whatever they committed and the relay has not published yet
     // stays in the outbox for the next start.
     tasks.stop().await;
+    if let Some(traces) = &server.state.traces {
+        traces.shutdown().await;
+    }
     drop(server.nats);
     server.state.store.close().await;
     tracing::info!("authz-server stopped");
@@ -193,7 +198,13 @@ async fn build(config: Config) -> Result<Server, StartError> {
         .await
         .map_err(|e| StartError::Nats(e.to_string()))?;
     let metrics = Metrics::default();
-    let registry = metrics.registry(&nats);
+    let mut registry = metrics.registry(&nats);
+    let traces = service_kit::traces::Tracing::configured(
+        config.tracing.as_ref(),
+        "authz-server",
+        &mut registry,
+    )
+    .map_err(StartError::Config)?;
     let signals = signals::Signals::new(&config).map_err(StartError::Config)?;
     let fleet = Arc::new(fleet::Fleet::new(metrics.fleet_refused.clone()));
     let state = Arc::new(AppState {
@@ -217,13 +228,14 @@ async fn build(config: Config) -> Result<Server, StartError> {
         keys,
         store,
         wake_relay: Arc::new(Notify::new()),
-        acks: Arc::new(relay::Acks::default()),
+        acks: Arc::new(relay::Acks::traced(traces.clone())),
         nats,
         metrics,
         registry,
         signals,
         fleet,
         connections: Arc::default(),
+        traces,
         metadata: Default::default(),
     });
     state.refresh_metadata().await;

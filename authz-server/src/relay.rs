@@ -22,6 +22,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::Span as SdkSpan;
+use revocation::RevocationEvent;
+use service_kit::traces::{self, Tracing};
 
 /// Settings of the stream the relay creates if it does not exist.
 #[derive(Debug, Clone, Copy)]
@@ -57,19 +64,49 @@ impl Default for RelayMetrics {
 /// Requests waiting until their revocation is published: the revocation APIs answer 200
 /// only then (see [`crate::http`]), so that every revocation acknowledged is already in the
 /// stream, and the heartbeat can vouch for it with no database at hand.
+///
+/// When traced, a waiting request also leaves the span its publication belongs under, and
+/// the relay's publish span becomes its child ([`Acks::tracing`]).
 #[derive(Debug, Default)]
 pub struct Acks {
-    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
+    tracing: Option<Arc<Tracing>>,
+}
+
+/// The requests waiting for one revocation.
+#[derive(Debug, Default)]
+struct Waiting {
+    senders: Vec<oneshot::Sender<()>>,
+    /// The first traced request's span.
+    trace: Option<SpanContext>,
 }
 
 impl Acks {
+    /// Waits that trace the relay's publications with `tracing`.
+    pub fn traced(tracing: Option<Arc<Tracing>>) -> Self {
+        Acks {
+            waiting: Mutex::default(),
+            tracing,
+        }
+    }
+
+    /// The tracer, when the service traces.
+    pub fn tracing(&self) -> Option<&Tracing> {
+        self.tracing.as_deref()
+    }
+
     /// A wait that completes once this replica's relay has recorded the revocation `id` as
     /// published. Registered before the commit, it cannot miss that; one published by
     /// another replica's relay is seen in the database instead. It leaves the list when
-    /// dropped, whatever the outcome.
-    pub fn register(self: &Arc<Self>, id: &str) -> Waiter {
+    /// dropped, whatever the outcome. `trace`: the span the publication belongs under.
+    pub fn register(self: &Arc<Self>, id: &str, trace: Option<SpanContext>) -> Waiter {
         let (tx, rx) = oneshot::channel();
-        self.lock().entry(id.to_string()).or_default().push(tx);
+        let mut waiting = self.lock();
+        let entry = waiting.entry(id.to_string()).or_default();
+        entry.senders.push(tx);
+        if entry.trace.is_none() {
+            entry.trace = trace;
+        }
         Waiter {
             acks: self.clone(),
             id: id.to_string(),
@@ -79,15 +116,20 @@ impl Acks {
 
     /// How many requests wait (for tests and metrics).
     pub fn waiting(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().values().map(|w| w.senders.len()).sum()
+    }
+
+    /// The span the publication of `id` belongs under, if a traced request waits for it.
+    fn trace_of(&self, id: &str) -> Option<SpanContext> {
+        self.lock().get(id).and_then(|w| w.trace.clone())
     }
 
     /// Drops the waiters of `id` that gave up.
     fn forget(&self, id: &str) {
         let mut waiting = self.lock();
-        if let Some(senders) = waiting.get_mut(id) {
-            senders.retain(|tx| !tx.is_closed());
-            if senders.is_empty() {
+        if let Some(w) = waiting.get_mut(id) {
+            w.senders.retain(|tx| !tx.is_closed());
+            if w.senders.is_empty() {
                 waiting.remove(id);
             }
         }
@@ -97,13 +139,13 @@ impl Acks {
     fn published<'a>(&self, ids: impl Iterator<Item = &'a str>) {
         let mut waiting = self.lock();
         for id in ids {
-            for tx in waiting.remove(id).unwrap_or_default() {
+            for tx in waiting.remove(id).unwrap_or_default().senders {
                 let _ = tx.send(());
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<()>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
         self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -206,6 +248,25 @@ struct Relay {
 }
 
 impl Relay {
+    /// The span of the publication of `event`, when a traced request waits for it: a child
+    /// of that request's span, from the send to JetStream's ack.
+    fn publish_span(&self, event: &RevocationEvent, subject: &str) -> Option<SdkSpan> {
+        let tracer = &self.acks.tracing()?.tracer;
+        let parent = self.acks.trace_of(&event.id)?;
+        let span = tracer
+            .span_builder("revocation.publish")
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.destination.name", subject.to_string()),
+                KeyValue::new("messaging.message.id", event.id.clone()),
+                KeyValue::new("revocation.kind", event.rule.kind()),
+            ])
+            .start_with_context(tracer, &Context::new().with_remote_span_context(parent));
+        span.is_recording().then_some(span)
+    }
+
     /// Makes sure the stream exists and records its identity (queuing every rule in force
     /// again if it is a new stream); returns that identity.
     async fn ensure_stream(&self, settings: StreamSettings) -> Result<u64, async_nats::Error> {
@@ -292,18 +353,29 @@ impl Relay {
         let mut failure = None;
         for row in &pending {
             let subject = stream::subject_for(row.event.rule.kind());
+            let mut message = PublishMessage::build();
+            // Traced: the message names its publish span, the gateways' parent.
+            let span = self.publish_span(&row.event, &subject);
+            if let Some(span) = &span {
+                let mut headers = async_nats::HeaderMap::new();
+                traces::traceparent(span.span_context(), &mut headers);
+                message = message.headers(headers);
+            }
             let publish = self
                 .js
                 .send_publish(
                     subject,
-                    PublishMessage::build()
+                    message
                         .message_id(&row.event.id)
                         .payload(row.event.to_json().into()),
                 )
                 .await;
             match publish {
-                Ok(ack) => acks.push((row, ack)),
+                Ok(ack) => acks.push((row, ack, span)),
                 Err(err) => {
+                    if let Some(mut span) = span {
+                        span.set_status(Status::error(err.to_string()));
+                    }
                     failure = Some(async_nats::Error::from(err));
                     break;
                 }
@@ -314,8 +386,19 @@ impl Relay {
         // lowest sequence a new message got.
         let mut last: Option<(u64, &str)> = None;
         let mut lowest_new: Option<u64> = None;
-        for (row, ack) in acks {
-            match ack.await {
+        for (row, ack, mut span) in acks {
+            let ack = ack.await;
+            if let Some(span) = &mut span {
+                match &ack {
+                    Ok(ack) => span.set_attribute(KeyValue::new(
+                        "revocation.stream_sequence",
+                        ack.sequence as i64,
+                    )),
+                    Err(err) => span.set_status(Status::error(err.to_string())),
+                }
+                span.end();
+            }
+            match ack {
                 Ok(ack) => {
                     self.metrics
                         .publish_latency
@@ -429,13 +512,13 @@ mod tests {
     async fn waits_never_outlive_their_request() {
         let acks = Arc::new(Acks::default());
         for _ in 0..1000 {
-            let waiter = acks.register("same");
+            let waiter = acks.register("same", None);
             drop(waiter);
         }
         assert_eq!(acks.waiting(), 0);
-        let mut first = acks.register("a");
-        let second = acks.register("a");
-        let other = acks.register("b");
+        let mut first = acks.register("a", None);
+        let second = acks.register("a", None);
+        let other = acks.register("b", None);
         assert_eq!(acks.waiting(), 3);
         acks.published(["a"].into_iter());
         tokio::time::timeout(Duration::from_secs(1), first.published())

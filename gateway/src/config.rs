@@ -72,6 +72,10 @@ pub struct Config {
     /// 503, so that load balancers take the gateway out before it stops accepting.
     #[serde(default = "default_drain_delay_ms")]
     pub drain_delay_ms: u64,
+    /// OpenTelemetry traces (`[tracing]`), exported by OTLP over HTTP; off when absent. See
+    /// `service_kit::traces`.
+    #[serde(default)]
+    pub tracing: Option<service_kit::traces::TraceConfig>,
     /// Log format of the binary: `text` (default) or `json`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
@@ -605,6 +609,9 @@ impl ServiceConfig for Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("log_format: must be text or json".into());
         }
+        if let Some(tracing) = &self.tracing {
+            tracing.validate()?;
+        }
         if !(100..=60_000).contains(&self.status_interval_ms) {
             return Err("status_interval_ms: must be between 100 and 60000".into());
         }
@@ -905,6 +912,37 @@ required_claims = ["sub"]
         assert_eq!(issuers[1].profile, Profile::Jwt);
         assert_eq!(issuers[1].client_id_claim, ClientIdClaim::Azp);
         assert_eq!(issuers[1].discovery, Some(Discovery::Openid));
+    }
+
+    /// `[tracing]` is off when absent, and checked when given.
+    #[test]
+    fn tracing_is_off_unless_configured() {
+        let one = "issuer = \"https://id.example\"\naudiences = [\"api\"]\njwks_url = \"https://id.example/jwks\"";
+        assert!(load(one, "").unwrap().tracing.is_none());
+        let on = load(
+            one,
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\nsampling_ratio = 0.25\n",
+        )
+        .unwrap();
+        assert_eq!(on.tracing.map(|t| t.sampling_ratio), Some(0.25));
+        for (bad, says) in [
+            (
+                "otlp_endpoint = \"http://10.1.2.3:4318/v1/traces\"",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"http://127.0.0.1:4318\"\nsampling_ratio = 2.0",
+                "tracing.sampling_ratio",
+            ),
+            (
+                "otlp_endpoint = \"http://127.0.0.1:4318\"\nsample = 1",
+                "unknown field",
+            ),
+            ("sampling_ratio = 1.0", "otlp_endpoint"),
+        ] {
+            let err = load(one, &format!("[tracing]\n{bad}\n")).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     /// Each mistake is refused with a message naming the field.

@@ -24,6 +24,7 @@
 //! - [`error`]: request-path errors and the one place they become responses.
 //! - [`admin`]: health, readiness and metrics on the admin listener.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`spans`]: traces of requests and of revocations applied, when `[tracing]` is set.
 //! - [`tasks`]: the background tasks (key refresher, revocation feed and heartbeats,
 //!   staleness watch, sweeper, configuration reload).
 //! - [`tls`]: the proxy listener's certificate, and TLS to `https://` upstreams.
@@ -51,6 +52,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod routes;
 pub mod sanitize;
+pub mod spans;
 pub mod tasks;
 pub mod tls;
 pub mod upstream;
@@ -96,6 +98,8 @@ pub struct Gateway {
     upstream_tls: Option<tokio_rustls::TlsConnector>,
     trusted_proxies: Vec<ipnet::IpNet>,
     in_flight: tokio::sync::Semaphore,
+    /// The tracer, when `[tracing]` is configured.
+    pub traces: Option<Arc<service_kit::traces::Tracing>>,
 }
 
 /// Why the gateway could not start.
@@ -185,6 +189,9 @@ pub async fn run_with_reload(
     let tasks = tasks::spawn(&built, &config, reloads, CancellationToken::new());
     let served = serve_and_drain(&built, &config, listeners, shutdown).await;
     tasks.stop().await;
+    if let Some(traces) = &built.gateway.traces {
+        traces.shutdown().await;
+    }
     served?;
     drop(built);
     tracing::info!("gateway stopped");
@@ -229,7 +236,10 @@ async fn build(config: &Config) -> Result<Built, StartError> {
         .map_err(|e| StartError::Nats(e.to_string()))?;
     let feed = Arc::new(FeedStatus::default());
     let metrics = Arc::new(metrics::Metrics::default());
-    let registry = metrics.registry(&feed, &nats);
+    let mut registry = metrics.registry(&feed, &nats);
+    let traces =
+        service_kit::traces::Tracing::configured(config.tracing.as_ref(), "gateway", &mut registry)
+            .map_err(StartError::Config)?;
     let (auth, hub_refresh) = authenticator(config, feed, metrics.clone())?;
     let proxy = proxy::Proxy::new(
         Duration::from_secs(config.upstream_timeout_s),
@@ -252,6 +262,7 @@ async fn build(config: &Config) -> Result<Built, StartError> {
         upstream_tls,
         trusted_proxies: config.trusted_proxies.clone(),
         in_flight: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
+        traces,
     });
     Ok(Built {
         gateway,

@@ -16,6 +16,9 @@
 //! 6. [`respond`]: an error becomes its response ([`crate::error`]); the connection is closed
 //!    where reading on would be unsafe; the request is counted and logged.
 //!
+//! With `[tracing]` configured, a [`RequestSpan`] follows the request through the phases
+//! ([`crate::spans`]).
+//!
 //! Each phase returns what the next needs, or a [`GatewayError`] that goes straight to
 //! [`respond`].
 
@@ -33,6 +36,7 @@ use crate::error::GatewayError;
 use crate::framing::{self, AmbiguousFraming};
 use crate::proxy::{self, Peer};
 use crate::routes::{self, Route, RouteTable};
+use crate::spans::RequestSpan;
 use crate::{body, host, path, Gateway};
 
 /// Every proxied request enters here, straight from hyper (no router: there is one handler,
@@ -46,15 +50,25 @@ pub(crate) async fn serve(
 ) -> Response {
     let started = Instant::now();
     let seen = Seen::of(&request);
+    // Traced only when `[tracing]` is configured.
+    let mut span = gw
+        .traces
+        .as_ref()
+        .map(|t| RequestSpan::start(t, &request, &peer));
     let table = gw.routes();
     let (prefix, outcome) = match route(&gw, &request, &framing, &table) {
         Err(e) => (None, Err(e)),
-        Ok(routed) => {
+        Ok(mut routed) => {
+            if let Some(span) = &mut span {
+                span.routed(routed.route);
+                routed.forward.trace = Some(span.context());
+            }
             let prefix = routed.route.prefix.clone();
-            (Some(prefix), through(&gw, routed, request, &peer).await)
+            let outcome = through(&gw, routed, request, &peer, span.as_mut()).await;
+            (Some(prefix), outcome)
         }
     };
-    respond(&gw, &seen, &peer, prefix, outcome, started)
+    respond(&gw, &seen, &peer, prefix, outcome, started, span)
 }
 
 /// The phases between routing and responding, for a request that found its route.
@@ -63,11 +77,15 @@ async fn through(
     routed: Routed<'_>,
     request: Request<Body>,
     peer: &Peer,
+    mut span: Option<&mut RequestSpan>,
 ) -> Result<Response, GatewayError> {
     let _permit = admit(gw, routed.route, &request, routed.encoded_slash)?;
     let identity = authenticate(gw, routed.route, &request)?;
     authorise(routed.route, identity.as_deref())?;
-    forward(gw, &routed, request, identity.as_deref(), peer).await
+    if let Some(span) = span.as_deref_mut() {
+        span.admitted();
+    }
+    forward(gw, &routed, request, identity.as_deref(), peer, span).await
 }
 
 /// A request's route, with the host and path it was matched on (forwarded as such).
@@ -120,6 +138,7 @@ fn route<'t>(
                 std::borrow::Cow::Borrowed(_) => None,
                 std::borrow::Cow::Owned(path) => Some(path),
             },
+            trace: None,
         },
     })
 }
@@ -176,18 +195,30 @@ fn authorise(route: &Route, identity: Option<&VerifiedClaims>) -> Result<(), Gat
     }
 }
 
-/// **Forward.** The body held to its limit, the request sent to the route's upstream, and
-/// its response.
+/// **Forward.** The body held to its limit, the request sent to the route's next upstream,
+/// and its response.
 async fn forward(
     gw: &Gateway,
     routed: &Routed<'_>,
     request: Request<Body>,
     identity: Option<&VerifiedClaims>,
     peer: &Peer,
+    span: Option<&mut RequestSpan>,
 ) -> Result<Response, GatewayError> {
     let request = body::limit(request, gw.max_body_bytes)?;
+    let upstream = routed.route.upstream();
+    if let Some(span) = span {
+        span.forwarding(upstream.address());
+    }
     gw.proxy
-        .forward(routed.route, request, &routed.forward, identity, peer)
+        .forward(
+            routed.route,
+            upstream,
+            request,
+            &routed.forward,
+            identity,
+            peer,
+        )
         .await
 }
 
@@ -227,11 +258,20 @@ fn respond(
     prefix: Option<Arc<str>>,
     outcome: Result<Response, GatewayError>,
     started: Instant,
+    mut span: Option<RequestSpan>,
 ) -> Response {
     let (method, path) = (&seen.method, seen.uri.path());
     let (mut response, error_kind) = match outcome {
-        Ok(response) => (response, None),
+        Ok(response) => {
+            if let Some(span) = &mut span {
+                span.answered(response.status());
+            }
+            (response, None)
+        }
         Err(err) => {
+            if let Some(span) = &mut span {
+                span.refused(&err);
+            }
             match &err {
                 GatewayError::InvalidToken(reason) => {
                     gw.metrics.auth_failure(*reason);
@@ -256,6 +296,9 @@ fn respond(
         );
     }
     let status = response.status().as_u16();
+    if let Some(span) = span {
+        span.finish(status);
+    }
     let route = prefix.unwrap_or_else(|| gw.metrics.no_route.clone());
     let elapsed = started.elapsed();
     gw.metrics.observe(&route, status, elapsed, error_kind);

@@ -47,6 +47,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// A client connection, as forwarding headers describe it. Made once per connection: the
 /// headers an untrusted peer gets are the same on every request but for the host.
@@ -108,6 +109,8 @@ pub struct Target {
     pub host: Option<RequestHost>,
     /// The normalised path, when it differs from the request's own.
     pub path: Option<String>,
+    /// The request's span, the upstream's parent (`traceparent`), when traced.
+    pub trace: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl Proxy {
@@ -127,10 +130,11 @@ impl Proxy {
         }
     }
 
-    /// Sends the request to the route's upstream and returns its response.
+    /// Sends the request to `upstream` (one of the route's) and returns its response.
     pub async fn forward(
         &self,
         route: &Route,
+        upstream: &Arc<crate::upstream::Upstream>,
         mut request: Request<Body>,
         target: &Target,
         identity: Option<&VerifiedClaims>,
@@ -145,7 +149,6 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         self.upstream_head(&mut parts, route, target, identity, peer, websocket)?;
         let (body, watch) = body::watch(body, self.tunnel_idle);
-        let upstream = route.upstream();
         let sent = upstream.send(Request::from_parts(parts, body), self.connect_timeout);
         let mut response = match tokio::time::timeout(self.timeout, sent).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
@@ -219,6 +222,12 @@ impl Proxy {
             target.host.as_ref().map(|h| h.value.clone()),
             self.proto,
         );
+        // Traced: the upstream's parent is the request's span, whose trace state is the
+        // trusted caller's or none (a client's own `tracestate` must not ride along).
+        if let Some(span) = &target.trace {
+            parts.headers.remove(TRACESTATE);
+            service_kit::traces::traceparent(span, &mut parts.headers);
+        }
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Upstream frameworks trust some request headers as if the gateway had set them: its
 //! identity headers (`X-Auth-*` by default), the forwarding headers, and the client-address,
-//! URL-rewrite and method-override headers of [`DEFAULT_UNTRUSTED`]. Many of them (CGI, WSGI,
+//! URL-rewrite, method-override and trace-context headers of [`DEFAULT_UNTRUSTED`]. Many of them (CGI, WSGI,
 //! Rack, PHP) also read `X_Auth_Subject` as `X-Auth-Subject`, so every name is compared with
 //! `_` read as `-`:
 //!
@@ -18,7 +18,7 @@ use std::borrow::Cow;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-/// Client-address, URL-rewrite and method-override headers, removed from untrusted peers
+/// Client-address, URL-rewrite, method-override and trace-context headers, removed from untrusted peers
 /// unless the configuration gives its own list (`untrusted_headers`).
 pub const DEFAULT_UNTRUSTED: &[&str] = &[
     // Client addresses.
@@ -43,6 +43,9 @@ pub const DEFAULT_UNTRUSTED: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    // W3C trace context: only a trusted proxy's trace is continued (see `spans`).
+    "traceparent",
+    "tracestate",
 ];
 
 /// The request and response header rules of one gateway.

@@ -62,6 +62,10 @@ pub fn spawn(
             status: auth.feed.clone(),
             freshness: auth.freshness.clone(),
             verifier: auth.hub.clone(),
+            observer: gw
+                .traces
+                .clone()
+                .map(|t| crate::spans::apply_observer(t, config.nats.inbox_name.clone())),
         },
         ReplaySettings {
             min_retention: Duration::from_secs(config.max_ttl_s.saturating_add(config.leeway_s)),

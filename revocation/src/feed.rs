@@ -263,6 +263,22 @@ pub struct FeedShared {
     pub freshness: Arc<Freshness>,
     /// Checks snapshot manifests (signed by the heartbeat key).
     pub verifier: Arc<dyn HeartbeatVerifier>,
+    /// Told of each live event applied whose message carries a `traceparent` header (the
+    /// gateway's traces); never of a replay.
+    pub observer: Option<ApplyObserver>,
+}
+
+/// See [`FeedShared::observer`].
+pub type ApplyObserver = Arc<dyn Fn(&LiveApply<'_>) + Send + Sync>;
+
+/// A live event the feed has just applied and reported as its position.
+pub struct LiveApply<'a> {
+    /// The message's headers, `traceparent` among them.
+    pub headers: &'a async_nats::HeaderMap,
+    pub subject: &'a str,
+    pub sequence: u64,
+    /// When the feed took the message up.
+    pub started: std::time::SystemTime,
 }
 
 /// Starts the feed. It runs until `shutdown` is cancelled.
@@ -282,6 +298,7 @@ pub fn spawn(
         status,
         freshness,
         verifier,
+        observer,
     } = shared;
     let feed = Feed {
         js,
@@ -291,6 +308,7 @@ pub fn spawn(
         status,
         freshness,
         verifier,
+        observer,
         replay,
     };
     tokio::spawn(async move {
@@ -323,6 +341,7 @@ struct Feed {
     freshness: Arc<Freshness>,
     /// Checks snapshot manifests (signed by the heartbeat key).
     verifier: Arc<dyn HeartbeatVerifier>,
+    observer: Option<ApplyObserver>,
     replay: ReplaySettings,
 }
 
@@ -881,6 +900,15 @@ impl Feed {
             // Already handled (a redelivery after a consumer was recreated).
             return;
         }
+        // A live message that carries a trace context: its apply becomes a span.
+        let traced = match (&self.observer, &message.headers) {
+            (Some(observer), Some(headers))
+                if self.status.is_caught_up() && headers.get("traceparent").is_some() =>
+            {
+                Some((observer, headers, std::time::SystemTime::now()))
+            }
+            _ => None,
+        };
         let stored = published.unix_timestamp().max(0) as u64;
         apply(&self.set, &self.status, &message.payload, sequence, stored);
         self.status.last_sequence.store(sequence, Ordering::Release);
@@ -893,6 +921,14 @@ impl Feed {
         let done = sequence >= target || pending == 0;
         if done || sequence.saturating_sub(progress.reported) >= REPORT_EVERY {
             self.report(progress);
+        }
+        if let Some((observer, headers, started)) = traced {
+            observer(&LiveApply {
+                headers,
+                subject: message.subject.as_str(),
+                sequence,
+                started,
+            });
         }
         if self.status.is_caught_up() {
             let stored_ns = published.unix_timestamp_nanos();

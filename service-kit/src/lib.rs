@@ -12,10 +12,12 @@
 //! - [`serve`]: the HTTP server loop of every listener, each connection bounded.
 //! - [`periodic::spawn_every`]: background work on a period that stops on shutdown.
 //! - [`jwks`]: another party's JWK Set, by URL, file or issuer metadata.
+//! - [`traces`]: OpenTelemetry spans exported by OTLP over HTTP, off unless configured.
 
 pub mod jwks;
 pub mod periodic;
 pub mod serve;
+pub mod traces;
 
 use std::path::Path;
 

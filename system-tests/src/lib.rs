@@ -10,6 +10,7 @@
 //! - [`oidc`]: a real, external OpenID provider (node's `oidc-provider`, which
 //!   `deploy/ensure-oidc-provider.sh` installs): RFC 9068 access tokens by client credentials
 //!   and by a login through its pages, and back-channel logout when a session ends.
+//! - [`otlp`]: an OTLP traces receiver that decodes with Python's `opentelemetry-proto`.
 //! - [`stack`]: all of them together; [`probe`]: the fault tests' watch on revoked tokens.
 //! - [`net`]: free ports and a TCP proxy that cuts like a partition.
 //! - [`postgres`]: a PostgreSQL database of a test's own, or a server of its own.
@@ -36,6 +37,7 @@ pub mod nats;
 pub mod net;
 pub mod nginx;
 pub mod oidc;
+pub mod otlp;
 pub mod pki;
 pub mod postgres;
 pub mod probe;
@@ -53,6 +55,7 @@ pub use nginx::Nginx;
 pub use oidc::{
     jwt_claims, OidcClient, OidcProvider, OidcProviderOptions, OidcResource, ProviderSession,
 };
+pub use otlp::OtlpReceiver;
 pub use pki::*;
 pub use postgres::{PgDatabase, PrivatePostgres};
 pub use probe::*;

@@ -2,6 +2,8 @@
 //! answered 200 only once published (see [`commit_revocation`]).
 
 use super::*;
+use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+use opentelemetry::KeyValue;
 
 /// Commits a revocation, wakes the relay and waits until the revocation is published.
 /// Returns the stored event (the existing one when the token was already revoked).
@@ -34,13 +36,34 @@ pub(super) async fn commit_revocation(
     if !state.store.reachable() {
         return Err(OAuthError::Unavailable(crate::error::DATABASE_UNREACHABLE));
     }
+    // Traced: the request's span ([`traced`]) gets the commit as a child, and the relay's
+    // publish span under it.
+    let request = opentelemetry::Context::current();
+    let trace = state
+        .traces
+        .as_ref()
+        .filter(|_| request.has_active_span())
+        .map(|_| request.span().span_context().clone());
     // Registered before the commit, so the relay's word cannot come first.
-    let mut published = state.acks.register(&event.id);
-    let stored = state
-        .store
-        .insert(&event, requested_by)
-        .await
-        .map_err(|err| OAuthError::database(&state.store, err))?;
+    let mut published = state.acks.register(&event.id, trace.clone());
+    let mut commit = state
+        .traces
+        .as_ref()
+        .filter(|_| trace.is_some())
+        .map(|t| t.tracer.start_with_context("revocation.commit", &request));
+    let stored = state.store.insert(&event, requested_by).await;
+    if let Some(span) = &mut commit {
+        if let Err(err) = &stored {
+            span.set_status(opentelemetry::trace::Status::error(err.to_string()));
+        }
+        span.end();
+    }
+    let stored = stored.map_err(|err| OAuthError::database(&state.store, err))?;
+    if trace.is_some() {
+        let span = request.span();
+        span.set_attribute(KeyValue::new("revocation.id", stored.id.clone()));
+        span.set_attribute(KeyValue::new("revocation.kind", stored.rule.kind()));
+    }
     state.wake_relay.notify_one();
     state.metrics.revocations.inc();
     tracing::info!(
@@ -52,7 +75,7 @@ pub(super) async fn commit_revocation(
     );
     if stored.id != event.id {
         // Already revoked: that revocation's own publication is what counts.
-        published = state.acks.register(&stored.id);
+        published = state.acks.register(&stored.id, trace);
     }
     wait_published(state, &stored.id, &mut published).await?;
     Ok(stored)

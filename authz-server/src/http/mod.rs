@@ -95,6 +95,7 @@ pub fn public_app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_get))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), traced))
         .with_state(state)
 }
 
@@ -127,7 +128,53 @@ pub fn admin_app(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz_get))
         .route("/metrics", get(metrics_get))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), traced))
         .with_state(state)
+}
+
+/// With `[tracing]`: a server span for each request, the current context while its handler
+/// runs, so that a revocation's commit and publication become its children
+/// ([`commit_revocation`]). Every request starts a new trace: a caller's `traceparent` is
+/// not continued (nothing in front of the authz-server is trusted to set it).
+async fn traced(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
+    use opentelemetry::KeyValue;
+    let Some(traces) = &state.traces else {
+        return next.run(request).await;
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().to_string();
+    let span = traces
+        .tracer
+        .span_builder(format!("{method} {route}"))
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("http.route", route),
+        ])
+        .start(&traces.tracer);
+    let cx = opentelemetry::Context::new().with_span(span);
+    let response = next.run(request).with_context(cx.clone()).await;
+    let span = cx.span();
+    let status = response.status().as_u16();
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    if status >= 500 {
+        span.set_status(Status::error(""));
+    }
+    span.end();
+    response
 }
 
 /// RFC 6749 §5.1: token responses must not be cached.
