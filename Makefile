@@ -25,6 +25,7 @@ bench-revocation: deps
 ## bench: the performance figures of BENCHMARKS.md (about 15 minutes; prints every table)
 bench: deps
 	@deploy/ensure-bench-deps.sh
+	@deploy/ensure-interop-venv.sh
 	cargo build --release --quiet --workspace --bins
 	target/release/edge-bench
 	target/release/replay-bench --runs 3

@@ -13,6 +13,10 @@
 //! - `gateway-1m`: the same with one million revocation rules replayed from its stream;
 //! - `gateway-2iss` (pool workload only): `gateway` with a second issuer configured, listed
 //!   first, so that every token first misses that issuer's token cache (`[[issuers]]`).
+//! - `gateway-trace0`, `gateway-trace1` (pool workload only): `gateway` with `[tracing]` at
+//!   sampling ratio 0 and 1, exporting to a collector that answers without decoding
+//!   (`system-tests/interop/otlp_receiver.py --discard`, on the server CPU too). `gateway`
+//!   itself is tracing compiled in and off.
 //!
 //! wrk runs pinned to CPU 0, every server (NATS and the authz-server included) to CPU 1.
 //! Rounds interleave the contestants, and each round starts with a different one. Two token
@@ -68,6 +72,9 @@ struct Args {
     /// Leave out `gateway-2iss` (to measure a gateway built before `[[issuers]]`).
     #[arg(long)]
     no_two_issuers: bool,
+    /// Leave out `gateway-trace0` and `gateway-trace1` (a gateway built before `[tracing]`).
+    #[arg(long)]
+    no_tracing: bool,
 }
 
 fn unix_now() -> u64 {
@@ -575,7 +582,15 @@ async fn main() -> Result<()> {
     std::fs::write(&script, WRK_SCRIPT)?;
 
     let ports = Ports::free()?;
-    let servers = Servers::start(&tools, &work, &ports, &tokens, !args.no_two_issuers).await?;
+    let servers = Servers::start(
+        &tools,
+        &work,
+        &ports,
+        &tokens,
+        !args.no_two_issuers,
+        !args.no_tracing,
+    )
+    .await?;
     let million = if args.rules > 0 {
         Some(Million::start(args.rules, &work, &ports, &tokens).await?)
     } else {
@@ -611,9 +626,27 @@ async fn main() -> Result<()> {
         empty_memory,
     };
     println!("{}", report.text());
+    print_span_counts(&servers, &ports).await;
     drop(million);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// What the traced gateways did with their spans over every round (from their `/metrics`).
+async fn print_span_counts(servers: &Servers, ports: &Ports) {
+    for (n, server) in servers.gateway_trace.iter().enumerate() {
+        let url = format!(
+            "http://127.0.0.1:{}/metrics",
+            ports.gateway_trace[2 * n + 1]
+        );
+        let text = system_tests::get_text(&url).await.unwrap_or_default();
+        let counts: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("gateway_trace_spans_total{outcome=\""))
+            .map(|l| l.replace("\"} ", ": "))
+            .collect();
+        println!("{} spans: {}", server.name, counts.join(", "));
+    }
 }
 
 /// The programs the benchmark runs, found before anything starts.
@@ -649,11 +682,14 @@ struct Ports {
     gateway_1m_admin: u16,
     gateway_2iss: u16,
     gateway_2iss_admin: u16,
+    /// `gateway-trace0`, `gateway-trace1` and their admin listeners; their collector.
+    gateway_trace: [u16; 4],
+    otlp: u16,
 }
 
 impl Ports {
     fn free() -> Result<Ports> {
-        let p = free_ports(12)?;
+        let p = free_ports(17)?;
         Ok(Ports {
             authz: p[0],
             upstream: p[1],
@@ -667,6 +703,8 @@ impl Ports {
             hyper_proxy: p[9],
             gateway_2iss: p[10],
             gateway_2iss_admin: p[11],
+            gateway_trace: [p[12], p[13], p[14], p[15]],
+            otlp: p[16],
         })
     }
 }
@@ -677,6 +715,9 @@ struct Servers {
     gateway: Server,
     /// The same gateway with a second issuer configured, listed first.
     gateway_2iss: Option<Server>,
+    /// The same gateway tracing at ratio 0 and 1, and their collector.
+    gateway_trace: Vec<Server>,
+    _collector: Option<Server>,
     haproxy_jwt: Server,
     hyper_proxy: Server,
     nginx_proxy: Server,
@@ -694,6 +735,7 @@ impl Servers {
         ports: &Ports,
         tokens: &Tokens,
         two_issuers_too: bool,
+        tracing_too: bool,
     ) -> Result<Servers> {
         // The revocation stack of `gateway`.
         let nats = Nats::start()?;
@@ -781,9 +823,33 @@ impl Servers {
         } else {
             None
         };
+        let (gateway_trace, collector) = if tracing_too {
+            let collector = spawn_collector(work, ports.otlp).await?;
+            let mut traced = Vec::new();
+            for (n, name) in ["gateway-trace0", "gateway-trace1"].into_iter().enumerate() {
+                let (port, admin) = (ports.gateway_trace[2 * n], ports.gateway_trace[2 * n + 1]);
+                let config = format!(
+                    "{}
+[tracing]
+otlp_endpoint = \"http://127.0.0.1:{}/v1/traces\"\nsampling_ratio = {n}.0\n",
+                    gateway_config(port, admin, ports, &jwks, &nats.url(), "gateway-1"),
+                    ports.otlp
+                );
+                traced.push(
+                    start_gateway(name, work, port, admin, &config, false)
+                        .await?
+                        .0,
+                );
+            }
+            (traced, Some(collector))
+        } else {
+            (Vec::new(), None)
+        };
         Ok(Servers {
             gateway,
             gateway_2iss,
+            gateway_trace,
+            _collector: collector,
             haproxy_jwt,
             hyper_proxy,
             nginx_proxy,
@@ -803,6 +869,7 @@ impl Servers {
             &self.gateway,
         ];
         contestants.extend(&self.gateway_2iss);
+        contestants.extend(&self.gateway_trace);
         if let Some(million) = million {
             contestants.push(&million.gateway);
         }
@@ -927,6 +994,31 @@ fn gateway_config(
         upstream_port = ports.upstream,
         nats = Pki::get().nats_section(&[nats_url.to_string()], id, id),
     )
+}
+
+/// The traced gateways' collector: the tests' OTLP receiver, answering without decoding,
+/// pinned to the server CPU. Waits until it listens.
+async fn spawn_collector(work: &Path, port: u16) -> Result<Server> {
+    let python = repo_root().join("target/interop-venv/bin/python");
+    let script = repo_root().join("system-tests/interop/otlp_receiver.py");
+    let port_file = work.join("otlp.port");
+    let _ = std::fs::remove_file(&port_file);
+    let port_text = port.to_string();
+    let args = [
+        script.to_str().unwrap_or_default(),
+        port_file.to_str().unwrap_or_default(),
+        "/dev/null",
+        "--discard",
+        "--port",
+        &port_text,
+    ];
+    let collector = Server::spawn("otlp-sink", port, &python, &args, &work.join("otlp.log"))?;
+    system_tests::eventually(Duration::from_secs(20), "the OTLP sink", || {
+        let ready = port_file.exists();
+        async move { ready.then_some(()) }
+    })
+    .await?;
+    Ok(collector)
 }
 
 /// `config` (one issuer) with a second issuer listed before it, of the same keys: every
