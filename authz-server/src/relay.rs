@@ -259,6 +259,7 @@ impl Relay {
             .with_attributes([
                 KeyValue::new("messaging.system", "nats"),
                 KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.operation.name", "publish"),
                 KeyValue::new("messaging.destination.name", subject.to_string()),
                 KeyValue::new("messaging.message.id", event.id.clone()),
                 KeyValue::new("revocation.kind", event.rule.kind()),

@@ -931,11 +931,11 @@ required_claims = ["sub"]
                 "tracing.otlp_endpoint",
             ),
             (
-                "otlp_endpoint = \"http://127.0.0.1:4318\"\nsampling_ratio = 2.0",
+                "otlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\nsampling_ratio = 2.0",
                 "tracing.sampling_ratio",
             ),
             (
-                "otlp_endpoint = \"http://127.0.0.1:4318\"\nsample = 1",
+                "otlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\nsample = 1",
                 "unknown field",
             ),
             ("sampling_ratio = 1.0", "otlp_endpoint"),

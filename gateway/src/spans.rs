@@ -29,8 +29,10 @@ use crate::routes::Route;
 
 /// One proxied request's span, from its arrival to its response head.
 pub struct RequestSpan {
-    span: Span,
-    method: http::Method,
+    /// Boxed: the SDK's span is a few hundred bytes, and the request's future carries an
+    /// `Option<RequestSpan>` whether tracing is on or not.
+    span: Box<Span>,
+    method: &'static str,
     /// What the token checks decided, once they have.
     decision: Option<&'static str>,
     public: bool,
@@ -48,7 +50,20 @@ impl RequestSpan {
             Some(parent) => Context::new().with_remote_span_context(parent),
             None => Context::new(),
         };
-        let method = request.method().clone();
+        // The client picks the method: one it may invent is `_OTHER` (OpenTelemetry's HTTP
+        // conventions), so that span names stay few.
+        let method = match request.method().as_str() {
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "PATCH" => "PATCH",
+            "OPTIONS" => "OPTIONS",
+            "TRACE" => "TRACE",
+            "CONNECT" => "CONNECT",
+            _ => "_OTHER",
+        };
         let mut span = tracing
             .tracer
             .span_builder(method.to_string())
@@ -56,15 +71,35 @@ impl RequestSpan {
             .start_with_context(&tracing.tracer, &cx);
         // Unsampled spans record nothing: skip building their attributes.
         if span.is_recording() {
+            let path = request.uri().path();
+            // A path is at most a few kilobytes (the head's limit); a span keeps 1,024 bytes
+            // of it.
+            let kept = path
+                .char_indices()
+                .nth(1024)
+                .map_or(path, |(i, _)| &path[..i]);
+            let peer_attribute = if peer.trusted {
+                "network.peer.address"
+            } else {
+                "client.address"
+            };
             span.set_attributes([
-                KeyValue::new("http.request.method", method.to_string()),
-                KeyValue::new("url.path", request.uri().path().to_string()),
-                KeyValue::new("client.address", peer.addr.ip().to_string()),
+                KeyValue::new("http.request.method", method),
+                KeyValue::new("url.path", kept.to_string()),
+                KeyValue::new(peer_attribute, peer.addr.ip().to_string()),
                 KeyValue::new("gateway.trusted_peer", peer.trusted),
             ]);
+            if method == "_OTHER" {
+                let original = request.method().as_str();
+                let original = original.get(..64).unwrap_or(original);
+                span.set_attribute(KeyValue::new(
+                    "http.request.method_original",
+                    original.to_string(),
+                ));
+            }
         }
         RequestSpan {
-            span,
+            span: Box::new(span),
             method,
             decision: None,
             public: false,
@@ -95,8 +130,10 @@ impl RequestSpan {
     /// The request goes to the upstream at `address`.
     pub fn forwarding(&mut self, address: &str) {
         if self.span.is_recording() {
-            self.span
-                .set_attribute(KeyValue::new("server.address", address.to_string()));
+            self.span.set_attribute(KeyValue::new(
+                "gateway.upstream.address",
+                address.to_string(),
+            ));
         }
     }
 
@@ -173,12 +210,18 @@ pub fn apply_observer(tracing: Arc<Tracing>, identity: String) -> ApplyObserver 
             .with_attributes([
                 KeyValue::new("messaging.system", "nats"),
                 KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.operation.name", "process"),
                 KeyValue::new("messaging.destination.name", applied.subject.to_string()),
                 KeyValue::new("messaging.message.id", id),
                 KeyValue::new("revocation.stream_sequence", applied.sequence as i64),
+                KeyValue::new("revocation.outcome", applied.outcome),
                 KeyValue::new("gateway.identity", identity.clone()),
             ])
             .start_with_context(tracer, &Context::new().with_remote_span_context(parent));
+        // A message the gateway could not read is not a revocation applied.
+        if !matches!(applied.outcome, "applied" | "duplicate" | "expired") {
+            span.set_status(Status::error(applied.outcome));
+        }
         span.end();
     })
 }

@@ -277,6 +277,8 @@ pub struct LiveApply<'a> {
     pub headers: &'a async_nats::HeaderMap,
     pub subject: &'a str,
     pub sequence: u64,
+    /// `applied`, `duplicate`, `expired`, or why it was skipped ([`SkipReason`]).
+    pub outcome: &'static str,
     /// When the feed took the message up.
     pub started: std::time::SystemTime,
 }
@@ -458,16 +460,24 @@ async fn read_chunks(
 /// Decodes one event and applies it to the set, counting what it did (or why it was skipped).
 /// `stored` is when JetStream stored the message (Unix seconds): an event this code cannot
 /// read matters at most until it ages out of the stream.
-fn apply(set: &RevocationSet, status: &FeedStatus, payload: &[u8], sequence: u64, stored: u64) {
+/// Returns what became of it: `applied`, `duplicate`, `expired`, or the skip reason.
+fn apply(
+    set: &RevocationSet,
+    status: &FeedStatus,
+    payload: &[u8],
+    sequence: u64,
+    stored: u64,
+) -> &'static str {
     match RevocationEvent::decode_ref(payload) {
         Ok(event) => {
-            let counter = match set.insert_ref(&event, unix_now()) {
-                Applied::New => &status.applied,
-                Applied::Duplicate => &status.duplicates,
-                Applied::Expired => &status.expired,
+            let (counter, outcome) = match set.insert_ref(&event, unix_now()) {
+                Applied::New => (&status.applied, "applied"),
+                Applied::Duplicate => (&status.duplicates, "duplicate"),
+                Applied::Expired => (&status.expired, "expired"),
             };
             counter.inc();
             tracing::debug!(sequence, id = %event.id, kind = event.rule.kind(), "revocation applied");
+            outcome
         }
         Err(reason) if reason.is_unreadable_revocation() => {
             status.skipped.get_or_create(&label(reason)).inc();
@@ -484,6 +494,7 @@ fn apply(set: &RevocationSet, status: &FeedStatus, payload: &[u8], sequence: u64
                 "revocation event this gateway cannot read: not fresh (unknown_event) until it \
                  expires; upgrade the gateway"
             );
+            reason.as_str()
         }
         Err(reason) => {
             status.skipped.get_or_create(&label(reason)).inc();
@@ -492,6 +503,7 @@ fn apply(set: &RevocationSet, status: &FeedStatus, payload: &[u8], sequence: u64
                 reason = reason.as_str(),
                 "revocation message skipped"
             );
+            reason.as_str()
         }
     }
 }
@@ -910,7 +922,7 @@ impl Feed {
             _ => None,
         };
         let stored = published.unix_timestamp().max(0) as u64;
-        apply(&self.set, &self.status, &message.payload, sequence, stored);
+        let outcome = apply(&self.set, &self.status, &message.payload, sequence, stored);
         self.status.last_sequence.store(sequence, Ordering::Release);
         // Live messages, and the last ones of a replay: what a heartbeat or a restarted
         // consumer may name.
@@ -927,6 +939,7 @@ impl Feed {
                 headers,
                 subject: message.subject.as_str(),
                 sequence,
+                outcome,
                 started,
             });
         }

@@ -103,24 +103,62 @@ impl TraceConfig {
             crate::jwks::trusted_url("tracing.otlp_endpoint", &self.otlp_endpoint)
                 .map_err(|e| format!("{e}; or set tracing.insecure_http = true"))?;
         }
+        // Credentials go in `headers`, which are never shown; a URL is logged.
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+            return Err(
+                "tracing.otlp_endpoint: no credentials or query in the URL (use tracing.headers)"
+                    .into(),
+            );
+        }
+        if url.path() == "/" {
+            return Err(
+                "tracing.otlp_endpoint: name the collector's traces path, e.g. http://127.0.0.1:4318/v1/traces"
+                    .into(),
+            );
+        }
         if !(0.0..=1.0).contains(&self.sampling_ratio) {
             return Err("tracing.sampling_ratio: must be between 0 and 1".into());
         }
-        if self.queue_spans == 0 || self.batch_spans == 0 || self.batch_spans > self.queue_spans {
-            return Err("tracing.batch_spans: must be at least 1 and at most queue_spans".into());
+        if self
+            .service_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err("tracing.service_name: must not be empty".into());
         }
-        if self.batch_interval_ms == 0 || self.export_timeout_ms == 0 {
+        if !(1..=1_000_000).contains(&self.queue_spans)
+            || !(1..=self.queue_spans.min(100_000)).contains(&self.batch_spans)
+        {
             return Err(
-                "tracing.batch_interval_ms and export_timeout_ms: must be at least 1".into(),
+                "tracing.queue_spans: 1 to 1000000; batch_spans: 1 to queue_spans (at most 100000)"
+                    .into(),
             );
         }
+        if !(1..=60_000).contains(&self.batch_interval_ms)
+            || !(1..=60_000).contains(&self.export_timeout_ms)
+        {
+            return Err("tracing.batch_interval_ms and export_timeout_ms: 1 to 60000".into());
+        }
         for (name, value) in &self.headers {
-            if http::HeaderName::try_from(name.as_str()).is_err()
-                || http::HeaderValue::try_from(value.as_str()).is_err()
-            {
+            let Ok(header) = http::HeaderName::try_from(name.as_str()) else {
+                return Err(format!("tracing.headers: {name:?} is not a header name"));
+            };
+            if http::HeaderValue::try_from(value.as_str()).is_err() {
                 return Err(format!(
-                    "tracing.headers: {name:?} is not a header name with a header value"
+                    "tracing.headers: the value of {name:?} is not a header value"
                 ));
+            }
+            // The exporter's own framing is not the configuration's to change.
+            let framing = [
+                http::header::CONTENT_TYPE,
+                http::header::CONTENT_LENGTH,
+                http::header::CONTENT_ENCODING,
+                http::header::TRANSFER_ENCODING,
+                http::header::HOST,
+                http::header::CONNECTION,
+            ];
+            if framing.contains(&header) {
+                return Err(format!("tracing.headers: {name:?} is set by the exporter"));
             }
         }
         Ok(())
@@ -202,6 +240,9 @@ impl Tracing {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // The endpoint is the collector's: no proxy from the environment sees the spans
+            // or `headers`.
+            .no_proxy()
             .build()
             .map_err(|e| format!("tracing: {e}"))?;
         let headers = config
@@ -216,6 +257,10 @@ impl Tracing {
             .with_endpoint(config.otlp_endpoint.clone())
             .with_timeout(timeout)
             .with_headers(headers)
+            // A failed batch is dropped and counted, never retried: without the exporter's
+            // `tokio` feature its backoff sleeps the calling thread, which here is a runtime
+            // worker serving requests.
+            .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
             .build()
             .map_err(|e| format!("tracing: {e}"))?;
         let name = config
@@ -397,7 +442,7 @@ impl opentelemetry_http::HttpClient for OtlpClient {
         let mut body = Vec::new();
         while let Some(chunk) = answer.chunk().await? {
             if body.len() + chunk.len() > MAX_ANSWER {
-                return Err("the collector's answer is over 1 MiB".into());
+                return Err(Box::new(opentelemetry_http::ResponseBodyTooLarge::new()));
             }
             body.extend_from_slice(&chunk);
         }
@@ -446,7 +491,10 @@ struct Reader<'a, H: ?Sized>(&'a H);
 
 impl<H: TraceHeaders + ?Sized> Extractor for Reader<'_, H> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.single(key)
+        // W3C's 32 members of at most 256 characters each; anything longer is dropped whole.
+        self.0
+            .single(key)
+            .filter(|v| key != "tracestate" || v.len() <= 8192)
     }
     fn keys(&self) -> Vec<&str> {
         vec!["traceparent", "tracestate"]
@@ -470,6 +518,24 @@ impl<H: TraceHeaders + ?Sized> Injector for Writer<'_, H> {
 /// The remote parent `headers` name (`traceparent`, with `tracestate`), as the W3C Trace
 /// Context says: a header given twice, or malformed, names none.
 pub fn parent_from_headers<H: TraceHeaders + ?Sized>(headers: &H) -> Option<SpanContext> {
+    // Version 00 exactly, before the SDK's parser (which takes short or signed ids and
+    // splits any length): 2, 32, 16 and 2 lowercase hex digits between dashes.
+    let parent = headers.single("traceparent")?.as_bytes();
+    let hex = |range: std::ops::Range<usize>| {
+        parent[range]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let well_formed = parent.len() == 55
+        && parent.starts_with(b"00-")
+        && parent[35] == b'-'
+        && parent[52] == b'-'
+        && hex(3..35)
+        && hex(36..52)
+        && hex(53..55);
+    if !well_formed {
+        return None;
+    }
     let cx = TraceContextPropagator::new().extract(&Reader(headers));
     let span = cx.span();
     let parent = span.span_context();
@@ -519,20 +585,49 @@ mod tests {
         for ratio in [-0.1, 1.5, f64::NAN] {
             let c = TraceConfig {
                 sampling_ratio: ratio,
-                ..config("http://127.0.0.1:4318")
+                ..config("http://127.0.0.1:4318/v1/traces")
             };
             assert!(c.validate().is_err(), "{ratio}");
         }
         let c = TraceConfig {
             batch_spans: 10,
             queue_spans: 5,
-            ..config("http://127.0.0.1:4318")
+            ..config("http://127.0.0.1:4318/v1/traces")
         };
         assert!(c.validate().is_err());
-        let mut c = config("http://127.0.0.1:4318");
-        c.headers.insert("bad name".into(), "x".into());
+        let endpoint = "http://127.0.0.1:4318/v1/traces";
+        for bad in [
+            ("bad name", "x"),
+            ("content-type", "text/plain"),
+            ("Host", "x"),
+            ("x-key", "a\nb"),
+        ] {
+            let mut c = config(endpoint);
+            c.headers.insert(bad.0.into(), bad.1.into());
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+        for bad in [
+            "http://127.0.0.1:4318",
+            "http://127.0.0.1:4318/",
+            "http://user:pass@127.0.0.1:4318/v1/traces",
+            "http://127.0.0.1:4318/v1/traces?api_key=s3cret",
+        ] {
+            assert!(config(bad).validate().is_err(), "{bad}");
+        }
+        for (queue, batch) in [(0, 1), (2_000_000, 10), (10, 0)] {
+            let c = TraceConfig {
+                queue_spans: queue,
+                batch_spans: batch,
+                ..config(endpoint)
+            };
+            assert!(c.validate().is_err(), "{queue} {batch}");
+        }
+        let c = TraceConfig {
+            service_name: Some(" ".into()),
+            ..config(endpoint)
+        };
         assert!(c.validate().is_err());
-        let mut c = config("http://127.0.0.1:4318");
+        let mut c = config(endpoint);
         c.headers
             .insert("authorization".into(), "Bearer s3cret".into());
         assert!(c.validate().is_ok());
@@ -566,6 +661,13 @@ mod tests {
             "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
             "00-0af7651916cd43dd8448eb211c80319cXX-b7ad6b7169203331-01",
+            "00-1-1-01",
+            "00-+af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-001",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-",
+            "00-00af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ] {
             let mut h = http::HeaderMap::new();
             h.insert("traceparent", bad.parse().unwrap());

@@ -2,11 +2,12 @@
 export with opentelemetry-proto (an implementation independent of the services' Rust
 exporter) and appends every span to a file, one JSON object per line.
 
-    otlp_receiver.py PORT_FILE SPANS_FILE [--stall | --discard] [--port N]
+    otlp_receiver.py PORT_FILE SPANS_FILE [--stall | --discard | --unavailable] [--port N]
 
 It binds 127.0.0.1 on a free port (or N) and writes the port to PORT_FILE once it listens.
 With --stall it reads each request and never answers (a collector that hangs); with
---discard it answers each one without decoding or keeping it (the benchmarks' collector).
+--discard it answers each one without decoding or keeping it (the benchmarks' collector);
+with --unavailable it answers 503 with Retry-After: 5 (a collector shedding load).
 """
 
 import json
@@ -24,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 PORT_FILE, SPANS_FILE = sys.argv[1], sys.argv[2]
 STALL = "--stall" in sys.argv[3:]
 DISCARD = "--discard" in sys.argv[3:]
+UNAVAILABLE = "--unavailable" in sys.argv[3:]
 PORT = int(sys.argv[sys.argv.index("--port") + 1]) if "--port" in sys.argv else 0
 LOCK = threading.Lock()
 
@@ -71,6 +73,12 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         if STALL:
             time.sleep(3600)
+            return
+        if UNAVAILABLE:
+            self.send_response(503)
+            self.send_header("Retry-After", "5")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
             self.send_response(415 if self.path == "/v1/traces" else 404)

@@ -14,15 +14,20 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts a receiver in `dir` that answers every export.
     pub async fn start(dir: &Path) -> Result<OtlpReceiver> {
-        Self::start_with(dir, false).await
+        Self::start_with(dir, "").await
     }
 
     /// Starts a receiver that takes every export and never answers (a hung collector).
     pub async fn stalled(dir: &Path) -> Result<OtlpReceiver> {
-        Self::start_with(dir, true).await
+        Self::start_with(dir, "--stall").await
     }
 
-    async fn start_with(dir: &Path, stall: bool) -> Result<OtlpReceiver> {
+    /// Starts a receiver that answers every export 503 with `Retry-After: 5`.
+    pub async fn unavailable(dir: &Path) -> Result<OtlpReceiver> {
+        Self::start_with(dir, "--unavailable").await
+    }
+
+    async fn start_with(dir: &Path, mode: &str) -> Result<OtlpReceiver> {
         let python = repo_root().join("target/interop-venv/bin/python");
         if !python.exists() {
             bail!(
@@ -30,7 +35,7 @@ impl OtlpReceiver {
                 python.display()
             );
         }
-        let name = if stall { "otlp-stalled" } else { "otlp" };
+        let name = format!("otlp{mode}");
         let port_file = dir.join(format!("{name}.port"));
         let spans_file = dir.join(format!("{name}.spans"));
         let mut command = Command::new(python);
@@ -38,8 +43,8 @@ impl OtlpReceiver {
             .arg(repo_root().join("system-tests/interop/otlp_receiver.py"))
             .arg(&port_file)
             .arg(&spans_file);
-        if stall {
-            command.arg("--stall");
+        if !mode.is_empty() {
+            command.arg(mode);
         }
         let process = Process::spawn_command(command, dir.join(format!("{name}.log")))?;
         let port = eventually(Duration::from_secs(20), "the OTLP receiver's port", || {

@@ -116,6 +116,8 @@ fn check_revocation_trace(spans: &[Value], request_name: &str, gateways: &[&str]
             serde_json::json!([{"trace_id": trace, "span_id": publish["span_id"]}])
         );
         assert_eq!(attr(apply, "messaging.message.id"), id.as_str());
+        assert_eq!(attr(apply, "revocation.outcome"), "applied");
+        assert_eq!(apply["status_code"], 0, "applied is not an error");
         assert_eq!(
             attr(apply, "revocation.stream_sequence"),
             attr(publish, "revocation.stream_sequence")
@@ -199,11 +201,17 @@ async fn a_revocation_is_one_trace_from_the_request_to_every_gateway() -> anyhow
         assert_eq!(span["status_code"], 0, "a 401 is not the server's error");
     }
 
-    // The admin API: the same chain under its own request span.
-    let (status, body) = authz
-        .admin_revoke(serde_json::json!({"subject": "traced-subject", "reason": "test"}))
+    // The admin API: the same chain under its own request span, which starts a new trace
+    // whatever the caller sends.
+    let response = reqwest::Client::new()
+        .post(format!("{}/admin/revocations", authz.admin_url))
+        .basic_auth("admin", Some("admin-secret"))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .json(&serde_json::json!({"subject": "traced-subject", "reason": "test"}))
+        .send()
         .await?;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await?;
     let spans = receiver
         .wait_for("the admin revocation applied at three gateways", |spans| {
             named(spans, "revocation.apply").len() >= 6
@@ -212,6 +220,14 @@ async fn a_revocation_is_one_trace_from_the_request_to_every_gateway() -> anyhow
         .await?;
     let id = check_revocation_trace(&spans, "POST /admin/revocations", &ids);
     assert_eq!(body["id"], id.as_str());
+    assert!(spans.iter().all(|s| s["trace_id"] != CALLER_TRACE));
+    // Health checks and metric scrapes make no spans.
+    assert!(
+        spans.iter().all(|s| !attr(s, "http.route")
+            .as_str()
+            .is_some_and(|r| ["/healthz", "/readyz", "/metrics"].contains(&r))),
+        "{spans:#?}"
+    );
 
     // Nothing exported holds the token, a piece of its signature, or the client's secret.
     let dump = serde_json::to_string(&receiver.spans())?;
@@ -318,7 +334,9 @@ async fn request_spans_continue_trusted_proxies_only() -> anyhow::Result<()> {
     assert_eq!(attr(span, "gateway.upstream.status_code"), 200);
     assert_eq!(attr(span, "gateway.trusted_peer"), true);
     let upstream_addr = upstream.url.trim_start_matches("http://");
-    assert_eq!(attr(span, "server.address"), upstream_addr);
+    assert_eq!(attr(span, "gateway.upstream.address"), upstream_addr);
+    assert!(attr(span, "client.address").is_null());
+    assert_eq!(attr(span, "network.peer.address"), "127.0.0.1");
     assert_eq!(
         echo["headers"]["traceparent"],
         format!(
@@ -332,6 +350,7 @@ async fn request_spans_continue_trusted_proxies_only() -> anyhow::Result<()> {
     assert_ne!(span["trace_id"], CALLER_TRACE);
     assert_eq!(span["parent_span_id"], "");
     assert_eq!(attr(span, "gateway.trusted_peer"), false);
+    assert_eq!(attr(span, "client.address"), "127.0.0.1");
     assert_eq!(
         echo_untrusted["headers"]["traceparent"],
         format!(
@@ -389,6 +408,19 @@ async fn request_spans_continue_trusted_proxies_only() -> anyhow::Result<()> {
             ("traceparent", caller.as_str()),
             ("traceparent", caller.as_str()),
         ],
+        vec![("traceparent", "00-1-1-01")],
+        vec![(
+            "traceparent",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
+        vec![(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-001",
+        )],
+        vec![(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+        )],
     ];
     for (n, headers) in bad.iter().enumerate() {
         let (status, _) = get(
@@ -399,15 +431,29 @@ async fn request_spans_continue_trusted_proxies_only() -> anyhow::Result<()> {
         .await;
         assert_eq!(status, 200);
     }
-    // And refusals say why, with no token at all too.
+    // And refusals say why, with no token at all too; an invented method is `_OTHER`.
     let (status, _) = get(&format!("{}/echo/anonymous", untrusting.url), None, &[]).await;
     assert_eq!(status, 401);
+    let invented = reqwest::Client::new()
+        .request(
+            reqwest::Method::from_bytes(b"FROBNICATE")?,
+            format!("{}/echo/invented", untrusting.url),
+        )
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(invented.status(), 200);
     let spans = receiver
         .wait_for("every malformed context's span", |spans| {
             (0..bad.len()).all(|n| request_span(spans, &format!("/bad-{n}")).is_some())
                 && request_span(spans, "/anonymous").is_some()
+                && request_span(spans, "/invented").is_some()
         })
         .await?;
+    let span = request_span(&spans, "/invented").expect("waited for");
+    assert_eq!(span["name"], "_OTHER /echo/");
+    assert_eq!(attr(span, "http.request.method"), "_OTHER");
+    assert_eq!(attr(span, "http.request.method_original"), "FROBNICATE");
     for n in 0..bad.len() {
         let span = request_span(&spans, &format!("/bad-{n}")).expect("waited for");
         assert_eq!(span["parent_span_id"], "", "variant {n}: {span}");
@@ -418,6 +464,95 @@ async fn request_spans_continue_trusted_proxies_only() -> anyhow::Result<()> {
     assert_eq!(attr(span, "http.response.status_code"), 401);
     // The gateway at ratio 0 kept nothing.
     assert!(request_span(&spans, "/unsampled").is_none());
+
+    // Tracing off: an untrusted client's context is removed all the same, and a trusted
+    // proxy's goes to the upstream as it came.
+    let off = Gateway::start("gateway-1", &[nats.url()], &authz, &upstream).await?;
+    let off_trusting = Gateway::start_with(
+        "gateway-2",
+        "gateway-2",
+        &[nats.url()],
+        &authz,
+        &upstream,
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+    )
+    .await?;
+    off.wait_ready().await?;
+    off_trusting.wait_ready().await?;
+    let (status, echo) = get(&format!("{}/echo/off", off.url), Some(&token), &with_caller).await;
+    assert_eq!(status, 200);
+    assert!(echo["headers"]["traceparent"].is_null(), "{echo}");
+    assert!(echo["headers"]["tracestate"].is_null(), "{echo}");
+    let (status, echo) = get(
+        &format!("{}/echo/off", off_trusting.url),
+        Some(&token),
+        &with_caller,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(echo["headers"]["traceparent"], caller.as_str());
+    assert_eq!(echo["headers"]["tracestate"], "vendor=caller");
+    Ok(())
+}
+
+/// A collector that refuses connections, or sheds load with 503 and `Retry-After`, must not
+/// slow a gateway that serves everything on one thread: a failed export is dropped, never
+/// retried with a sleep on the serving thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_collector_never_stalls_a_one_thread_gateway() -> anyhow::Result<()> {
+    let nats = Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    let shedding = OtlpReceiver::unavailable(dir.path()).await?;
+    let refused = format!(
+        "http://127.0.0.1:{}/v1/traces",
+        system_tests::free_ports(1)?[0]
+    );
+    let authz = Authz::start(dir.path(), &[nats.url()]).await?;
+    let upstream = Upstream::start().await?;
+    let mut gateways = Vec::new();
+    for (id, endpoint) in [("gateway-1", shedding.endpoint()), ("gateway-2", refused)] {
+        let gw = Gateway::spawn_process(
+            dir.path(),
+            id,
+            &[nats.url()],
+            &authz,
+            &upstream,
+            &format!(
+                "worker_threads = 1\n\n[tracing]\notlp_endpoint = \"{endpoint}\"\nbatch_interval_ms = 10\nbatch_spans = 1\n"
+            ),
+        )
+        .await?;
+        gw.wait_ready().await?;
+        gateways.push(gw);
+    }
+    let token = authz.token("demo-client", "demo-secret").await?;
+    for gw in &gateways {
+        let mut slowest = Duration::ZERO;
+        // About three seconds of requests, each exported on its own.
+        for n in 0..150 {
+            let started = Instant::now();
+            let (status, _) = get(&format!("{}/echo/{n}", gw.url), Some(&token), &[]).await;
+            assert_eq!(status, 200);
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Generous: a retry's sleep on the one thread would hold requests for seconds.
+        assert!(
+            slowest < Duration::from_secs(1),
+            "{slowest:?} at {}",
+            gw.url
+        );
+        let metrics = reqwest::get(format!("{}/metrics", gw.admin_url))
+            .await?
+            .text()
+            .await?;
+        let failed = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_trace_spans_total{outcome=\"failed\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(failed >= 100.0, "{failed}: {metrics}");
+    }
     Ok(())
 }
 
@@ -426,7 +561,7 @@ async fn a_hung_collector_costs_requests_nothing() -> anyhow::Result<()> {
     let nats = Nats::start()?;
     let dir = tempfile::tempdir()?;
     let hung = OtlpReceiver::stalled(dir.path()).await?;
-    let slow = "queue_spans = 8\nbatch_spans = 4\nexport_timeout_ms = 600000";
+    let slow = "queue_spans = 8\nbatch_spans = 4\nexport_timeout_ms = 60000";
     let authz = Authz::start_with(dir.path(), &[nats.url()], &tracing_section(&hung, slow)).await?;
     let upstream = Upstream::start().await?;
     let mut gw = Gateway::start_with(

@@ -81,7 +81,7 @@ const MAX_BODY: usize = 16 * 1024;
 
 /// The public listener's router: what clients and gateways call.
 pub fn public_app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/oauth2/token", post(oauth2_token_post))
         .route("/oauth2/revoke", post(oauth2_revoke_post))
         .route("/oauth2/introspect", post(oauth2_introspect_post))
@@ -94,15 +94,14 @@ pub fn public_app(state: Arc<AppState>) -> Router {
         .route("/ssf/events", post(ssf_events_post))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_get))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), traced))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    with_traces(router, &state).with_state(state)
 }
 
 /// The admin listener's router: what operators call. Admin requests still authenticate as
 /// an admin client; the listener keeps them off the public network as well.
 pub fn admin_app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/admin/keys", get(admin_keys_get))
         .route("/admin/gateways", get(admin_gateways_get))
         .route(
@@ -127,15 +126,24 @@ pub fn admin_app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_get))
         .route("/metrics", get(metrics_get))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), traced))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    with_traces(router, &state).with_state(state)
 }
 
-/// With `[tracing]`: a server span for each request, the current context while its handler
-/// runs, so that a revocation's commit and publication become its children
-/// ([`commit_revocation`]). Every request starts a new trace: a caller's `traceparent` is
-/// not continued (nothing in front of the authz-server is trusted to set it).
+/// `router` with [`traced`] around its routes when the server traces; untouched (no
+/// middleware at all) when it does not.
+fn with_traces(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    match state.traces {
+        Some(_) => router.layer(axum::middleware::from_fn_with_state(state.clone(), traced)),
+        None => router,
+    }
+}
+
+/// With `[tracing]`: a server span for each request (but health checks and metric scrapes),
+/// the current context while its handler runs, so that a revocation's commit and
+/// publication become its children ([`commit_revocation`]). Every request starts a new
+/// trace: a caller's `traceparent` is not continued (nothing in front of the authz-server is
+/// trusted to set it).
 async fn traced(
     State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
@@ -150,17 +158,32 @@ async fn traced(
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let method = request.method().to_string();
+        .map(|p| p.as_str().to_string());
+    if matches!(route.as_deref(), Some("/healthz" | "/readyz" | "/metrics")) {
+        return next.run(request).await;
+    }
+    // The methods the routes take; anything else is `_OTHER`.
+    let method = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        _ => "_OTHER",
+    };
+    let mut attributes = vec![KeyValue::new("http.request.method", method)];
+    let name = match route {
+        Some(route) => {
+            let name = format!("{method} {route}");
+            attributes.push(KeyValue::new("http.route", route));
+            name
+        }
+        None => method.to_string(),
+    };
     let span = traces
         .tracer
-        .span_builder(format!("{method} {route}"))
+        .span_builder(name)
         .with_kind(SpanKind::Server)
-        .with_attributes([
-            KeyValue::new("http.request.method", method),
-            KeyValue::new("http.route", route),
-        ])
+        .with_attributes(attributes)
         .start(&traces.tracer);
     let cx = opentelemetry::Context::new().with_span(span);
     let response = next.run(request).with_context(cx.clone()).await;
