@@ -37,6 +37,20 @@ fn request_span<'a>(spans: &'a [Value], marker: &str) -> Option<&'a Value> {
     })
 }
 
+/// `gateway_trace_spans_total{outcome}` of `gw`.
+async fn spans_counted(gw: &Gateway, outcome: &str) -> anyhow::Result<f64> {
+    let metrics = reqwest::get(format!("{}/metrics", gw.admin_url))
+        .await?
+        .text()
+        .await?;
+    let series = format!("gateway_trace_spans_total{{outcome=\"{outcome}\"}} ");
+    Ok(metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
 async fn get(url: &str, token: Option<&str>, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut request = reqwest::Client::new().get(url);
     if let Some(token) = token {
@@ -234,14 +248,12 @@ async fn a_revocation_is_one_trace_from_the_request_to_every_gateway() -> anyhow
     let signature = token.rsplit('.').next().unwrap_or_default();
     assert!(!dump.contains(&token) && !dump.contains(&signature[..20]));
     assert!(!dump.contains("demo-secret"));
-    let metrics = reqwest::get(format!("{}/metrics", gateways[0].admin_url))
-        .await?
-        .text()
-        .await?;
-    assert!(
-        metrics.contains("gateway_trace_spans_total{outcome=\"exported\"}"),
-        "{metrics}"
-    );
+    // Basic authentication's encoding of the client's credentials, too.
+    assert!(!dump.contains("ZGVtby1jbGllbnQ6ZGVtby1zZWNyZXQ"));
+    // Each gateway exported at least its two requests' spans and its two applies.
+    for gw in &gateways {
+        assert!(spans_counted(gw, "exported").await? >= 4.0);
+    }
     Ok(())
 }
 
@@ -542,16 +554,8 @@ async fn a_failing_collector_never_stalls_a_one_thread_gateway() -> anyhow::Resu
             "{slowest:?} at {}",
             gw.url
         );
-        let metrics = reqwest::get(format!("{}/metrics", gw.admin_url))
-            .await?
-            .text()
-            .await?;
-        let failed = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("gateway_trace_spans_total{outcome=\"failed\"} "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        assert!(failed >= 100.0, "{failed}: {metrics}");
+        let failed = spans_counted(gw, "failed").await?;
+        assert!(failed >= 100.0, "{failed}");
     }
     Ok(())
 }
@@ -586,17 +590,9 @@ async fn a_hung_collector_costs_requests_nothing() -> anyhow::Result<()> {
         .admin_revoke(serde_json::json!({"subject": "someone", "reason": "test"}))
         .await?;
     assert_eq!(status, 200);
-    let metrics = reqwest::get(format!("{}/metrics", gw.admin_url))
-        .await?
-        .text()
-        .await?;
-    let dropped = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway_trace_spans_total{outcome=\"dropped\"} "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let dropped = spans_counted(&gw, "dropped").await?;
     // At most a queue and a batch in flight are kept; the rest were dropped and counted.
-    assert!(dropped >= 200.0 - 8.0 - 4.0 - 1.0, "{dropped}: {metrics}");
+    assert!(dropped >= 200.0 - 8.0 - 4.0 - 1.0, "{dropped}");
     // Stopping does not wait on the hung collector for long either.
     let stopping = Instant::now();
     gw.runner.stop().await;

@@ -3,6 +3,7 @@
 //! rules in force.
 
 use super::*;
+use crate::store::StoredRevocation;
 
 /// Body of `POST /admin/revocations`: one token (by `jti` and `exp`, or the token itself),
 /// or every token of a subject, a client or a session issued before `before`; of the issuer
@@ -228,10 +229,21 @@ pub(super) async fn admin_revocations_post(
         return Ok(Json(event).into_response());
     };
     let deadline = tokio::time::Instant::now() + wait;
+    // The row is read until it has its stream position (once, normally: the revocation was
+    // published before the commit returned); from then on only the fleet view changes, and
+    // a wake costs no database read.
+    let mut found = None;
     loop {
-        let (receipt, enforced) = receipt(&state, &event.id)
-            .await?
-            .ok_or_else(|| OAuthError::internal("a committed revocation is not in the database"))?;
+        let (stored, place) = match found.take() {
+            Some(known) => known,
+            None => stored_revocation(&state, &event.id).await?.ok_or_else(|| {
+                OAuthError::internal("a committed revocation is not in the database")
+            })?,
+        };
+        let (receipt, enforced) = receipt_of(&state, &stored, place);
+        if place.is_some() {
+            found = Some((stored, place));
+        }
         if enforced {
             return Ok(Json(receipt).into_response());
         }
@@ -276,14 +288,30 @@ async fn receipt(
     state: &AppState,
     id: &str,
 ) -> Result<Option<(serde_json::Value, bool)>, OAuthError> {
-    let found = state
+    Ok(stored_revocation(state, id)
+        .await?
+        .map(|(stored, place)| receipt_of(state, &stored, place)))
+}
+
+/// Revocation `id` as stored, with its stream position (epoch, sequence, publication time)
+/// once published.
+async fn stored_revocation(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<(StoredRevocation, Option<(u64, u64, u64)>)>, OAuthError> {
+    state
         .store
         .revocation(id)
         .await
-        .map_err(|e| OAuthError::database(&state.store, e))?;
-    let Some((stored, place)) = found else {
-        return Ok(None);
-    };
+        .map_err(|e| OAuthError::database(&state.store, e))
+}
+
+/// The receipt of a stored revocation, from the fleet view as it is now (see [`receipt`]).
+fn receipt_of(
+    state: &AppState,
+    stored: &StoredRevocation,
+    place: Option<(u64, u64, u64)>,
+) -> (serde_json::Value, bool) {
     let window = Duration::from_millis(state.config.fleet_window_ms);
     let (epoch, sequence) = place.map_or((u64::MAX, u64::MAX), |(e, s, _)| (e, s));
     let receipts = state.fleet.receipts(window, epoch, sequence);
@@ -345,7 +373,7 @@ async fn receipt(
         "guaranteed_from_ms": guaranteed_from,
         "requested_by": stored.requested_by,
     });
-    Ok(Some((receipt, enforced)))
+    (receipt, enforced)
 }
 
 /// `GET /admin/revocations?limit=N&after=SEQ`: the rules still in force, oldest first.
