@@ -7,6 +7,7 @@
 //!
 //! - [`measure`]: what the benchmarks measure of a process (quantiles, CPU seconds, resident
 //!   memory).
+//! - [`charts`]: SVG charts of their figures, under `docs/bench/` (BENCHMARKS.md shows them).
 //! - `src/bin/edge-bench.rs`: the gateway against nginx and HAProxy under wrk.
 //! - `src/bin/hyper-proxy.rs`: the least a proxy on hyper does, one of `edge-bench`'s
 //!   contestants.
@@ -14,4 +15,5 @@
 //! - `src/bin/revocation-bench.rs`: a revocation's delay to three gateways.
 //! - `src/bin/revoke-bench.rs`: the revoke API's throughput, and the lock-out under a flood.
 
+pub mod charts;
 pub mod measure;

@@ -19,6 +19,8 @@
 //!   itself is tracing compiled in and off.
 //!
 //! wrk runs pinned to CPU 0, every server (NATS and the authz-server included) to CPU 1.
+//! `EDGE_BENCH_<NAME>_WRAPPER` runs one gateway contestant under a profiler (see [`Server`]).
+//!
 //! Rounds interleave the contestants, and each round starts with a different one. Two token
 //! workloads: a pool of 1,000 valid tokens drawn at random, and never-seen tokens (each round
 //! reads its own slice of a pre-signed file, so no server sees a token twice).
@@ -627,8 +629,92 @@ async fn main() -> Result<()> {
     };
     println!("{}", report.text());
     print_span_counts(&servers, &ports).await;
+    if let Some(pool) = &pool {
+        charts(
+            "edge-pool",
+            "pool of 1,000 tokens",
+            pool,
+            &report.pool_order,
+        )?;
+    }
+    if let Some(fresh) = &fresh {
+        charts(
+            "edge-fresh",
+            "never-seen tokens",
+            fresh,
+            &["haproxy-jwt", "gateway"],
+        )?;
+    }
     drop(million);
     let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// A workload's charts: requests/s (median, with the range over rounds), CPU per request,
+/// and the latency percentiles, by contestant.
+fn charts(file: &str, workload: &str, rounds: &Rounds, order: &[&'static str]) -> Result<()> {
+    use bench::charts::{self, Bar};
+    let dir = charts::dir();
+    std::fs::create_dir_all(&dir)?;
+    let present: Vec<(&str, &Summary)> = order
+        .iter()
+        .filter_map(|name| rounds.summaries.get(name).map(|s| (*name, s)))
+        .collect();
+    let spread = |s: &Summary, f: fn(&Sample) -> f64| {
+        let values = s.samples.iter().map(f);
+        (
+            values.clone().fold(f64::MAX, f64::min),
+            values.fold(0.0, f64::max),
+        )
+    };
+    let throughput: Vec<Bar<'_>> = present
+        .iter()
+        .map(|(name, s)| Bar {
+            name,
+            value: s.rps(),
+            range: Some(spread(s, |x| x.rps)),
+        })
+        .collect();
+    let cpu: Vec<Bar<'_>> = present
+        .iter()
+        .filter(|(_, s)| s.cpu() > 0.0)
+        .map(|(name, s)| Bar {
+            name,
+            value: s.cpu(),
+            range: Some(spread(s, |x| x.cpu_us)),
+        })
+        .collect();
+    let latency: Vec<(&str, Vec<f64>)> = present
+        .iter()
+        .map(|(name, s)| (*name, vec![s.p50() / 1000.0, s.p99() / 1000.0]))
+        .collect();
+    let written = [
+        dir.join(format!("{file}-throughput.svg")),
+        dir.join(format!("{file}-cpu.svg")),
+        dir.join(format!("{file}-latency.svg")),
+    ];
+    charts::bars(
+        &written[0],
+        &format!("Requests per second, {workload} (median; line: range over rounds)"),
+        "requests/s",
+        &throughput,
+    )?;
+    charts::bars(
+        &written[1],
+        &format!("CPU per request of the contestant's own process, {workload}"),
+        "CPU microseconds per request",
+        &cpu,
+    )?;
+    charts::grouped(
+        &written[2],
+        &format!("Latency, {workload} (median over rounds)"),
+        "milliseconds",
+        &["p50", "p99"],
+        &latency,
+    )?;
+    for path in written {
+        println!("chart: {}", path.display());
+    }
     Ok(())
 }
 
@@ -645,7 +731,12 @@ async fn print_span_counts(servers: &Servers, ports: &Ports) {
             .filter_map(|l| l.strip_prefix("gateway_trace_spans_total{outcome=\""))
             .map(|l| l.replace("\"} ", ": "))
             .collect();
-        println!("{} spans: {}", server.name, counts.join(", "));
+        let counts = if counts.is_empty() {
+            "none ended".to_string()
+        } else {
+            counts.join(", ")
+        };
+        println!("{} spans: {counts}", server.name);
     }
 }
 
@@ -836,7 +927,7 @@ otlp_endpoint = \"http://127.0.0.1:{}/v1/traces\"\nsampling_ratio = {n}.0\n",
                     ports.otlp
                 );
                 traced.push(
-                    start_gateway(name, work, port, admin, &config, false)
+                    start_gateway(name, work, port, admin, &config, true)
                         .await?
                         .0,
                 );

@@ -85,6 +85,7 @@ async fn main() -> Result<()> {
     })
     .await?;
     println!("revocation propagation: {count} tokens, 3 gateways, {profile} build, loopback");
+    let mut cdf = vec![("RFC 7009, no load", run.all())];
     run.print("revoke API");
     println!("(gateway rows: from the revoke API's 200 to the first 401 at that gateway; the");
     println!(" revoke API row: the revoke request itself, Argon2 client authentication, the");
@@ -119,6 +120,7 @@ async fn main() -> Result<()> {
     .await?;
     println!();
     println!("back-channel logout: {count} sessions, 3 gateways, {profile} build, loopback");
+    cdf.push(("back-channel logout, no load", run.all()));
     run.print("logout");
 
     // Shared Signals push: one subject per token, each disabled by a SET.
@@ -151,6 +153,7 @@ async fn main() -> Result<()> {
     .await?;
     println!();
     println!("SET push (RFC 8935): {count} subjects, 3 gateways, {profile} build, loopback");
+    cdf.push(("SET push, no load", run.all()));
     run.print("SET push");
     println!("(gateway rows: from the receiver's 200 or 202 to the first 401 at that gateway;");
     println!(" the logout and SET push rows: the signal's request, its verification, the durable");
@@ -224,12 +227,23 @@ async fn main() -> Result<()> {
     println!(
         "admin API revocations under load ({rate:.0} requests/s in all, half the measured {capacity:.0}; {sent} sent): {count} tokens, 3 gateways, {profile} build, loopback"
     );
+    cdf.push(("admin API, under load", run.all()));
+    cdf.push(("receipt enforced, under load", completed.clone()));
     run.print("admin API");
     print_row("receipt", &mut completed);
     println!("(gateway rows: from the admin API's 200 to the first 401 at that gateway, while the");
     println!(
         " load runs; receipt: from the 200 until GET /admin/revocations/{{id}} says enforced)"
     );
+    let dir = bench::charts::dir();
+    std::fs::create_dir_all(&dir)?;
+    let chart = dir.join("revocation-cdf.svg");
+    bench::charts::cdf(
+        &chart,
+        "From the revocation's acknowledgement to the first 401, every gateway",
+        &cdf,
+    )?;
+    println!("chart: {}", chart.display());
     Ok(())
 }
 
@@ -342,6 +356,11 @@ struct Run {
 }
 
 impl Run {
+    /// Every gateway's delays together.
+    fn all(&self) -> Vec<Duration> {
+        self.delays.iter().flatten().copied().collect()
+    }
+
     fn print(mut self, api_row: &str) {
         println!("{:<12} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
         let mut all = Vec::new();
