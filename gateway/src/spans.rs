@@ -4,12 +4,13 @@
 //! A request's span continues the caller's trace only when the peer is a trusted proxy
 //! (`trusted_proxies`). Anyone else's `traceparent` and `tracestate` are ignored, and never
 //! reach the upstream ([`crate::sanitize::DEFAULT_UNTRUSTED`]): an outsider cannot choose
-//! trace ids or force sampling. The upstream gets the request's span as its parent.
+//! trace ids or force sampling (a trusted proxy can: it decides for what it passes on). The
+//! upstream gets the request's span as its parent.
 //!
 //! Attributes follow OpenTelemetry's HTTP conventions where they have one (`http.route`,
-//! `http.response.status_code`, `error.type`, `server.address`); the gateway's own are under
-//! `gateway.`. A span carries the reason a token was refused, never the token, nor the
-//! query string.
+//! `http.response.status_code`, `error.type`, `client.address`); the gateway's own are under
+//! `gateway.` (`gateway.upstream.address`, `gateway.auth.decision`). A span carries the
+//! reason a token was refused, never the token, nor the query string.
 
 use std::sync::Arc;
 
@@ -66,14 +67,14 @@ impl RequestSpan {
         };
         let mut span = tracing
             .tracer
-            .span_builder(method.to_string())
+            .span_builder(method)
             .with_kind(SpanKind::Server)
             .start_with_context(&tracing.tracer, &cx);
         // Unsampled spans record nothing: skip building their attributes.
         if span.is_recording() {
             let path = request.uri().path();
-            // A path is at most a few kilobytes (the head's limit); a span keeps 1,024 bytes
-            // of it.
+            // A path is at most a few kilobytes (the head's limit); a span keeps its first
+            // 1,024 characters.
             let kept = path
                 .char_indices()
                 .nth(1024)
