@@ -3,7 +3,10 @@
 //! the first 401 at every gateway, the revoke API's own latency, and from the request to the
 //! first 401: p50, p99 and max. Then the same for another issuer's tokens revoked by its
 //! signals: back-channel logout tokens (one session each) and SETs pushed under RFC 8935 (one
-//! account each). A benchmark, not a test: it prints figures, and only checks
+//! account each). Last, the admin API's revocations under a steady load of half the
+//! gateways' capacity, with each receipt's completion and each gateway's own apply-delay
+//! histogram over that run. It draws every run's delays as one cumulative-distribution chart
+//! (`docs/bench/revocation-cdf.svg`). A benchmark, not a test: it prints figures, and only checks
 //! that its run was sane (the warm-up served, every revoke answered 200, every revoked token
 //! refused within 10 s).
 //!
@@ -166,6 +169,7 @@ async fn main() -> Result<()> {
     let capacity = capacity(&http, &gateways, &load_token).await?;
     let rate = capacity / 2.0;
     eprintln!("capacity {capacity:.0} requests/s in all; loading them at {rate:.0}/s");
+    let applied_before = apply_delays(&http, &gateways).await?;
     let load = Load::start(&http, &gateways, &load_token, rate);
     let mut tokens = Vec::with_capacity(count);
     for _ in 0..count {
@@ -216,6 +220,7 @@ async fn main() -> Result<()> {
     })
     .await?;
     let sent = load.stop().await;
+    let applied_after = apply_delays(&http, &gateways).await?;
     let mut completed = Vec::with_capacity(count);
     for watch in receipts
         .into_inner()
@@ -231,6 +236,7 @@ async fn main() -> Result<()> {
     cdf.push(("receipt enforced, under load", completed.clone()));
     run.print("admin API");
     print_row("receipt", &mut completed);
+    print_applied(&applied_before, &applied_after);
     println!("(gateway rows: from the admin API's 200 to the first 401 at that gateway, while the");
     println!(
         " load runs; receipt: from the 200 until GET /admin/revocations/{{id}} says enforced)"
@@ -245,6 +251,77 @@ async fn main() -> Result<()> {
     )?;
     println!("chart: {}", chart.display());
     Ok(())
+}
+
+/// Each gateway's `gateway_revocation_apply_delay_seconds` histogram: cumulative counts by
+/// upper bound (seconds), `+Inf` last.
+async fn apply_delays(
+    http: &reqwest::Client,
+    gateways: &[Gateway],
+) -> Result<Vec<Vec<(f64, u64)>>> {
+    let mut all = Vec::new();
+    for gw in gateways {
+        let text = http
+            .get(format!("{}/metrics", gw.admin_url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let buckets = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("gateway_revocation_apply_delay_seconds_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, count) = l.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        all.push(buckets);
+    }
+    Ok(all)
+}
+
+/// The gateways' own word on the run under load: the share of revocations each applied
+/// within 1, 2 and 5 ms of JetStream storing it (its apply-delay histogram, before and
+/// after the run). No probe queues for this: it is the time to enforcement itself.
+fn print_applied(before: &[Vec<(f64, u64)>], after: &[Vec<(f64, u64)>]) {
+    let within = |gw: usize, bound: f64| -> (u64, u64) {
+        let count = |h: &[(f64, u64)], b: f64| {
+            h.iter()
+                .find(|(le, _)| (*le - b).abs() < 1e-9 || (b.is_infinite() && le.is_infinite()))
+                .map_or(0, |(_, c)| *c)
+        };
+        let (h0, h1) = (&before[gw], &after[gw]);
+        (
+            count(h1, bound).saturating_sub(count(h0, bound)),
+            count(h1, f64::INFINITY).saturating_sub(count(h0, f64::INFINITY)),
+        )
+    };
+    println!(
+        "applied by each gateway within, of JetStream storing the revocation (its own histogram):"
+    );
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>8}",
+        "", "1 ms", "2 ms", "5 ms", "events"
+    );
+    for gw in 0..after.len().min(before.len()) {
+        let share = |bound| {
+            let (n, total) = within(gw, bound);
+            format!("{:.1}%", 100.0 * n as f64 / total.max(1) as f64)
+        };
+        println!(
+            "{:<12} {:>10} {:>10} {:>10} {:>8}",
+            format!("gateway-{}", gw + 1),
+            share(0.001),
+            share(0.002),
+            share(0.005),
+            within(gw, f64::INFINITY).1
+        );
+    }
 }
 
 /// Requests per second the three gateways serve together, with 16 connections each, for 2 s.
