@@ -51,20 +51,7 @@ impl RequestSpan {
             Some(parent) => Context::new().with_remote_span_context(parent),
             None => Context::new(),
         };
-        // The client picks the method: one it may invent is `_OTHER` (OpenTelemetry's HTTP
-        // conventions), so that span names stay few.
-        let method = match request.method().as_str() {
-            "GET" => "GET",
-            "HEAD" => "HEAD",
-            "POST" => "POST",
-            "PUT" => "PUT",
-            "DELETE" => "DELETE",
-            "PATCH" => "PATCH",
-            "OPTIONS" => "OPTIONS",
-            "TRACE" => "TRACE",
-            "CONNECT" => "CONNECT",
-            _ => "_OTHER",
-        };
+        let method = traces::method_name(request.method());
         let mut span = tracing
             .tracer
             .span_builder(method)

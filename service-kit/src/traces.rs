@@ -515,6 +515,23 @@ impl<H: TraceHeaders + ?Sized> Injector for Writer<'_, H> {
     }
 }
 
+/// A request method as a span names it: one of HTTP's standard methods, or `_OTHER` for one
+/// a client invented (OpenTelemetry's HTTP conventions), so that span names stay few.
+pub fn method_name(method: &http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
 /// The remote parent `headers` name (`traceparent`, with `tracestate`), as the W3C Trace
 /// Context says: a header given twice, or malformed, names none.
 pub fn parent_from_headers<H: TraceHeaders + ?Sized>(headers: &H) -> Option<SpanContext> {

@@ -39,18 +39,11 @@ pub(super) async fn commit_revocation(
     // Traced: the request's span ([`traced`]) gets the commit as a child, and the relay's
     // publish span under it.
     let request = opentelemetry::Context::current();
-    let trace = state
-        .traces
-        .as_ref()
-        .filter(|_| request.has_active_span())
-        .map(|_| request.span().span_context().clone());
+    let tracer = state.traces.as_ref().filter(|_| request.has_active_span());
+    let trace = tracer.map(|_| request.span().span_context().clone());
     // Registered before the commit, so the relay's word cannot come first.
     let mut published = state.acks.register(&event.id, trace.clone());
-    let mut commit = state
-        .traces
-        .as_ref()
-        .filter(|_| trace.is_some())
-        .map(|t| t.tracer.start_with_context("revocation.commit", &request));
+    let mut commit = tracer.map(|t| t.tracer.start_with_context("revocation.commit", &request));
     let stored = state.store.insert(&event, requested_by).await;
     if let Some(span) = &mut commit {
         if let Err(err) = &stored {

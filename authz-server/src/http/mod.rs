@@ -162,14 +162,7 @@ async fn traced(
     if matches!(route.as_deref(), Some("/healthz" | "/readyz" | "/metrics")) {
         return next.run(request).await;
     }
-    // The methods the routes take; anything else is `_OTHER`.
-    let method = match request.method().as_str() {
-        "GET" => "GET",
-        "POST" => "POST",
-        "DELETE" => "DELETE",
-        "HEAD" => "HEAD",
-        _ => "_OTHER",
-    };
+    let method = service_kit::traces::method_name(request.method());
     let mut attributes = vec![KeyValue::new("http.request.method", method)];
     let name = match route {
         Some(route) => {
