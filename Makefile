@@ -10,6 +10,7 @@ test: deps
 	@deploy/ensure-postgres.sh
 	@deploy/ensure-interop-venv.sh
 	@deploy/ensure-oidc-provider.sh
+	@deploy/ensure-chromium.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test --workspace

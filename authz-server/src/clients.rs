@@ -24,6 +24,14 @@ pub struct Client {
     secret_hash: String,
 }
 
+impl Client {
+    /// The stored hash of its secret: a console session remembers it, and ends when it
+    /// changes.
+    pub(crate) fn secret_hash(&self) -> &str {
+        &self.secret_hash
+    }
+}
+
 impl From<crate::store::StoredClient> for Client {
     fn from(c: crate::store::StoredClient) -> Self {
         Client {
@@ -396,6 +404,21 @@ impl Clients {
             all.push((Arc::new(Client::from(c)), false));
         }
         Ok(all)
+    }
+
+    /// The client `id` as it is now (configured, or registered in the database), without
+    /// checking any secret: for a console session, whose client may have been removed or
+    /// changed since its login.
+    pub async fn current(&self, id: &str) -> Result<Option<Arc<Client>>, OAuthError> {
+        if let Some(client) = self.by_id.get(id) {
+            return Ok(Some(client.clone()));
+        }
+        Ok(self
+            .store
+            .client(id)
+            .await
+            .map_err(|e| OAuthError::database(&self.store, e))?
+            .map(|c| Arc::new(Client::from(c))))
     }
 
     /// Checks the credentials; the Argon2 work runs off the async workers.

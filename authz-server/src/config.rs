@@ -56,6 +56,10 @@ pub struct Config {
     /// `service_kit::traces`.
     #[serde(default)]
     pub tracing: Option<service_kit::traces::TraceConfig>,
+    /// The operators' console on the admin listener (`[console]`); off when absent. See
+    /// [`crate::console`].
+    #[serde(default)]
+    pub console: Option<crate::console::ConsoleConfig>,
     /// `text` (default) or `json` (one object a line).
     #[serde(default = "default_log_format")]
     pub log_format: String,
@@ -291,6 +295,9 @@ impl ServiceConfig for Config {
         }
         if let Some(tracing) = &self.tracing {
             tracing.validate()?;
+        }
+        if let Some(console) = &self.console {
+            console.validate()?;
         }
         if !(100..=60_000).contains(&self.publish_wait_ms) {
             return Err("publish_wait_ms: must be between 100 and 60000".into());

@@ -20,6 +20,14 @@ pub enum OAuthError {
     /// The client authenticated but may not use this endpoint (a non-admin on `/admin`).
     #[error("access_denied")]
     AccessDenied,
+    /// A console call without a live session: none, expired, ended, or its client changed
+    /// (401, `login_required`).
+    #[error("login_required: {0}")]
+    LoginRequired(&'static str),
+    /// An admin or console call refused for where it comes from or a missing or wrong CSRF
+    /// token (403, `access_denied` with the reason).
+    #[error("access_denied: {0}")]
+    Refused(&'static str),
     /// Too many failed authentications from this source (429).
     #[error("too many failed attempts")]
     TooManyFailures { retry_after: u64 },
@@ -95,6 +103,8 @@ impl OAuthError {
                 "access_denied",
                 Some("this client may not use the admin API"),
             ),
+            OAuthError::LoginRequired(d) => (StatusCode::UNAUTHORIZED, "login_required", Some(d)),
+            OAuthError::Refused(d) => (StatusCode::FORBIDDEN, "access_denied", Some(d)),
             OAuthError::TooManyFailures { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "temporarily_unavailable",

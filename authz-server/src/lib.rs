@@ -17,6 +17,7 @@
 //! - [`http`]: the endpoints, one handler each.
 //! - [`error`]: OAuth errors and the one place they become responses.
 //! - [`clients`]: registered clients and client authentication.
+//! - [`console`]: the operators' console's configuration and sessions.
 //! - [`keys`]: the signing keys in service (the key ring), their JWKs, and the heartbeat key.
 //! - [`tokens`]: access-token claims and the check of presented tokens.
 //! - [`store`]: the database, source of truth and outbox.
@@ -33,6 +34,7 @@
 pub mod clients;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod fleet;
 pub mod heartbeat;
@@ -78,6 +80,8 @@ pub struct AppState {
     pub connections: Arc<service_kit::serve::ListenerStats>,
     /// The tracer, when `[tracing]` is configured.
     pub traces: Option<Arc<service_kit::traces::Tracing>>,
+    /// The console's sessions, when `[console]` is configured.
+    pub console: Option<console::Sessions>,
     /// The RFC 8414 metadata document, rebuilt when clients or keys change.
     metadata: std::sync::RwLock<axum::body::Bytes>,
 }
@@ -150,10 +154,13 @@ pub async fn load_keys(store: &store::Store, ring: &keys::KeyRing) -> Result<(),
 /// Runs the server on its public and admin listeners until `shutdown` is cancelled, then
 /// drains in-flight requests and stops the background tasks.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    // The address the admin listener is bound to (a configured port 0 is a real one now):
+    // the console's default host names come from it.
+    config.admin_listen = listeners.admin.local_addr()?;
     let server = build(config).await?;
     let tasks = spawn_tasks(&server);
     serve_and_drain(&server.state, listeners, shutdown).await?;
@@ -207,7 +214,12 @@ async fn build(config: Config) -> Result<Server, StartError> {
     .map_err(StartError::Config)?;
     let signals = signals::Signals::new(&config).map_err(StartError::Config)?;
     let fleet = Arc::new(fleet::Fleet::new(metrics.fleet_refused.clone()));
+    let console = config
+        .console
+        .clone()
+        .map(|c| console::Sessions::new(c, config.admin_listen));
     let state = Arc::new(AppState {
+        console,
         clients: clients::Clients::new(
             &config.clients,
             store.clone(),

@@ -183,6 +183,8 @@ const INDEXES: &str = "
 DROP INDEX IF EXISTS revocations_one_per_token;
 CREATE INDEX IF NOT EXISTS revocations_by_token
     ON revocations (iss, rule_key) WHERE kind = 'token';
+CREATE INDEX IF NOT EXISTS revocations_by_key
+    ON revocations (rule_key, kind);
 CREATE INDEX IF NOT EXISTS revocations_unpublished
     ON revocations (seq) WHERE published_at IS NULL;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -244,6 +246,15 @@ pub struct StoredKey {
     pub pem: String,
     pub signs_from: u64,
     pub retire_after: Option<u64>,
+}
+
+/// Which rules [`Store::search`] selects: of one kind and key (`token`, `subject`,
+/// `client` or `session`, and the `jti`, subject, client id or session id), of one issuer,
+/// or both; nothing: every rule.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RuleFilter<'a> {
+    pub rule: Option<(&'a str, &'a str)>,
+    pub iss: Option<&'a str>,
 }
 
 /// A committed revocation waiting in (or drained from) the outbox.
@@ -460,17 +471,49 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredRevocation>, sqlx::Error> {
-        sqlx::query(
-            "SELECT * FROM revocations WHERE expires_at >= $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(now.saturating_sub(leeway) as i64)
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(from_row)
-        .collect()
+        self.search(now, leeway, &RuleFilter::default(), after_seq, limit)
+            .await
+    }
+
+    /// The rules in force (as [`Store::active`]) that `filter` selects.
+    pub async fn search(
+        &self,
+        now: u64,
+        leeway: u64,
+        filter: &RuleFilter<'_>,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRevocation>, sqlx::Error> {
+        let mut sql = String::from("SELECT * FROM revocations WHERE expires_at >= $1 AND seq > $2");
+        let mut next = 3;
+        let mut clause = |column: &str, sql: &mut String| {
+            sql.push_str(&format!(" AND {column} = ${next}"));
+            next += 1;
+        };
+        if filter.rule.is_some() {
+            clause("kind", &mut sql);
+            clause("rule_key", &mut sql);
+        }
+        if filter.iss.is_some() {
+            clause("iss", &mut sql);
+        }
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${next}"));
+        let mut query = sqlx::query(&sql)
+            .bind(now.saturating_sub(leeway) as i64)
+            .bind(after_seq);
+        if let Some((kind, key)) = filter.rule {
+            query = query.bind(kind).bind(key);
+        }
+        if let Some(iss) = filter.iss {
+            query = query.bind(iss);
+        }
+        query
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(from_row)
+            .collect()
     }
 
     /// Number of revocations waiting to be published.
@@ -1289,6 +1332,80 @@ mod tests {
             expires_at: 2_000_000_000,
             revoked_at: 1_700_000_000,
             reason: None,
+        }
+    }
+
+    /// A search selects by kind and key, by issuer, or both; a key of another kind, an
+    /// expired rule and SQL in a value select nothing; paging goes on after a sequence.
+    #[tokio::test]
+    async fn search_selects_by_rule_and_issuer() {
+        let (_dir, store) = temp_store().await;
+        let event = |rule: Rule, iss: &str, expires_at: u64| RevocationEvent {
+            rule,
+            iss: iss.into(),
+            expires_at,
+            ..token_event("x")
+        };
+        let alice = |not_before| Rule::Subject {
+            sub: "alice".into(),
+            not_before,
+        };
+        for e in [
+            event(alice(1), "https://a", 2_000_000_000),
+            event(alice(2), "https://b", 2_000_000_000),
+            event(alice(3), "https://a", 1_000),
+            event(
+                Rule::Token {
+                    jti: "alice".into(),
+                },
+                "https://a",
+                2_000_000_000,
+            ),
+            event(
+                Rule::Session {
+                    sid: "s1".into(),
+                    not_before: 1,
+                },
+                "https://b",
+                2_000_000_000,
+            ),
+        ] {
+            store.insert(&e, "test").await.unwrap();
+        }
+        let now = 1_800_000_000;
+        let found =
+            |rule: Option<(&'static str, &'static str)>, iss: Option<&'static str>, after| {
+                let store = store.clone();
+                async move {
+                    store
+                        .search(now, 30, &RuleFilter { rule, iss }, after, 100)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|r| (r.event.rule.kind(), r.event.iss, r.seq))
+                        .collect::<Vec<_>>()
+                }
+            };
+        let subject = found(Some(("subject", "alice")), None, 0).await;
+        assert_eq!(subject.len(), 2, "{subject:?}");
+        assert!(subject.iter().all(|(kind, _, _)| *kind == "subject"));
+        let of_a = found(Some(("subject", "alice")), Some("https://a"), 0).await;
+        assert_eq!(of_a.len(), 1);
+        assert_eq!(of_a[0].1, "https://a");
+        assert_eq!(found(None, Some("https://b"), 0).await.len(), 2);
+        assert_eq!(found(Some(("token", "alice")), None, 0).await.len(), 1);
+        assert_eq!(found(None, None, 0).await.len(), 4);
+        let first = subject[0].2;
+        assert_eq!(
+            found(Some(("subject", "alice")), None, first).await.len(),
+            1
+        );
+        for hostile in ["alice' OR '1'='1", "%", "alice%", "ALICE", "alice "] {
+            let hostile: &'static str = Box::leak(hostile.to_string().into_boxed_str());
+            assert!(
+                found(Some(("subject", hostile)), None, 0).await.is_empty(),
+                "{hostile}"
+            );
         }
     }
 

@@ -123,6 +123,24 @@ impl Gateway {
         })
     }
 
+    /// Starts one gateway per identity in `ids` (each with its own certificate) with the
+    /// same `extra` configuration, one after the other, each ready before the next starts.
+    pub async fn start_ready(
+        ids: &[&str],
+        nats_urls: &[String],
+        authz: &Authz,
+        upstream: &Upstream,
+        extra: &str,
+    ) -> Result<Vec<Gateway>> {
+        let mut gateways = Vec::new();
+        for id in ids {
+            let gw = Gateway::start_with(id, id, nats_urls, authz, upstream, extra).await?;
+            gw.wait_ready().await?;
+            gateways.push(gw);
+        }
+        Ok(gateways)
+    }
+
     /// Starts the gateway binary as its own process (config and log in `dir`); returns once
     /// it has bound its listeners, not once it is ready.
     pub async fn spawn_process(

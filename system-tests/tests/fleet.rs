@@ -32,20 +32,14 @@ async fn the_fleet_view_follows_the_gateways() -> anyhow::Result<()> {
     )
     .await?;
     let upstream = Upstream::start().await?;
-    let mut gateways = Vec::new();
-    for id in ["gateway-1", "gateway-2"] {
-        let gw = Gateway::start_with(
-            id,
-            id,
-            &[nats.url()],
-            &authz,
-            &upstream,
-            "status_interval_ms = 200",
-        )
-        .await?;
-        gw.wait_ready().await?;
-        gateways.push(gw);
-    }
+    let mut gateways = Gateway::start_ready(
+        &["gateway-1", "gateway-2"],
+        &[nats.url()],
+        &authz,
+        &upstream,
+        "status_interval_ms = 200",
+    )
+    .await?;
     // Both listed, ready and fresh.
     let listed = eventually(
         Duration::from_secs(10),

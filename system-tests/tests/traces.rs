@@ -150,20 +150,14 @@ async fn a_revocation_is_one_trace_from_the_request_to_every_gateway() -> anyhow
         Authz::start_with(dir.path(), &[nats.url()], &tracing_section(&receiver, "")).await?;
     let upstream = Upstream::start().await?;
     let ids = system_tests::GATEWAY_IDS;
-    let mut gateways = Vec::new();
-    for id in ids {
-        let gw = Gateway::start_with(
-            id,
-            id,
-            &[nats.url()],
-            &authz,
-            &upstream,
-            &tracing_section(&receiver, ""),
-        )
-        .await?;
-        gw.wait_ready().await?;
-        gateways.push(gw);
-    }
+    let gateways = Gateway::start_ready(
+        &ids,
+        &[nats.url()],
+        &authz,
+        &upstream,
+        &tracing_section(&receiver, ""),
+    )
+    .await?;
     let token = authz.token("demo-client", "demo-secret").await?;
     for gw in &gateways {
         assert_eq!(

@@ -24,6 +24,17 @@ pub(super) struct AdminRevocation {
     reason: Option<String>,
 }
 
+/// The query parameters of `GET /admin/revocations`.
+const LIST_PARAMETERS: [&str; 7] = [
+    "limit",
+    "after",
+    "subject",
+    "client_id",
+    "session",
+    "jti",
+    "iss",
+];
+
 pub(super) const ADMIN_BODY_HELP: &str = "body must be one of {\"jti\",\"exp\"}, {\"token\"}, {\"subject\"[,\"before\"]}, {\"client_id\"[,\"before\"]} or {\"session\"[,\"before\"]}, with an optional \"iss\" and \"reason\"";
 
 /// What a `POST /admin/revocations` body asks to revoke: exactly one of the five forms.
@@ -376,14 +387,29 @@ fn receipt_of(
     (receipt, enforced)
 }
 
-/// `GET /admin/revocations?limit=N&after=SEQ`: the rules still in force, oldest first.
+/// `GET /admin/revocations?limit=N&after=SEQ`: the rules still in force, oldest first;
+/// with one of `subject`, `client_id`, `session` or `jti`, only the rules of that subject,
+/// client, session or token, and with `iss`, only those of that issuer.
 pub(super) async fn admin_revocations_get(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<Vec<(String, String)>>,
     AdminClient(_): AdminClient,
 ) -> Result<Response, OAuthError> {
+    let mut params: HashMap<&str, &str> = HashMap::new();
+    for (name, value) in &query {
+        if !LIST_PARAMETERS.contains(&name.as_str()) {
+            return Err(OAuthError::InvalidRequest(
+                "the parameters are limit, after, subject, client_id, session, jti and iss",
+            ));
+        }
+        if params.insert(name, value).is_some() {
+            return Err(OAuthError::InvalidRequest(
+                "a parameter appears more than once",
+            ));
+        }
+    }
     let number = |name: &str, default: i64| -> Result<i64, OAuthError> {
-        match query.get(name) {
+        match params.get(name) {
             None => Ok(default),
             Some(v) => v
                 .parse::<i64>()
@@ -396,11 +422,35 @@ pub(super) async fn admin_revocations_get(
     };
     let limit = number("limit", 100)?.clamp(1, 1000);
     let after = number("after", 0)?;
+    let mut rules = [
+        ("subject", "subject"),
+        ("client_id", "client"),
+        ("session", "session"),
+        ("jti", "token"),
+    ]
+    .into_iter()
+    .filter_map(|(param, kind)| params.get(param).map(|key| (kind, *key)));
+    let rule = rules.next();
+    if rules.next().is_some() {
+        return Err(OAuthError::InvalidRequest(
+            "give at most one of subject, client_id, session and jti",
+        ));
+    }
+    let iss = params.get("iss").copied();
+    if rule.is_some_and(|(_, key)| key.is_empty() || key.len() > 256)
+        || iss.is_some_and(|i| i.is_empty() || i.len() > 2048)
+    {
+        return Err(OAuthError::InvalidRequest(
+            "a search value must be 1 to 256 bytes (an issuer up to 2048)",
+        ));
+    }
+    let filter = crate::store::RuleFilter { rule, iss };
     let rows = state
         .store
-        .active(
+        .search(
             crate::clock::unix_now(),
             state.config.leeway_s,
+            &filter,
             after,
             limit,
         )

@@ -186,13 +186,26 @@ async fn authenticate(
     state.clients.authenticate(credentials, source).await
 }
 
-/// HTTP Basic credentials of a client marked `admin`.
+/// The admin client of an admin call: HTTP Basic credentials of a client marked `admin`, or,
+/// with `[console]` and no `Authorization` header, a console session ([`console_client`]).
+/// A browser's cross-site or same-site call is refused first, whichever way it
+/// authenticates: a page on another site could otherwise use Basic credentials the browser
+/// remembers for this listener.
 async fn authenticate_admin(
     state: &AppState,
     headers: &HeaderMap,
     source: IpAddr,
 ) -> Result<Arc<Client>, OAuthError> {
-    let client = authenticate(state, headers, None, source).await?;
+    same_origin(headers)?;
+    let client = match &state.console {
+        Some(sessions)
+            if !headers.contains_key(header::AUTHORIZATION)
+                && session_cookie(headers, sessions.config())?.is_some() =>
+        {
+            console_client(state, sessions, headers).await?
+        }
+        _ => authenticate(state, headers, None, source).await?,
+    };
     if !client.admin {
         return Err(OAuthError::AccessDenied);
     }
@@ -202,4 +215,146 @@ async fn authenticate_admin(
         return Err(OAuthError::Unavailable(crate::error::DATABASE_UNREACHABLE));
     }
     Ok(client)
+}
+
+/// Refuses what a browser marks as coming from another origin: `Sec-Fetch-Site` other than
+/// `same-origin` or `none` (a typed address, a bookmark), or an `Origin` whose host is not
+/// the `Host` the call was sent to (also `null`). Callers that are not browsers send
+/// neither, and pass.
+pub(super) fn same_origin(headers: &HeaderMap) -> Result<(), OAuthError> {
+    let one = |name: &str| -> Result<Option<&str>, OAuthError> {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => v
+                .to_str()
+                .map(Some)
+                .map_err(|_| OAuthError::Refused("unreadable Sec-Fetch-Site, Origin or Host")),
+            (Some(_), Some(_)) => Err(OAuthError::Refused(
+                "Sec-Fetch-Site, Origin or Host given more than once",
+            )),
+        }
+    };
+    if let Some(site) = one("sec-fetch-site")? {
+        if !matches!(site, "same-origin" | "none") {
+            return Err(OAuthError::Refused(
+                "the browser says this call comes from another site",
+            ));
+        }
+    }
+    if let Some(origin) = one("origin")? {
+        let host = one("host")?.unwrap_or("");
+        let origin_host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        if host.is_empty() || !origin_host.is_some_and(|o| o.eq_ignore_ascii_case(host)) {
+            return Err(OAuthError::Refused(
+                "the call comes from another origin than this listener",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The value of the console's session cookie, if the request carries exactly one; more
+/// than one (planted by a neighbouring site, say) is refused rather than guessed between.
+pub(super) fn session_cookie<'h>(
+    headers: &'h HeaderMap,
+    config: &crate::console::ConsoleConfig,
+) -> Result<Option<&'h str>, OAuthError> {
+    let name = config.cookie_name();
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for cookie in cookie::Cookie::split_parse(value).flatten() {
+            if cookie.name() != name {
+                continue;
+            }
+            if found.is_some() {
+                return Err(OAuthError::LoginRequired(
+                    "more than one console session cookie; clear this site's cookies and log in again",
+                ));
+            }
+            found = cookie.value_raw();
+        }
+    }
+    Ok(found)
+}
+
+/// The admin client of a console call: a live session in the cookie, the session's CSRF
+/// token in `X-CSRF-Token`, and the session's client still an admin with the secret it
+/// logged in with (else the session ends).
+async fn console_client(
+    state: &AppState,
+    sessions: &crate::console::Sessions,
+    headers: &HeaderMap,
+) -> Result<Arc<Client>, OAuthError> {
+    console_host(sessions, headers)?;
+    let session = console_session(sessions, headers)?;
+    if !csrf_matches(headers, &session) {
+        return Err(OAuthError::Refused(
+            "X-CSRF-Token is missing or is not this session's",
+        ));
+    }
+    // The page's own call: it counts as use, unless the page says it is one of its
+    // refreshes (an open console alone does not keep a session from going idle).
+    if !headers.contains_key("x-console-background") {
+        if let Ok(Some(id)) = session_cookie(headers, sessions.config()) {
+            sessions.touch(id, std::time::Instant::now());
+        }
+    }
+    match state.clients.current(&session.client_id).await? {
+        Some(client) if client.admin && client.secret_hash() == session.secret_hash => Ok(client),
+        _ => {
+            if let Ok(Some(id)) = session_cookie(headers, sessions.config()) {
+                sessions.end(id);
+            }
+            tracing::info!(client_id = %session.client_id, "console session ended: its client was removed or changed");
+            Err(OAuthError::LoginRequired(
+                "the session's client was removed or changed; log in again",
+            ))
+        }
+    }
+}
+
+/// Whether the request carries exactly one `X-CSRF-Token`, and it is `session`'s (compared
+/// in constant time).
+pub(super) fn csrf_matches(headers: &HeaderMap, session: &crate::console::Session) -> bool {
+    let mut tokens = headers.get_all("x-csrf-token").iter();
+    match (tokens.next(), tokens.next()) {
+        (Some(token), None) => aws_lc_rs::constant_time::verify_slices_are_equal(
+            token.as_bytes(),
+            session.csrf.as_bytes(),
+        )
+        .is_ok(),
+        _ => false,
+    }
+}
+
+/// Refuses a console call whose `Host` is not one the console answers on
+/// (`console.hosts`): a page on another name, pointed at this listener by a DNS rebinding,
+/// is same-origin with itself and would pass every other check.
+pub(super) fn console_host(
+    sessions: &crate::console::Sessions,
+    headers: &HeaderMap,
+) -> Result<(), OAuthError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) if host.to_str().is_ok_and(|host| sessions.answers_on(host)) => Ok(()),
+        _ => Err(OAuthError::Refused(
+            "the console answers only on its own host names (console.hosts)",
+        )),
+    }
+}
+
+/// The live session the request's cookie names.
+pub(super) fn console_session(
+    sessions: &crate::console::Sessions,
+    headers: &HeaderMap,
+) -> Result<crate::console::Session, OAuthError> {
+    session_cookie(headers, sessions.config())?
+        .and_then(|id| sessions.get(id, std::time::Instant::now()))
+        .ok_or(OAuthError::LoginRequired(
+            "no console session, or it has expired; log in again",
+        ))
 }

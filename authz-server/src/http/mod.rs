@@ -23,14 +23,22 @@
 //! POST /admin/clients/{id}/secret   a new secret for a client
 //! POST /admin/revocations       revoke a token (jti or token), a subject, a client or a
 //!                               session, of this server's tokens or another issuer's
-//! GET  /admin/revocations       list the rules in force, paged
+//! GET  /admin/revocations       list the rules in force, paged; filtered by subject,
+//!                               client_id, session or jti, and iss
 //! GET  /admin/revocations/{id}  its receipt: which live gateways have applied it
 //!                               (POST ...?wait=enforced waits for every one)
+//! GET  /admin/outbox           revocations committed but not yet published
 //! GET  /healthz /readyz /metrics
+//!
+//! with [console] (console.rs), on the admin listener:
+//! GET  /console                 the operators' console (its script and style below it)
+//! POST /console/login           an admin client's credentials -> session cookie + CSRF token
+//! GET  /console/session         the session's client (with its CSRF token, like every call)
+//! POST /console/logout          ends the session
 //! ```
 //!
 //! One file per resource: `oauth2.rs`, `discovery.rs`, `admin_revocations.rs`,
-//! `admin_clients.rs`, `admin_gateways.rs`, `admin_keys.rs`, `signals.rs`, `ops.rs`; `commit.rs` holds the revocation commit they
+//! `admin_clients.rs`, `admin_gateways.rs`, `admin_keys.rs`, `signals.rs`, `ops.rs`, `console.rs`; `commit.rs` holds the revocation commit they
 //! share (200 only once published), `extract.rs` the extractors that read the form and
 //! authenticate the client, so that no OAuth or admin handler runs without one. Here: the two
 //! routers and `no_store`, for answers that must not be cached.
@@ -58,6 +66,7 @@ mod admin_gateways;
 mod admin_keys;
 mod admin_revocations;
 mod commit;
+mod console;
 mod discovery;
 mod extract;
 mod oauth2;
@@ -69,6 +78,7 @@ use admin_gateways::*;
 use admin_keys::*;
 use admin_revocations::*;
 use commit::*;
+use console::*;
 pub(crate) use discovery::build_metadata;
 use discovery::*;
 use extract::*;
@@ -123,10 +133,17 @@ pub fn admin_app(state: Arc<AppState>) -> Router {
             post(admin_revocations_post).get(admin_revocations_get),
         )
         .route("/admin/revocations/{id}", get(admin_revocation_get))
+        .route("/admin/outbox", get(admin_outbox_get))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_get))
-        .route("/metrics", get(metrics_get))
-        .layer(DefaultBodyLimit::max(MAX_BODY));
+        .route("/metrics", get(metrics_get));
+    let router = match state.console {
+        Some(_) => console_routes(router, &state),
+        None => router,
+    };
+    let router = router
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(secure_headers));
     with_traces(router, &state).with_state(state)
 }
 
