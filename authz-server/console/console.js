@@ -32,8 +32,10 @@
     } catch (_) {
       data = null;
     }
-    if (response.status === 401 && path !== '/console/login') {
-      showLogin('Your session has ended; log in again.');
+    // 401: the session ended; 403: this tab's token is no longer the session's (another
+    // tab logged in and replaced the cookie). Either way, nothing shown is current.
+    if ((response.status === 401 || response.status === 403) && path !== '/console/login') {
+      showLogin('Your session has ended, or another tab logged in; log in again.');
       throw new SessionEnded();
     }
     return { status: response.status, data };
@@ -146,32 +148,32 @@
         call('GET', '/admin/outbox', undefined, true),
       ]);
       const tbody = $('fleet-table').tBodies[0];
+      if (fleet.status !== 200 || outbox.status !== 200) {
+        text($('fleet-updated'), `not updated: ${problem(fleet.status !== 200 ? fleet : outbox)}`);
+        return;
+      }
       tbody.replaceChildren();
-      if (fleet.status === 200) {
-        for (const g of fleet.data.gateways) {
-          const ready = g.ready ? 'ready' : `not ready: ${(g.reasons || []).join(', ')}`;
-          const tr = row(tbody, [
-            g.gateway,
-            ready,
-            ago(g.staleness_ms),
-            `${ago(g.seen_ms_ago)} ago`,
-            g.last_sequence,
-            g.rules,
-            g.version,
-          ]);
-          tr.className = g.ready ? 'ok' : 'bad';
-        }
-        if (fleet.data.gateways.length === 0) row(tbody, ['No gateway heard from', '', '', '', '', '', '']);
+      for (const g of fleet.data.gateways) {
+        const ready = g.ready ? 'ready' : `not ready: ${(g.reasons || []).join(', ')}`;
+        const tr = row(tbody, [
+          g.gateway,
+          ready,
+          ago(g.staleness_ms),
+          `${ago(g.seen_ms_ago)} ago`,
+          g.last_sequence,
+          g.rules,
+          g.version,
+        ]);
+        tr.className = g.ready ? 'ok' : 'bad';
       }
-      if (outbox.status === 200) {
-        const o = outbox.data;
-        text($('outbox-backlog'), o.backlog);
-        $('outbox-backlog').className = o.backlog > 0 ? 'bad' : 'ok';
-        text($('outbox-oldest'), o.backlog > 0 ? ago(o.oldest_unpublished_ms) : '—');
-        text($('outbox-last'), o.last_published ? `#${o.last_published.sequence} ${o.last_published.id}` : '—');
-        text($('outbox-nats'), o.nats_connected ? 'connected' : 'disconnected');
-        $('outbox-nats').className = o.nats_connected ? 'ok' : 'bad';
-      }
+      if (fleet.data.gateways.length === 0) row(tbody, ['No gateway heard from', '', '', '', '', '', '']);
+      const o = outbox.data;
+      text($('outbox-backlog'), o.backlog);
+      $('outbox-backlog').className = o.backlog > 0 ? 'bad' : 'ok';
+      text($('outbox-oldest'), o.backlog > 0 ? ago(o.oldest_unpublished_ms) : '—');
+      text($('outbox-last'), o.last_published ? `#${o.last_published.sequence} ${o.last_published.id}` : '—');
+      text($('outbox-nats'), o.nats_connected ? 'connected' : 'disconnected');
+      $('outbox-nats').className = o.nats_connected ? 'ok' : 'bad';
       text($('fleet-updated'), `updated ${new Date().toLocaleTimeString()}`);
     } catch (error) {
       if (!(error instanceof SessionEnded)) text($('fleet-updated'), 'cannot reach the server');

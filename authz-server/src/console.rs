@@ -42,10 +42,9 @@ pub struct ConsoleConfig {
     /// admin listener on a private network that is not loopback.
     #[serde(default = "default_secure_cookie")]
     pub secure_cookie: bool,
-    /// The `Host` values (`name:port`) the console answers on; any other is refused, so that
-    /// a page whose name a DNS rebinding points at this listener cannot log in or use a
-    /// session. Default: the admin listener's own address, and `localhost` with its port
-    /// (for an unspecified address, `127.0.0.1`, `[::1]` and `localhost` with its port).
+    /// The `Host` values (`name:port`) the admin listener answers browsers on: the console,
+    /// and any call a browser makes; any other is refused ([`Hosts`]). Default: the admin
+    /// listener's own address, and `localhost` with its port.
     #[serde(default)]
     pub hosts: Vec<String>,
 }
@@ -105,11 +104,52 @@ pub struct Session {
     used: Instant,
 }
 
+/// The `Host` values the admin listener answers browsers on (`console.hosts`, or by default
+/// its own address and `localhost` with its port; for an unspecified address `127.0.0.1`,
+/// `[::1]` and `localhost` with its port). A page on any other name that a DNS rebinding
+/// points at the listener is same-origin with itself and would pass every other check.
+/// Compared without case and without a default port (`:80`, `:443`), which browsers leave
+/// out of `Host`.
+pub struct Hosts(Vec<String>);
+
+impl Hosts {
+    pub fn new(configured: &[String], listen: std::net::SocketAddr) -> Self {
+        let port = listen.port();
+        let hosts: Vec<String> = if !configured.is_empty() {
+            configured.to_vec()
+        } else if listen.ip().is_unspecified() {
+            vec![
+                format!("127.0.0.1:{port}"),
+                format!("[::1]:{port}"),
+                format!("localhost:{port}"),
+            ]
+        } else {
+            vec![listen.to_string(), format!("localhost:{port}")]
+        };
+        Hosts(hosts.iter().map(|h| Self::normal(h)).collect())
+    }
+
+    fn normal(host: &str) -> String {
+        let host = host.to_ascii_lowercase();
+        match host
+            .strip_suffix(":443")
+            .or_else(|| host.strip_suffix(":80"))
+        {
+            Some(bare) => bare.to_string(),
+            None => host,
+        }
+    }
+
+    /// Whether `host` (a `Host` header's value) is one of them.
+    pub fn allow(&self, host: &str) -> bool {
+        let host = Self::normal(host);
+        self.0.contains(&host)
+    }
+}
+
 /// The sessions of this process.
 pub struct Sessions {
     config: ConsoleConfig,
-    /// The `Host` values the console answers on, lowercase.
-    hosts: Vec<String>,
     /// By SHA-256 of the session id.
     table: Mutex<HashMap<[u8; 32], Session>>,
 }
@@ -131,29 +171,11 @@ fn digest(id: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    /// The sessions of a console on the admin listener bound to `listen`.
-    pub fn new(config: ConsoleConfig, listen: std::net::SocketAddr) -> Self {
-        let port = listen.port();
-        let mut hosts: Vec<String> = if !config.hosts.is_empty() {
-            config.hosts.clone()
-        } else if listen.ip().is_unspecified() {
-            vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")]
-        } else {
-            vec![listen.to_string()]
-        };
-        if config.hosts.is_empty() {
-            hosts.push(format!("localhost:{port}"));
-        }
+    pub fn new(config: ConsoleConfig) -> Self {
         Sessions {
-            hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             config,
             table: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Whether the console answers on `host` (a `Host` header's value).
-    pub fn answers_on(&self, host: &str) -> bool {
-        self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
     }
 
     pub fn config(&self) -> &ConsoleConfig {
@@ -241,16 +263,13 @@ mod tests {
     use super::*;
 
     fn sessions(max: usize) -> Sessions {
-        Sessions::new(
-            ConsoleConfig {
-                idle_timeout_s: 60,
-                max_lifetime_s: 300,
-                max_sessions: max,
-                secure_cookie: true,
-                hosts: Vec::new(),
-            },
-            "127.0.0.1:9091".parse().unwrap(),
-        )
+        Sessions::new(ConsoleConfig {
+            idle_timeout_s: 60,
+            max_lifetime_s: 300,
+            max_sessions: max,
+            secure_cookie: true,
+            hosts: Vec::new(),
+        })
     }
 
     /// Ids and CSRF tokens are 256 random bits each, all different.
@@ -312,13 +331,13 @@ mod tests {
         assert!(s.get(&"A".repeat(43), t0).is_none());
     }
 
-    /// The console answers on its listener's address and localhost with its port, or on
-    /// the configured names only; case does not matter, the port does.
+    /// Browsers are answered on the listener's address and localhost with its port, or on
+    /// the configured names only; case and a default port do not matter, another port does.
     #[test]
-    fn the_console_answers_on_its_own_names() {
-        let s = sessions(1);
+    fn browsers_are_answered_on_the_listeners_own_names() {
+        let own = Hosts::new(&[], "127.0.0.1:9091".parse().unwrap());
         for host in ["127.0.0.1:9091", "localhost:9091", "LOCALHOST:9091"] {
-            assert!(s.answers_on(host), "{host}");
+            assert!(own.allow(host), "{host}");
         }
         for host in [
             "127.0.0.1",
@@ -326,20 +345,22 @@ mod tests {
             "evil.example:9091",
             "",
             "localhost.:9091",
+            "127.0.0.1:9091 ",
         ] {
-            assert!(!s.answers_on(host), "{host}");
+            assert!(!own.allow(host), "{host}");
         }
-        let mut config = s.config.clone();
-        config.hosts = vec!["Ops.Example:443".into()];
-        let any = Sessions::new(config.clone(), "0.0.0.0:9091".parse().unwrap());
-        assert!(any.answers_on("ops.example:443"));
-        assert!(!any.answers_on("localhost:9091"));
-        config.hosts.clear();
-        let any = Sessions::new(config, "0.0.0.0:9091".parse().unwrap());
+        let configured = Hosts::new(&["Ops.Example:443".into()], "0.0.0.0:9091".parse().unwrap());
+        for host in ["ops.example", "ops.example:443", "OPS.example"] {
+            assert!(configured.allow(host), "{host}");
+        }
+        for host in ["localhost:9091", "ops.example:9091", "ops.example.evil"] {
+            assert!(!configured.allow(host), "{host}");
+        }
+        let any = Hosts::new(&[], "0.0.0.0:9091".parse().unwrap());
         for host in ["127.0.0.1:9091", "[::1]:9091", "localhost:9091"] {
-            assert!(any.answers_on(host), "{host}");
+            assert!(any.allow(host), "{host}");
         }
-        assert!(!any.answers_on("0.0.0.0:9091"));
+        assert!(!any.allow("0.0.0.0:9091"));
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct AppState {
     pub traces: Option<Arc<service_kit::traces::Tracing>>,
     /// The console's sessions, when `[console]` is configured.
     pub console: Option<console::Sessions>,
+    /// The host names the admin listener answers browsers on.
+    pub admin_hosts: console::Hosts,
     /// The RFC 8414 metadata document, rebuilt when clients or keys change.
     metadata: std::sync::RwLock<axum::body::Bytes>,
 }
@@ -214,12 +216,14 @@ async fn build(config: Config) -> Result<Server, StartError> {
     .map_err(StartError::Config)?;
     let signals = signals::Signals::new(&config).map_err(StartError::Config)?;
     let fleet = Arc::new(fleet::Fleet::new(metrics.fleet_refused.clone()));
-    let console = config
-        .console
-        .clone()
-        .map(|c| console::Sessions::new(c, config.admin_listen));
+    let console = config.console.clone().map(console::Sessions::new);
+    let admin_hosts = console::Hosts::new(
+        config.console.as_ref().map_or(&[][..], |c| &c.hosts),
+        config.admin_listen,
+    );
     let state = Arc::new(AppState {
         console,
+        admin_hosts,
         clients: clients::Clients::new(
             &config.clients,
             store.clone(),

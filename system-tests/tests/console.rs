@@ -621,6 +621,20 @@ async fn console_sessions_refuse_every_forgery() -> anyhow::Result<()> {
             .0,
         200
     );
+    // ... but a browser's Basic call on a rebound name is refused before its credentials are
+    // looked at (a page could otherwise spend this host's failure budget guessing).
+    for browser in [
+        ("sec-fetch-site", "same-origin"),
+        ("origin", "http://evil.example:9091"),
+    ] {
+        assert_eq!(
+            console
+                .fleet_with(&[("authorization", &admin_basic), rebound, browser])
+                .await?,
+            (403, json!("access_denied")),
+            "{browser:?}"
+        );
+    }
     // Basic credentials win over a cookie: a non-admin's are refused whatever the cookie.
     let demo = format!("Basic {}", base64_encode("demo-client:demo-secret"));
     let (got, _) = console
@@ -796,17 +810,24 @@ async fn console_sessions_refuse_every_forgery() -> anyhow::Result<()> {
     let after = console.call("GET", "/console/session", &ok, None).await?;
     assert_eq!(after.status, 401);
 
+    // Wrong secrets from another origin or host name are refused before they are checked:
+    // they spend nothing of the source's budget.
+    let guess = r#"{"client_id":"admin","client_secret":"guess"}"#;
+    for refused in [origin_evil, rebound, ("sec-fetch-site", "cross-site")] {
+        for _ in 0..4 {
+            let answer = console
+                .call("POST", "/console/login", &[json_type, refused], Some(guess))
+                .await?;
+            assert_eq!(answer.status, 403, "{refused:?}");
+        }
+    }
     // Wrong secrets at the login spend the source's failure budget like any client
-    // authentication: refused with 429 before any more verification.
+    // authentication (auth_failure_limit = 6 here): refused with 429 before any more
+    // verification.
     let mut statuses = Vec::new();
     for _ in 0..10 {
         let answer = console
-            .call(
-                "POST",
-                "/console/login",
-                &[json_type],
-                Some(r#"{"client_id":"admin","client_secret":"guess"}"#),
-            )
+            .call("POST", "/console/login", &[json_type], Some(guess))
             .await?;
         statuses.push(answer.status);
         if answer.status == 429 {
@@ -815,7 +836,98 @@ async fn console_sessions_refuse_every_forgery() -> anyhow::Result<()> {
         }
     }
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
-    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 401));
+    assert_eq!(statuses[..statuses.len() - 1], [401; 6], "{statuses:?}");
+    Ok(())
+}
+
+/// A session unused for `idle_timeout_s` ends, whatever else arrives with its cookie: calls
+/// without its CSRF token, and the page's background refreshes, are not use; the page's own
+/// calls are. Also: `secure_cookie = false` names the cookie `console`, without `Secure`;
+/// a request with no `Host`, or two, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_end_however_the_page_polls() -> anyhow::Result<()> {
+    let nats = Nats::start()?;
+    let dir = tempfile::tempdir()?;
+    let authz = Authz::start_with(
+        dir.path(),
+        &[nats.url()],
+        "[console]\nidle_timeout_s = 10\nsecure_cookie = false\n",
+    )
+    .await?;
+    let console = Console::new(&authz);
+    let answer = console
+        .call(
+            "POST",
+            "/console/login",
+            &[("content-type", "application/json")],
+            Some(r#"{"client_id":"admin","client_secret":"admin-secret"}"#),
+        )
+        .await?;
+    let set_cookie = answer
+        .headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(set_cookie.starts_with("console="), "{set_cookie}");
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    let (idle, idle_csrf) = console.login("admin", "admin-secret").await?;
+    let (busy, busy_csrf) = console.login("admin", "admin-secret").await?;
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    // Every 500 ms: the idle session gets a call without its token and a background
+    // refresh; the busy one an operator's call. Until the idle one ends (bounded: 30 s).
+    let ended = loop {
+        rounds += 1;
+        let (status, _) = console
+            .fleet_with(&[("cookie", &idle), ("x-csrf-token", "wrong")])
+            .await?;
+        let (background, error) = console
+            .fleet_with(&[
+                ("cookie", &idle),
+                ("x-csrf-token", &idle_csrf),
+                ("x-console-background", "1"),
+            ])
+            .await?;
+        let operator = console
+            .fleet_with(&[("cookie", &busy), ("x-csrf-token", &busy_csrf)])
+            .await?;
+        assert_eq!(operator.0, 200, "the busy session ended");
+        if background == 401 {
+            assert_eq!(error, "login_required");
+            break started.elapsed();
+        }
+        assert_eq!((status, background), (403, 200));
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the idle session never ended ({rounds} rounds)");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(ended >= Duration::from_secs(9), "ended after {ended:?}");
+    assert!(rounds > 10);
+
+    // No Host (HTTP/1.0), or two: refused at the console.
+    let addr = authz.admin_url.trim_start_matches("http://").to_string();
+    for request in [
+        "GET /console HTTP/1.0\r\n\r\n".to_string(),
+        format!(
+            "GET /console HTTP/1.1\r\nHost: {addr}\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        ),
+    ] {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await??;
+        let head = String::from_utf8_lossy(&out);
+        assert!(
+            head.starts_with("HTTP/1.0 403")
+                || head.starts_with("HTTP/1.1 403")
+                || head.starts_with("HTTP/1.1 400"),
+            "{request:?}: {head}"
+        );
+    }
     Ok(())
 }
 

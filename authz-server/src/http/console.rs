@@ -44,7 +44,7 @@ pub(super) async fn secure_headers(mut response: Response) -> Response {
 }
 
 /// The console's routes, added to the admin listener when `[console]` is configured; they
-/// answer only on the console's host names ([`console_host`]).
+/// answer only on the listener's own host names ([`admin_host`]).
 pub(super) fn console_routes(
     router: Router<Arc<AppState>>,
     state: &Arc<AppState>,
@@ -70,7 +70,7 @@ async fn on_console_hosts(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let checked = sessions(&state).and_then(|s| console_host(s, request.headers()));
+    let checked = sessions(&state).and_then(|_| admin_host(&state, request.headers()));
     match checked {
         Ok(()) => next.run(request).await,
         Err(refused) => refused.into_response(),

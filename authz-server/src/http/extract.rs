@@ -197,6 +197,12 @@ async fn authenticate_admin(
     source: IpAddr,
 ) -> Result<Arc<Client>, OAuthError> {
     same_origin(headers)?;
+    // A browser's call (it says where it comes from) must name this listener: a page that
+    // a DNS rebinding points here could otherwise spend this host's failure budget on
+    // guessed Basic credentials. Other callers send neither header and are not concerned.
+    if headers.contains_key("sec-fetch-site") || headers.contains_key(header::ORIGIN) {
+        admin_host(state, headers)?;
+    }
     let client = match &state.console {
         Some(sessions)
             if !headers.contains_key(header::AUTHORIZATION)
@@ -289,7 +295,7 @@ async fn console_client(
     sessions: &crate::console::Sessions,
     headers: &HeaderMap,
 ) -> Result<Arc<Client>, OAuthError> {
-    console_host(sessions, headers)?;
+    admin_host(state, headers)?;
     let session = console_session(sessions, headers)?;
     if !csrf_matches(headers, &session) {
         return Err(OAuthError::Refused(
@@ -331,18 +337,15 @@ pub(super) fn csrf_matches(headers: &HeaderMap, session: &crate::console::Sessio
     }
 }
 
-/// Refuses a console call whose `Host` is not one the console answers on
-/// (`console.hosts`): a page on another name, pointed at this listener by a DNS rebinding,
-/// is same-origin with itself and would pass every other check.
-pub(super) fn console_host(
-    sessions: &crate::console::Sessions,
-    headers: &HeaderMap,
-) -> Result<(), OAuthError> {
+/// Refuses a call whose `Host` is not one the admin listener answers browsers on
+/// ([`crate::console::Hosts`]): the console's routes, every call with a session, and every
+/// browser's call.
+pub(super) fn admin_host(state: &AppState, headers: &HeaderMap) -> Result<(), OAuthError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(host), None) if host.to_str().is_ok_and(|host| sessions.answers_on(host)) => Ok(()),
+        (Some(host), None) if host.to_str().is_ok_and(|h| state.admin_hosts.allow(h)) => Ok(()),
         _ => Err(OAuthError::Refused(
-            "the console answers only on its own host names (console.hosts)",
+            "browsers are answered only on this listener's own host names (console.hosts)",
         )),
     }
 }
