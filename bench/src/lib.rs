@@ -7,6 +7,7 @@
 //!
 //! - [`measure`]: what the benchmarks measure of a process (quantiles, CPU seconds, resident
 //!   memory).
+//! - [`conns`]: many connections at once (idle, or a spike), for memory per connection.
 //! - [`charts`]: SVG charts of their figures, under `docs/bench/` (BENCHMARKS.md shows them).
 //! - `src/bin/edge-bench.rs`: the gateway against nginx and HAProxy under wrk.
 //! - `src/bin/hyper-proxy.rs`: the least a proxy on hyper does, one of `edge-bench`'s
@@ -16,4 +17,5 @@
 //! - `src/bin/revoke-bench.rs`: the revoke API's throughput, and the lock-out under a flood.
 
 pub mod charts;
+pub mod conns;
 pub mod measure;

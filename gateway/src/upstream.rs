@@ -130,7 +130,11 @@ impl Upstream {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect(connect_timeout).await?, false),
+                // Boxed: a connection is made rarely (the pool is empty), and its future
+                // (the TCP connect and the HTTP handshake) is most of the size of this one,
+                // which every request's future holds, and hyper keeps a box of for every
+                // connection (BENCHMARKS.md, "Idle connections").
+                None => (Box::pin(self.connect(connect_timeout)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {

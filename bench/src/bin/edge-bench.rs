@@ -25,8 +25,14 @@
 //! workloads: a pool of 1,000 valid tokens drawn at random, and never-seen tokens (each round
 //! reads its own slice of a pre-signed file, so no server sees a token twice).
 //!
+//! Then the connections' memory ([`connection_memory`]): `gateway`, `hyper-proxy` and
+//! `nginx-proxy` holding `--idle-connections` idle keep-alive connections, and after a spike of
+//! `--spike-connections` (`bench::conns` opens them, from several loopback addresses).
+//!
 //! Usage: edge-bench [--rounds N (5)] [--seconds S] [--connections C] [--rules N]
-//!                   [--fresh-per-round N] [--only pool|fresh]
+//!                   [--fresh-per-round N] [--only pool|fresh|connections]
+//!                   [--idle-connections N] [--spike-connections N] [--spike-seconds S]
+//!                   [--after-spike-seconds S]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -68,9 +74,21 @@ struct Args {
     /// Never-seen tokens signed for each round.
     #[arg(long, default_value_t = 250_000)]
     fresh_per_round: usize,
-    /// Run one workload only.
-    #[arg(long, value_parser = ["pool", "fresh"])]
+    /// Run one part only: a token workload, or the connection memory (idle connections and
+    /// a spike).
+    #[arg(long, value_parser = ["pool", "fresh", "connections"])]
     only: Option<String>,
+    /// Idle keep-alive connections held open at once, for their memory.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Connections of the spike, each sending requests for `--spike-seconds`.
+    #[arg(long, default_value_t = 4_000)]
+    spike_connections: usize,
+    #[arg(long, default_value_t = 10)]
+    spike_seconds: u64,
+    /// Seconds resident memory is followed after the spike.
+    #[arg(long, default_value_t = 60)]
+    after_spike_seconds: u64,
     /// Leave out `gateway-2iss` (to measure a gateway built before `[[issuers]]`).
     #[arg(long)]
     no_two_issuers: bool,
@@ -619,6 +637,11 @@ async fn main() -> Result<()> {
         .then(|| run_rounds(&load, Workload::Fresh, &fresh_contestants, &args, &tokens))
         .transpose()?;
 
+    let connections = match args.only.as_deref() {
+        None | Some("connections") => Some(connection_memory(&servers, &tokens, &args).await?),
+        Some(_) => None,
+    };
+
     let report = Report {
         args: &args,
         pool_order: pool_contestants.iter().map(|s| s.name).collect(),
@@ -628,6 +651,9 @@ async fn main() -> Result<()> {
         empty_memory,
     };
     println!("{}", report.text());
+    if let Some(connections) = &connections {
+        println!("{connections}");
+    }
     print_span_counts(&servers, &ports).await;
     if let Some(pool) = &pool {
         charts(
@@ -716,6 +742,94 @@ fn charts(file: &str, workload: &str, rounds: &Rounds, order: &[&'static str]) -
         println!("chart: {}", path.display());
     }
     Ok(())
+}
+
+/// Resident memory of the gateway, `hyper-proxy` and `nginx-proxy`: holding
+/// `--idle-connections` idle keep-alive connections (per connection, measured first, on
+/// fresh processes), then after a spike of `--spike-connections` busy connections for
+/// `--spike-seconds` (the curve, every 5 s, for `--after-spike-seconds`, against the idle
+/// baseline). The connections come from the benchmark itself (`bench::conns`), over eight
+/// loopback source addresses, on the load CPU.
+async fn connection_memory(servers: &Servers, tokens: &Tokens, args: &Args) -> Result<String> {
+    use bench::conns;
+    run(Command::new("taskset").args([
+        "-a",
+        "-p",
+        "-c",
+        LOAD_CPU,
+        &std::process::id().to_string(),
+    ]))?;
+    let pool: Vec<String> = std::fs::read_to_string(&tokens.pool)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let request = |n: usize| conns::get_with(&pool[n % pool.len()]);
+    let mib = |pid: u32| memory_mib(pid).0;
+    let contestants = [&servers.gateway, &servers.hyper_proxy, &servers.nginx_proxy];
+    let idle = args.idle_connections;
+    // Fresh processes first: memory an allocator kept from the spike would be reused by the
+    // idle connections and hide their cost.
+    let baseline: Vec<f64> = contestants.iter().map(|s| mib(s.pid())).collect();
+    let mut out = format!(
+        "\n### {idle} idle keep-alive connections\n\nEach connection answered one request, then left open; resident memory (VmRSS) before, with them open (after 2 s), and the difference per connection. From {} loopback source addresses.\n\n| contestant | before MiB | with {idle} idle MiB | KiB per connection |\n|---|---:|---:|---:|\n",
+        conns::SOURCES
+    );
+    for server in contestants {
+        let before = mib(server.pid());
+        let held = conns::open_idle(server.port, idle, request, 500)
+            .await
+            .with_context(|| format!("{}: opening {idle} idle connections", server.name))?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let with = mib(server.pid());
+        drop(held);
+        let _ = writeln!(
+            out,
+            "| {} | {before:.1} | {with:.1} | {:.2} |",
+            server.name,
+            (with - before) * 1024.0 / idle as f64
+        );
+        eprintln!("{}: {idle} idle connections measured", server.name);
+        // The server closes what the benchmark dropped before the next one is measured.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (spike, seconds) = (args.spike_connections, args.spike_seconds);
+    let marks: Vec<u64> = (0..=args.after_spike_seconds).step_by(5).collect();
+    let _ = write!(
+        out,
+        "\n### After a spike of {spike} connections for {seconds} s\n\nResident memory (MiB): idle baseline (the process before any of this section's connections), before the spike, at its end, and every 5 s after its last connection closed.\n\n| contestant | idle baseline | before | spike's end |{} within 2× of the idle baseline at the end | requests in the spike | failed connections |\n|---|---:|---:|---:|{}---|---:|---:|\n",
+        marks.iter().map(|m| format!(" +{m} s |")).collect::<String>(),
+        "---:|".repeat(marks.len()),
+    );
+    for (server, baseline) in contestants.iter().zip(&baseline) {
+        let before = mib(server.pid());
+        let burst = conns::burst(server.port, spike, Duration::from_secs(seconds), request).await?;
+        let end = mib(server.pid());
+        let closed = Instant::now();
+        let mut curve = Vec::new();
+        for mark in &marks {
+            let at = closed + Duration::from_secs(*mark);
+            tokio::time::sleep_until(at.into()).await;
+            curve.push(mib(server.pid()));
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {baseline:.1} | {before:.1} | {end:.1} |{} {} | {} | {} |",
+            server.name,
+            curve
+                .iter()
+                .map(|m| format!(" {m:.1} |"))
+                .collect::<String>(),
+            if curve.last().is_some_and(|m| *m <= 2.0 * baseline) {
+                "yes"
+            } else {
+                "**no**"
+            },
+            burst.requests,
+            burst.failed_connections,
+        );
+        eprintln!("{}: spike measured", server.name);
+    }
+    Ok(out)
 }
 
 /// What the traced gateways did with their spans over every round (from their `/metrics`).
@@ -987,7 +1101,7 @@ fn spawn_nginx(
     let temp = work.join("nginx-temp");
     std::fs::create_dir_all(&temp)?;
     let common = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {log} warn;\npid {pid};\nevents {{ worker_connections 4096; }}\n",
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {log} warn;\npid {pid};\nworker_rlimit_nofile 20000;\nevents {{ worker_connections 16384; }}\n",
         log = work.join("nginx-error.log").display(),
         pid = work.join(format!("nginx-{port}.pid")).display(),
     );
@@ -1080,7 +1194,7 @@ fn gateway_config(
     id: &str,
 ) -> String {
     format!(
-        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = {jwks:?}\nalgorithms = [\"RS256\"]\nmax_ttl_s = {ttl}\nworker_threads = 1\ndrain_delay_ms = 0\nshutdown_grace_s = 1\n\n[limits]\nmax_concurrent_requests = 4096\n\n[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{upstream_port}\"\n\n{nats}",
+        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\njwks_file = {jwks:?}\nalgorithms = [\"RS256\"]\nmax_ttl_s = {ttl}\nworker_threads = 1\ndrain_delay_ms = 0\nshutdown_grace_s = 1\n\n[limits]\nmax_concurrent_requests = 4096\nmax_connections = 12000\n\n[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{upstream_port}\"\n\n{nats}",
         ttl = TOKEN_TTL,
         upstream_port = ports.upstream,
         nats = Pki::get().nats_section(&[nats_url.to_string()], id, id),
@@ -1309,11 +1423,11 @@ enum Workload {
 impl Workload {
     /// Whether `--only` leaves this workload in.
     fn chosen(self, args: &Args) -> bool {
-        let other = match self {
-            Workload::Pool => "fresh",
-            Workload::Fresh => "pool",
+        let name = match self {
+            Workload::Pool => "pool",
+            Workload::Fresh => "fresh",
         };
-        args.only.as_deref() != Some(other)
+        args.only.as_deref().is_none_or(|only| only == name)
     }
 }
 
