@@ -70,6 +70,8 @@ async fn an_operator_revokes_a_token_from_the_console_in_a_real_browser() -> any
     });
     let mut child = tokio::process::Command::new(&python)
         .arg(repo_root().join("system-tests/interop/console_browser.py"))
+        // Chromium's profile and sockets go to the test's directory, removed with it.
+        .env("TMPDIR", dir.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
