@@ -245,15 +245,6 @@ impl Sessions {
     pub fn end(&self, id: &str) {
         self.table().remove(&digest(id));
     }
-
-    /// Sessions held (expired ones included until the next login sweeps them).
-    pub fn len(&self) -> usize {
-        self.table().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -319,7 +310,7 @@ mod tests {
         let (b, _) = s.create("b", "h", t0 + Duration::from_secs(1)).unwrap();
         s.touch(&a, t0 + Duration::from_secs(2));
         let (c, _) = s.create("c", "h", t0 + Duration::from_secs(3)).unwrap();
-        assert_eq!(s.len(), 2);
+        assert_eq!(s.table().len(), 2);
         assert!(
             s.get(&b, t0 + Duration::from_secs(3)).is_none(),
             "b was idle longest"

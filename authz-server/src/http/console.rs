@@ -70,8 +70,7 @@ async fn on_console_hosts(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let checked = sessions(&state).and_then(|_| admin_host(&state, request.headers()));
-    match checked {
+    match admin_host(&state, request.headers()) {
         Ok(()) => next.run(request).await,
         Err(refused) => refused.into_response(),
     }
@@ -184,7 +183,7 @@ async fn console_logout_post(
     same_origin(&headers)?;
     let mut ended = false;
     if let Some(id) = session_cookie(&headers, sessions.config()).ok().flatten() {
-        if let Ok(session) = console_session(sessions, &headers) {
+        if let Ok(session) = console_session(sessions, id) {
             if csrf_matches(&headers, &session) {
                 sessions.end(id);
                 ended = true;

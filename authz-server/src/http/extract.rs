@@ -199,18 +199,26 @@ async fn authenticate_admin(
     same_origin(headers)?;
     // A browser's call (it says where it comes from) must name this listener: a page that
     // a DNS rebinding points here could otherwise spend this host's failure budget on
-    // guessed Basic credentials. Other callers send neither header and are not concerned.
-    if headers.contains_key("sec-fetch-site") || headers.contains_key(header::ORIGIN) {
+    // guessed Basic credentials. Other callers send neither header and are not concerned,
+    // unless they use a session.
+    let browser = headers.contains_key("sec-fetch-site") || headers.contains_key(header::ORIGIN);
+    if browser {
         admin_host(state, headers)?;
     }
-    let client = match &state.console {
-        Some(sessions)
-            if !headers.contains_key(header::AUTHORIZATION)
-                && session_cookie(headers, sessions.config())?.is_some() =>
-        {
-            console_client(state, sessions, headers).await?
+    let session = match &state.console {
+        Some(sessions) if !headers.contains_key(header::AUTHORIZATION) => {
+            session_cookie(headers, sessions.config())?.map(|id| (sessions, id))
         }
-        _ => authenticate(state, headers, None, source).await?,
+        _ => None,
+    };
+    let client = match session {
+        Some((sessions, id)) => {
+            if !browser {
+                admin_host(state, headers)?;
+            }
+            console_client(state, sessions, headers, id).await?
+        }
+        None => authenticate(state, headers, None, source).await?,
     };
     if !client.admin {
         return Err(OAuthError::AccessDenied);
@@ -287,16 +295,16 @@ pub(super) fn session_cookie<'h>(
     Ok(found)
 }
 
-/// The admin client of a console call: a live session in the cookie, the session's CSRF
-/// token in `X-CSRF-Token`, and the session's client still an admin with the secret it
-/// logged in with (else the session ends).
+/// The admin client of a console call whose cookie carries session id `id`: a live
+/// session, its CSRF token in `X-CSRF-Token`, and its client still an admin with the secret
+/// it logged in with (else the session ends).
 async fn console_client(
     state: &AppState,
     sessions: &crate::console::Sessions,
     headers: &HeaderMap,
+    id: &str,
 ) -> Result<Arc<Client>, OAuthError> {
-    admin_host(state, headers)?;
-    let session = console_session(sessions, headers)?;
+    let session = console_session(sessions, id)?;
     if !csrf_matches(headers, &session) {
         return Err(OAuthError::Refused(
             "X-CSRF-Token is missing or is not this session's",
@@ -305,16 +313,12 @@ async fn console_client(
     // The page's own call: it counts as use, unless the page says it is one of its
     // refreshes (an open console alone does not keep a session from going idle).
     if !headers.contains_key("x-console-background") {
-        if let Ok(Some(id)) = session_cookie(headers, sessions.config()) {
-            sessions.touch(id, std::time::Instant::now());
-        }
+        sessions.touch(id, std::time::Instant::now());
     }
     match state.clients.current(&session.client_id).await? {
         Some(client) if client.admin && client.secret_hash() == session.secret_hash => Ok(client),
         _ => {
-            if let Ok(Some(id)) = session_cookie(headers, sessions.config()) {
-                sessions.end(id);
-            }
+            sessions.end(id);
             tracing::info!(client_id = %session.client_id, "console session ended: its client was removed or changed");
             Err(OAuthError::LoginRequired(
                 "the session's client was removed or changed; log in again",
@@ -350,13 +354,13 @@ pub(super) fn admin_host(state: &AppState, headers: &HeaderMap) -> Result<(), OA
     }
 }
 
-/// The live session the request's cookie names.
+/// The live session of id `id` (the cookie's value).
 pub(super) fn console_session(
     sessions: &crate::console::Sessions,
-    headers: &HeaderMap,
+    id: &str,
 ) -> Result<crate::console::Session, OAuthError> {
-    session_cookie(headers, sessions.config())?
-        .and_then(|id| sessions.get(id, std::time::Instant::now()))
+    sessions
+        .get(id, std::time::Instant::now())
         .ok_or(OAuthError::LoginRequired(
             "no console session, or it has expired; log in again",
         ))
