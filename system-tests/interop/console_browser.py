@@ -49,6 +49,17 @@ def text_of(driver, element_id):
     return driver.find_element(By.ID, element_id).text
 
 
+def rows_of(driver, table_id):
+    """The text of each cell of a table's body, row by row, read in one step in the page: the
+    console redraws its tables as it refreshes them, and cells found one call earlier may be
+    gone by the next (a stale element)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map("
+        "tr => Array.from(tr.querySelectorAll('td')).map(td => td.innerText))",
+        f"#{table_id} tbody tr",
+    )
+
+
 def attacker_site(admin_base):
     """A page on another origin of the same host (another port: same site, other origin)
     that tries to use the operator's session: two fetches with credentials and a form
@@ -117,10 +128,7 @@ try:
     wait.until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr.ok")) == task["gateways"]
     )
-    seen["fleet"] = [
-        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-        for tr in driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr")
-    ]
+    seen["fleet"] = rows_of(driver, "fleet-table")
     seen["outbox_nats"] = text_of(driver, "outbox-nats")
 
     # A rule whose key is markup shows as text, and runs nothing.
@@ -128,8 +136,7 @@ try:
     driver.find_element(By.ID, "search-value").send_keys(task["hostile"])
     driver.find_element(By.ID, "search-submit").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#search-table tbody tr")) == 1)
-    cells = driver.find_elements(By.CSS_SELECTOR, "#search-table tbody tr td")
-    seen["hostile_row"] = [td.text for td in cells]
+    seen["hostile_row"] = rows_of(driver, "search-table")[0]
     seen["markup_elements_in_results"] = len(
         driver.find_elements(By.CSS_SELECTOR, "#search-table img, #search-table script, #search-table b")
     )
@@ -156,20 +163,14 @@ try:
     seen["receipt_seconds"] = round(time.monotonic() - started, 3)
     seen["receipt_counts"] = counts
     seen["receipt_count"] = text_of(driver, "receipt-count")
-    seen["receipt_rows"] = [
-        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-        for tr in driver.find_elements(By.CSS_SELECTOR, "#receipt-table tbody tr")
-    ]
+    seen["receipt_rows"] = rows_of(driver, "receipt-table")
     seen["receipt_id"] = text_of(driver, "receipt-id")
     # Every rule in force: the markup subject and the token just revoked.
     Select(driver.find_element(By.ID, "search-kind")).select_by_value("")
     driver.find_element(By.ID, "search-value").clear()
     driver.find_element(By.ID, "search-submit").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#search-table tbody tr")) == 2)
-    seen["all_rules"] = [
-        [td.text for td in tr.find_elements(By.TAG_NAME, "td")][:3]
-        for tr in driver.find_elements(By.CSS_SELECTOR, "#search-table tbody tr")
-    ]
+    seen["all_rules"] = [row[:3] for row in rows_of(driver, "search-table")]
     if task.get("screenshot"):
         driver.save_screenshot(task["screenshot"])
     # What the browser reported while the operator worked: a policy violation would show.
