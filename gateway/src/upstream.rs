@@ -6,6 +6,11 @@
 //! body handed to the gateway's client carries it. A response dropped before its end takes
 //! its connection with it, since the rest of that body is still on the wire.
 //!
+//! The periodic sweep closes idle connections past the idle timeout, and half of those no
+//! request took since the previous sweep, as HAProxy's `pool-purge-delay` does: after a spike
+//! the pool shrinks by half every sweep instead of holding the spike's connections, and their
+//! memory, for the whole idle timeout (BENCHMARKS.md, "After a spike").
+//!
 //! This replaces hyper-util's general-purpose pooled client, whose checkout, per-request
 //! futures and key hashing cost about a fifth of a proxied request (BENCHMARKS.md).
 
@@ -22,8 +27,12 @@ use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-/// Idle connections kept per upstream; more are closed when they come back.
-const MAX_IDLE: usize = 256;
+/// Idle connections kept per upstream; more are closed when they come back. As many as the
+/// default bound on requests in flight (`max_concurrent_requests`): a smaller pool makes a
+/// gateway with more requests in flight than that open and close an upstream connection for
+/// about one request in ten (at 1,000 connections, BENCHMARKS.md). The sweep halves the
+/// connections a quieter load leaves unused.
+const MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -38,7 +47,22 @@ pub struct Upstream {
     )>,
     /// The `Host` header sent upstream: the authority, its port left out when it is 80.
     host: HeaderValue,
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<Pool>,
+}
+
+/// The idle connections, the most recently returned last.
+#[derive(Default)]
+struct Pool {
+    conns: VecDeque<Idle>,
+    /// The fewest idle connections there were since the last sweep: that many at the front
+    /// served no request in between.
+    unused: usize,
+}
+
+impl Pool {
+    fn note_fewer(&mut self) {
+        self.unused = self.unused.min(self.conns.len());
+    }
 }
 
 #[derive(Debug)]
@@ -104,7 +128,7 @@ impl Upstream {
             address,
             tls,
             host,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(Pool::default()),
         })
     }
 
@@ -155,12 +179,12 @@ impl Upstream {
 
     /// The most recently returned idle connection that is ready; closed ones are dropped.
     fn checkout(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Connections still finishing their last exchange (a request body the upstream did
         // not wait for, say) are kept for later.
         let mut busy = Vec::new();
         let found = loop {
-            match idle.pop_back() {
+            match pool.conns.pop_back() {
                 None => break None,
                 Some(conn) if conn.sender.is_ready() => break Some(conn.sender),
                 Some(conn) if conn.sender.is_closed() => {}
@@ -168,19 +192,26 @@ impl Upstream {
             }
         };
         for conn in busy {
-            idle.push_front(conn);
+            pool.conns.push_front(conn);
         }
+        pool.note_fewer();
         found
     }
 
-    /// Closes the idle connections older than the idle timeout, and forgets those the
-    /// upstream closed; returns how many went. Run periodically: a request only looks at the
+    /// The periodic sweep: closes the idle connections older than the idle timeout, forgets
+    /// those the upstream closed, and closes half of those no request took since the last
+    /// sweep (the least recently used); returns how many went. A request only looks at the
     /// connections it takes.
     pub fn close_idle(&self, now: Instant) -> usize {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let before = idle.len();
-        idle.retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT && !c.sender.is_closed());
-        before - idle.len()
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let before = pool.conns.len();
+        pool.conns
+            .retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT && !c.sender.is_closed());
+        pool.note_fewer();
+        let spare = pool.unused / 2;
+        pool.conns.drain(..spare);
+        pool.unused = pool.conns.len();
+        before - pool.unused
     }
 
     /// Puts a connection whose response has been read back in the pool.
@@ -189,15 +220,17 @@ impl Upstream {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while idle
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while pool
+            .conns
             .front()
             .is_some_and(|c| now.duration_since(c.since) > IDLE_TIMEOUT || c.sender.is_closed())
         {
-            idle.pop_front();
+            pool.conns.pop_front();
         }
-        if idle.len() < MAX_IDLE {
-            idle.push_back(Idle { sender, since: now });
+        pool.note_fewer();
+        if pool.conns.len() < MAX_IDLE {
+            pool.conns.push_back(Idle { sender, since: now });
         }
     }
 
@@ -407,12 +440,54 @@ mod tests {
         let pool = Arc::new(Upstream::new(&uri).unwrap());
         assert_eq!(fetch(&pool).await, "hello");
         assert_eq!(pool.close_idle(Instant::now()), 0);
-        assert_eq!(pool.idle.lock().unwrap().len(), 1);
+        assert_eq!(idle(&pool), 1);
         let later = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1);
         assert_eq!(pool.close_idle(later), 1);
-        assert!(pool.idle.lock().unwrap().is_empty());
+        assert_eq!(idle(&pool), 0);
         assert_eq!(fetch(&pool).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    fn idle(pool: &Upstream) -> usize {
+        pool.idle.lock().unwrap().conns.len()
+    }
+
+    /// After a burst, each sweep closes half of the connections no request took since the
+    /// previous one, oldest first, and none that served a request in between.
+    #[tokio::test]
+    async fn unused_connections_halve_at_each_sweep() {
+        let (uri, accepted) = upstream("hello", After::KeepAlive).await;
+        let pool = Arc::new(Upstream::new(&uri).unwrap());
+        // Eight requests at once: eight connections, all idle once their bodies are read.
+        let sends: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.send(get(), CONNECT).await.unwrap() })
+            })
+            .collect();
+        let mut responses = Vec::new();
+        for send in sends {
+            responses.push(send.await.unwrap());
+        }
+        for response in responses {
+            response.into_body().collect().await.unwrap();
+        }
+        assert_eq!((accepted.load(Ordering::SeqCst), idle(&pool)), (8, 8));
+        // The pool was empty at the interval's start: every connection served a request.
+        assert_eq!(pool.close_idle(Instant::now()), 0);
+        // One request an interval: the connection it takes is the most recent, never closed.
+        let mut expected = 8;
+        for closed in [3, 2, 1, 0, 0] {
+            assert_eq!(fetch(&pool).await, "hello");
+            assert_eq!(pool.close_idle(Instant::now()), closed);
+            expected -= closed;
+            assert_eq!(idle(&pool), expected);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 8);
+        // A quiet interval closes half of what is left, rounded down: one is kept warm.
+        assert_eq!(pool.close_idle(Instant::now()), 1);
+        assert_eq!(pool.close_idle(Instant::now()), 0);
+        assert_eq!(idle(&pool), 1);
     }
 
     /// A response dropped before its end takes its connection with it.
@@ -442,6 +517,7 @@ mod tests {
                     .idle
                     .lock()
                     .unwrap()
+                    .conns
                     .iter()
                     .all(|c| c.sender.is_closed())
                 {
