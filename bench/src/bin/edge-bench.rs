@@ -29,8 +29,13 @@
 //! `nginx-proxy` holding `--idle-connections` idle keep-alive connections, and after a spike of
 //! `--spike-connections` (`bench::conns` opens them, from several loopback addresses).
 //!
+//! Last, the cost curve ([`cost_curve`]): the pool workload again at `--curve` connections
+//! (16, 64, 256 and 1,000) for `gateway`, `hyper-proxy`, `nginx-proxy` and `haproxy-jwt`, with
+//! CPU per request, p99 and requests/s at each.
+//!
 //! Usage: edge-bench [--rounds N (5)] [--seconds S] [--connections C] [--rules N]
-//!                   [--fresh-per-round N] [--only pool|fresh|connections]
+//!                   [--fresh-per-round N] [--only pool|fresh|curve|connections]
+//!                   [--curve C,C,...] [--curve-seconds S]
 //!                   [--idle-connections N] [--spike-connections N] [--spike-seconds S]
 //!                   [--after-spike-seconds S]
 
@@ -76,8 +81,14 @@ struct Args {
     fresh_per_round: usize,
     /// Run one part only: a token workload, or the connection memory (idle connections and
     /// a spike).
-    #[arg(long, value_parser = ["pool", "fresh", "connections"])]
+    #[arg(long, value_parser = ["pool", "fresh", "curve", "connections"])]
     only: Option<String>,
+    /// Connection counts of the cost curve (the pool workload, `--rounds` rounds at each).
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256,1000")]
+    curve: Vec<u32>,
+    /// Seconds per round of the cost curve.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..))]
+    curve_seconds: u64,
     /// Idle keep-alive connections held open at once, for their memory.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
@@ -455,6 +466,7 @@ struct Sample {
     errors: u64,
 }
 
+#[derive(Clone)]
 struct Load {
     wrk: PathBuf,
     script: PathBuf,
@@ -611,7 +623,7 @@ async fn main() -> Result<()> {
         !args.no_tracing,
     )
     .await?;
-    let million = if args.rules > 0 {
+    let million = if args.rules > 0 && Workload::Pool.chosen(&args) {
         Some(Million::start(args.rules, &work, &ports, &tokens).await?)
     } else {
         None
@@ -641,16 +653,26 @@ async fn main() -> Result<()> {
         None | Some("connections") => Some(connection_memory(&servers, &tokens, &args).await?),
         Some(_) => None,
     };
+    // After the connections' memory, whose idle figures want processes that have not yet
+    // served a thousand connections.
+    let curve = match args.only.as_deref() {
+        None | Some("curve") => Some(cost_curve(&load, &servers, &args, &tokens)?),
+        Some(_) => None,
+    };
 
     let report = Report {
         args: &args,
         pool_order: pool_contestants.iter().map(|s| s.name).collect(),
         pool: pool.as_ref(),
         fresh: fresh.as_ref(),
+        curve: curve.as_ref(),
         million: million.as_ref().map(Million::report).unwrap_or_default(),
         empty_memory,
     };
     println!("{}", report.text());
+    if let Some(curve) = &curve {
+        println!("{}", curve.text());
+    }
     if let Some(connections) = &connections {
         println!("{connections}");
     }
@@ -662,6 +684,9 @@ async fn main() -> Result<()> {
             pool,
             &report.pool_order,
         )?;
+    }
+    if let Some(curve) = &curve {
+        curve.charts()?;
     }
     if let Some(fresh) = &fresh {
         charts(
@@ -1468,7 +1493,8 @@ fn run_rounds(
                 rounds.repeats += s.requests.saturating_sub(args.fresh_per_round as u64);
             }
             eprintln!(
-                "{label:<5} round {} {:<12} {:>8.0} req/s p99 {:.2} ms cpu {:.1} µs/req",
+                "{label:<5} c{:<4} round {} {:<12} {:>8.0} req/s p99 {:.2} ms cpu {:.1} µs/req",
+                load.connections,
                 round + 1,
                 server.name,
                 s.rps,
@@ -1496,6 +1522,7 @@ struct Report<'a> {
     pool_order: Vec<&'static str>,
     pool: Option<&'a Rounds>,
     fresh: Option<&'a Rounds>,
+    curve: Option<&'a Curve>,
     /// [`Million::report`], or nothing.
     million: String,
     /// `gateway`'s VmRSS and VmHWM at start, in MiB.
@@ -1576,6 +1603,15 @@ impl Report<'_> {
                 format!("{:.3} ms vs {:.3} ms", gp / 1000.0, np / 1000.0),
                 gp <= np,
             );
+            let hy = rps(pool, "hyper-proxy");
+            target(
+                &format!(
+                    "pool, {} connections: gateway ≥ 0.92× hyper-proxy requests/s",
+                    self.args.connections
+                ),
+                format!("{:.2}×", gw / hy),
+                gw >= 0.92 * hy,
+            );
             if pool.contains_key("gateway-2iss") {
                 let g2 = rps(pool, "gateway-2iss");
                 target(
@@ -1593,6 +1629,26 @@ impl Report<'_> {
                 );
             }
         }
+        if let Some(at) = self.curve.and_then(|c| c.at(1000)) {
+            let (gw, hy) = (rps(at, "gateway"), rps(at, "hyper-proxy"));
+            target(
+                "pool, 1,000 connections: gateway ≥ 0.85× hyper-proxy requests/s",
+                format!("{:.2}×", gw / hy),
+                gw >= 0.85 * hy,
+            );
+            let p99 = |k: &str| at.get(k).map_or(f64::NAN, Summary::p99);
+            let (gp, hp) = (p99("gateway"), p99("hyper-proxy"));
+            target(
+                "pool, 1,000 connections: gateway p99 ≤ 1.2× hyper-proxy's",
+                format!(
+                    "{:.1} ms vs {:.1} ms ({:.2}×)",
+                    gp / 1000.0,
+                    hp / 1000.0,
+                    gp / hp
+                ),
+                gp <= 1.2 * hp,
+            );
+        }
         if let Some(fresh) = self.fresh.map(|r| &r.summaries) {
             let (gw, ha) = (rps(fresh, "gateway"), rps(fresh, "haproxy-jwt"));
             target(
@@ -1602,6 +1658,159 @@ impl Report<'_> {
             );
         }
         targets
+    }
+}
+
+/// The contestants of the cost curve, in the order of its tables.
+const CURVE_CONTESTANTS: [&str; 4] = ["gateway", "hyper-proxy", "nginx-proxy", "haproxy-jwt"];
+
+/// One figure of a contestant's rounds, such as [`Summary::cpu`].
+type Measure = fn(&Summary) -> f64;
+
+/// The pool workload at each connection count of `--curve`.
+struct Curve {
+    /// The rounds at each connection count, in the order of `--curve`.
+    levels: Vec<(u32, Rounds)>,
+    rounds: usize,
+    seconds: u64,
+}
+
+/// Runs the pool workload's rounds for [`CURVE_CONTESTANTS`] at every connection count of
+/// `--curve`, with rounds of `--curve-seconds`.
+fn cost_curve(load: &Load, servers: &Servers, args: &Args, tokens: &Tokens) -> Result<Curve> {
+    let contestants = [
+        &servers.gateway,
+        &servers.hyper_proxy,
+        &servers.nginx_proxy,
+        &servers.haproxy_jwt,
+    ];
+    let mut levels = Vec::new();
+    for &connections in &args.curve {
+        let load = Load {
+            connections,
+            seconds: args.curve_seconds,
+            ..load.clone()
+        };
+        let rounds = run_rounds(&load, Workload::Pool, &contestants, args, tokens)?;
+        levels.push((connections, rounds));
+    }
+    Ok(Curve {
+        levels,
+        rounds: args.rounds,
+        seconds: args.curve_seconds,
+    })
+}
+
+impl Curve {
+    /// The summaries at `connections`, if the curve measured that count.
+    fn at(&self, connections: u32) -> Option<&BTreeMap<&'static str, Summary>> {
+        self.levels
+            .iter()
+            .find(|(c, _)| *c == connections)
+            .map(|(_, r)| &r.summaries)
+    }
+
+    /// One measure (a column per connection count) for every contestant.
+    fn measure(&self, f: Measure) -> Vec<(&'static str, Vec<f64>)> {
+        CURVE_CONTESTANTS
+            .iter()
+            .map(|name| {
+                let values = self
+                    .levels
+                    .iter()
+                    .map(|(_, r)| r.summaries.get(name).map_or(f64::NAN, f));
+                (*name, values.collect())
+            })
+            .collect()
+    }
+
+    /// The curve's tables, in Markdown as BENCHMARKS.md has them.
+    fn text(&self) -> String {
+        let header: String = self.levels.iter().map(|(c, _)| format!(" {c} |")).collect();
+        let rule = "---:|".repeat(self.levels.len());
+        let mut out = format!(
+            "\n### The cost curve: pool of 1,000 tokens by connections\n\n{} rounds of {} s per contestant and connection count, wrk -t1 pinned to CPU {LOAD_CPU}, servers to CPU {SERVER_CPU}; medians over the rounds.\n",
+            self.rounds, self.seconds
+        );
+        // Title, measure, divisor, decimals.
+        let measures: [(&str, Measure, f64, usize); 3] = [
+            ("CPU µs per request", Summary::cpu, 1.0, 1),
+            ("p99 ms", Summary::p99, 1000.0, 2),
+            ("requests/s", Summary::rps, 1.0, 0),
+        ];
+        for (title, f, scale, prec) in measures {
+            let _ = write!(
+                out,
+                "\n{title}, by connections:\n\n| contestant |{header}\n|---|{rule}\n"
+            );
+            for (name, values) in self.measure(f) {
+                let cells: String = values
+                    .iter()
+                    .map(|v| format!(" {:.prec$} |", v / scale))
+                    .collect();
+                let _ = writeln!(out, "| {name} |{cells}");
+            }
+        }
+        let over: Vec<String> = self
+            .levels
+            .iter()
+            .map(|(c, r)| {
+                let cpu = |k: &str| r.summaries.get(k).map_or(f64::NAN, Summary::cpu);
+                let rps = |k: &str| r.summaries.get(k).map_or(f64::NAN, Summary::rps);
+                format!(
+                    "{:+.1} µs ({:.2}× its requests/s) at {c}",
+                    cpu("gateway") - cpu("hyper-proxy"),
+                    rps("gateway") / rps("hyper-proxy")
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nThe gateway's CPU a request over hyper-proxy's: {}.",
+            over.join(", ")
+        );
+        out
+    }
+
+    /// `edge-curve-cpu.svg` and `edge-curve-p99.svg`: a bar per connection count for each
+    /// contestant.
+    fn charts(&self) -> Result<()> {
+        use bench::charts;
+        let dir = charts::dir();
+        std::fs::create_dir_all(&dir)?;
+        let labels: Vec<String> = self
+            .levels
+            .iter()
+            .map(|(c, _)| format!("{c} connections"))
+            .collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let p99: Vec<(&str, Vec<f64>)> = self
+            .measure(Summary::p99)
+            .into_iter()
+            .map(|(name, v)| (name, v.into_iter().map(|us| us / 1000.0).collect()))
+            .collect();
+        let written = [
+            dir.join("edge-curve-cpu.svg"),
+            dir.join("edge-curve-p99.svg"),
+        ];
+        charts::grouped(
+            &written[0],
+            "CPU per request by connections, pool of 1,000 tokens (median)",
+            "CPU microseconds per request",
+            &labels,
+            &self.measure(Summary::cpu),
+        )?;
+        charts::grouped(
+            &written[1],
+            "p99 latency by connections, pool of 1,000 tokens (median)",
+            "milliseconds",
+            &labels,
+            &p99,
+        )?;
+        for path in written {
+            println!("chart: {}", path.display());
+        }
+        Ok(())
     }
 }
 
