@@ -23,7 +23,7 @@ deps:
 bench-revocation: deps
 	cargo run --release --quiet -p bench --bin revocation-bench -- --tokens 1000
 
-## bench: the performance figures of BENCHMARKS.md (about 20 minutes; prints every table)
+## bench: the performance figures of BENCHMARKS.md (about 30 minutes; prints every table)
 bench: deps
 	@deploy/ensure-bench-deps.sh
 	@deploy/ensure-interop-venv.sh
