@@ -31,6 +31,8 @@
 //! [`run`]; its subcommands (`hash-secret` and the admin API client) are in its own module,
 //! `cli.rs`.
 
+#![forbid(unsafe_code)]
+
 pub mod clients;
 pub mod clock;
 pub mod config;

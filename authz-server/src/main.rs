@@ -2,6 +2,8 @@
 //! and runs the server until SIGINT or SIGTERM. Any subcommand (`hash-secret`, `revoke`,
 //! `rotate-key`, `clients`) is handed to [`cli`] instead.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

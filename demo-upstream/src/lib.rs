@@ -1,6 +1,8 @@
 //! A demo upstream: every request is answered with a JSON echo of its method, path, query and
 //! headers, so that a person (or a test) can see exactly what the gateway forwarded.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
 //! `demo-upstream --listen ADDR`: the JSON echo service used by `make run`.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 
 use clap::Parser;

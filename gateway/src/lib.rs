@@ -38,6 +38,8 @@
 //!
 //! The revocation set and the feed that fills it live in the shared `revocation` crate.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod auth;
 pub mod body;

@@ -83,17 +83,20 @@ const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// mimalloc returns freed pages to the system only once they have been free for its purge
 /// delay, and it checks that delay only when the program allocates or frees again. After a
 /// spike of connections, a gateway that then goes quiet would keep the spike's memory (300 MiB
-/// after 4,000 connections, BENCHMARKS.md). `mi_collect(false)` runs that check on a timer. It
-/// purges only what has been free for the whole delay, so under load it returns no more than
-/// mimalloc would have returned on its own. Purging at once instead (`MIMALLOC_PURGE_DELAY=0`)
+/// after 4,000 connections, BENCHMARKS.md). `mi_collect(false)` runs that check on a timer:
+/// it frees the empty pages of the heap of the thread it runs on, and returns to the system
+/// (for the whole process) what has been free for the delay, as mimalloc does on its own at
+/// its next allocation; under load it returns no more than mimalloc would have. Purging at once instead (`MIMALLOC_PURGE_DELAY=0`)
 /// costs 20% of the CPU a request.
 async fn return_freed_memory() {
     let mut tick = tokio::time::interval(PURGE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // SAFETY: `mi_collect` takes no pointer and has no precondition; mimalloc allows it
-        // from any thread at any time. This is the workspace's only `unsafe`.
+        // SAFETY: `mi_collect` takes no pointer and has no precondition; it works on the
+        // calling thread's own heap (nothing if that is not set up) and on the arenas under
+        // mimalloc's own lock, as mimalloc's allocating threads do. This is the workspace's
+        // only `unsafe`: every other crate root forbids it.
         #[allow(unsafe_code)]
         unsafe {
             libmimalloc_sys::mi_collect(false);

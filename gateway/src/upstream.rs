@@ -50,19 +50,14 @@ pub struct Upstream {
     idle: Mutex<Pool>,
 }
 
-/// The idle connections, the most recently returned last.
+/// The idle connections, the most recently returned last (a connection still finishing its
+/// last exchange may be moved to the front).
 #[derive(Default)]
 struct Pool {
     conns: VecDeque<Idle>,
-    /// The fewest idle connections there were since the last sweep: that many at the front
-    /// served no request in between.
-    unused: usize,
-}
-
-impl Pool {
-    fn note_fewer(&mut self) {
-        self.unused = self.unused.min(self.conns.len());
-    }
+    /// When the last sweep ran: a connection returned no later than that has served no
+    /// request since (a request takes it out of the pool, and it comes back with a new time).
+    last_sweep: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -194,7 +189,6 @@ impl Upstream {
         for conn in busy {
             pool.conns.push_front(conn);
         }
-        pool.note_fewer();
         found
     }
 
@@ -207,11 +201,17 @@ impl Upstream {
         let before = pool.conns.len();
         pool.conns
             .retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT && !c.sender.is_closed());
-        pool.note_fewer();
-        let spare = pool.unused / 2;
-        pool.conns.drain(..spare);
-        pool.unused = pool.conns.len();
-        before - pool.unused
+        let unused = |c: &Idle, last: Option<Instant>| last.is_some_and(|t| c.since <= t);
+        let last = pool.last_sweep;
+        let mut spare = pool.conns.iter().filter(|c| unused(c, last)).count() / 2;
+        // Oldest first: the front holds the longest returned.
+        pool.conns.retain(|c| {
+            let close = spare > 0 && unused(c, last);
+            spare -= usize::from(close);
+            !close
+        });
+        pool.last_sweep = Some(now);
+        before - pool.conns.len()
     }
 
     /// Puts a connection whose response has been read back in the pool.
@@ -228,7 +228,6 @@ impl Upstream {
         {
             pool.conns.pop_front();
         }
-        pool.note_fewer();
         if pool.conns.len() < MAX_IDLE {
             pool.conns.push_back(Idle { sender, since: now });
         }
@@ -452,13 +451,9 @@ mod tests {
         pool.idle.lock().unwrap().conns.len()
     }
 
-    /// After a burst, each sweep closes half of the connections no request took since the
-    /// previous one, oldest first, and none that served a request in between.
-    #[tokio::test]
-    async fn unused_connections_halve_at_each_sweep() {
-        let (uri, accepted) = upstream("hello", After::KeepAlive).await;
-        let pool = Arc::new(Upstream::new(&uri).unwrap());
-        // Eight requests at once: eight connections, all idle once their bodies are read.
+    /// Eight requests at once, their bodies read once all eight have answered: eight
+    /// connections in use together, then idle.
+    async fn eight_at_once(pool: &Arc<Upstream>) {
         let sends: Vec<_> = (0..8)
             .map(|_| {
                 let pool = pool.clone();
@@ -472,8 +467,18 @@ mod tests {
         for response in responses {
             response.into_body().collect().await.unwrap();
         }
+    }
+
+    /// After a burst, each sweep closes half of the connections no request took since the
+    /// previous one, oldest first, and none that served a request in between.
+    #[tokio::test]
+    async fn unused_connections_halve_at_each_sweep() {
+        let (uri, accepted) = upstream("hello", After::KeepAlive).await;
+        let pool = Arc::new(Upstream::new(&uri).unwrap());
+        // Eight requests at once: eight connections, all idle once their bodies are read.
+        eight_at_once(&pool).await;
         assert_eq!((accepted.load(Ordering::SeqCst), idle(&pool)), (8, 8));
-        // The pool was empty at the interval's start: every connection served a request.
+        // No sweep before: every connection counts as having served a request.
         assert_eq!(pool.close_idle(Instant::now()), 0);
         // One request an interval: the connection it takes is the most recent, never closed.
         let mut expected = 8;
@@ -488,6 +493,12 @@ mod tests {
         assert_eq!(pool.close_idle(Instant::now()), 1);
         assert_eq!(pool.close_idle(Instant::now()), 0);
         assert_eq!(idle(&pool), 1);
+        // Eight at once again: seven new connections, and all eight served a request since
+        // the last sweep, so the next closes none of them, however many were idle before.
+        eight_at_once(&pool).await;
+        assert_eq!((accepted.load(Ordering::SeqCst), idle(&pool)), (15, 8));
+        assert_eq!(pool.close_idle(Instant::now()), 0);
+        assert_eq!(pool.close_idle(Instant::now()), 4);
     }
 
     /// A response dropped before its end takes its connection with it.

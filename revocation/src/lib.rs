@@ -22,6 +22,8 @@
 //! - [`fleet`]: the status every gateway publishes, from which the authz-server knows the fleet.
 //! - [`fuzz`]: the decoders' invariants on arbitrary bytes (property tests, `make fuzz`).
 
+#![forbid(unsafe_code)]
+
 pub mod event;
 pub mod feed;
 pub mod fleet;

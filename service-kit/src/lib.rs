@@ -14,6 +14,8 @@
 //! - [`jwks`]: another party's JWK Set, by URL, file or issuer metadata.
 //! - [`traces`]: OpenTelemetry spans exported by OTLP over HTTP, off unless configured.
 
+#![forbid(unsafe_code)]
+
 pub mod jwks;
 pub mod periodic;
 pub mod serve;
