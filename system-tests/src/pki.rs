@@ -19,8 +19,23 @@ impl Pki {
         PKI.get_or_init(|| Pki::make().expect("the dev PKI script failed"))
     }
 
+    /// In `target/test-pki/<pid>-…`, not the system's temporary directory: it lives in a
+    /// static, which is never dropped, so each process's directory (private keys included)
+    /// would stay behind. Each new one removes those of processes that have ended.
     fn make() -> Result<Pki> {
-        let dir = tempfile::tempdir()?;
+        let base = repo_root().join("target/test-pki");
+        std::fs::create_dir_all(&base)?;
+        for entry in std::fs::read_dir(&base)?.flatten() {
+            let name = entry.file_name();
+            let pid = name.to_string_lossy().split('-').next().map(str::to_owned);
+            let ended = pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists());
+            if ended {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", std::process::id()))
+            .tempdir_in(&base)?;
         let script = repo_root().join("certs/make-dev-certs.sh");
         let certs = dir.path().join("certs");
         let other_ca = dir.path().join("other-ca");
