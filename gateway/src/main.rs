@@ -86,8 +86,8 @@ const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// after 4,000 connections, BENCHMARKS.md). `mi_collect(false)` runs that check on a timer:
 /// it frees the empty pages of the heap of the thread it runs on, and returns to the system
 /// (for the whole process) what has been free for the delay, as mimalloc does on its own at
-/// its next allocation; under load it returns no more than mimalloc would have. Purging at once instead (`MIMALLOC_PURGE_DELAY=0`)
-/// costs 20% of the CPU a request.
+/// its next allocation; under load it returns no more than mimalloc would have. Purging at
+/// once instead (`MIMALLOC_PURGE_DELAY=0`) costs 20% of the CPU a request.
 async fn return_freed_memory() {
     let mut tick = tokio::time::interval(PURGE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -5,7 +5,6 @@ use super::*;
 
 /// The development PKI, plus a second CA for the negative tests.
 pub struct Pki {
-    _dir: tempfile::TempDir,
     pub certs: PathBuf,
     pub other_ca: PathBuf,
 }
@@ -33,12 +32,14 @@ impl Pki {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+        // Kept: the next process removes it.
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-", std::process::id()))
-            .tempdir_in(&base)?;
+            .tempdir_in(&base)?
+            .keep();
         let script = repo_root().join("certs/make-dev-certs.sh");
-        let certs = dir.path().join("certs");
-        let other_ca = dir.path().join("other-ca");
+        let certs = dir.join("certs");
+        let other_ca = dir.join("other-ca");
         let status = Command::new(&script)
             .arg(&certs)
             .args(GATEWAY_IDS)
@@ -55,11 +56,7 @@ impl Pki {
         if !status.success() {
             bail!("{} failed for the second CA", script.display());
         }
-        Ok(Pki {
-            _dir: dir,
-            certs,
-            other_ca,
-        })
+        Ok(Pki { certs, other_ca })
     }
 
     /// `[nats]` config section for identity `name` (certificate files `<name>.pem`).

@@ -85,7 +85,12 @@ struct Args {
     #[arg(long, value_parser = ["pool", "fresh", "curve", "connections"])]
     only: Option<String>,
     /// Connection counts of the cost curve (the pool workload, `--rounds` rounds at each).
-    #[arg(long, value_delimiter = ',', default_value = "16,64,256,1000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "16,64,256,1000",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     curve: Vec<u32>,
     /// Seconds per round of the cost curve.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..))]
@@ -1662,22 +1667,21 @@ impl Report<'_> {
     }
 }
 
-/// The contestants of the cost curve, in the order of its tables.
-const CURVE_CONTESTANTS: [&str; 4] = ["gateway", "hyper-proxy", "nginx-proxy", "haproxy-jwt"];
-
 /// One figure of a contestant's rounds, such as [`Summary::cpu`].
 type Measure = fn(&Summary) -> f64;
 
 /// The pool workload at each connection count of `--curve`.
 struct Curve {
+    /// The contestants, in the order of the tables.
+    names: Vec<&'static str>,
     /// The rounds at each connection count, in the order of `--curve`.
     levels: Vec<(u32, Rounds)>,
     rounds: usize,
     seconds: u64,
 }
 
-/// Runs the pool workload's rounds for [`CURVE_CONTESTANTS`] at every connection count of
-/// `--curve`, with rounds of `--curve-seconds`.
+/// Runs the pool workload's rounds for `gateway`, `hyper-proxy`, `nginx-proxy` and
+/// `haproxy-jwt` at every connection count of `--curve`, with rounds of `--curve-seconds`.
 fn cost_curve(load: &Load, servers: &Servers, args: &Args, tokens: &Tokens) -> Result<Curve> {
     let contestants = [
         &servers.gateway,
@@ -1696,6 +1700,7 @@ fn cost_curve(load: &Load, servers: &Servers, args: &Args, tokens: &Tokens) -> R
         levels.push((connections, rounds));
     }
     Ok(Curve {
+        names: contestants.iter().map(|s| s.name).collect(),
         levels,
         rounds: args.rounds,
         seconds: args.curve_seconds,
@@ -1713,7 +1718,7 @@ impl Curve {
 
     /// One measure (a column per connection count) for every contestant.
     fn measure(&self, f: Measure) -> Vec<(&'static str, Vec<f64>)> {
-        CURVE_CONTESTANTS
+        self.names
             .iter()
             .map(|name| {
                 let values = self
